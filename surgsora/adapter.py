@@ -1,0 +1,248 @@
+"""SurgSoraAdapter: the trainable ControlNet-style adapter that conditions a frozen SVD UNet.
+
+It holds two parts:
+
+* the **condition branch** (no dependence on the noisy latent or the timestep): the Dual Semantic
+  Injector (``rgb_processor``/``rgb_encoder``, ``depth_processor``/``depth_encoder``), the Decoupled
+  Flow Mapper (forward splatting per scale) and Multi-Scale Fusion (``fusion``). It runs once per
+  video in :meth:`SurgSoraAdapter.encode_conditions`.
+* the **trunk**: a trainable copy of the UNet's conv_in, time/added-time embeddings, down blocks and
+  mid block. Each denoising step it takes the noisy latent, adds the fused condition at each scale
+  (once, where the trunk reaches that resolution) and returns one residual per UNet skip connection
+  plus one for the mid block, all through zero-initialised 1x1 convs, so a fresh adapter leaves the
+  frozen UNet's output untouched.
+
+Module names follow MOFA-Video's FlowControlNet where the parts correspond (``conv_in``,
+``down_blocks``, ``controlnet_down_blocks``, ``rgb_encoder.encoders/zeroconvs`` ...) so a MOFA warm
+start is a rename.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
+
+from .dfm import FusionBlock, warp_scales
+from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
+from .splat import resize_flow
+from .unet import time_embedding
+
+__all__ = ["SurgSoraAdapter"]
+
+# UNet config entries the trunk copies; everything else in a UNet config is ignored.
+_UNET_KEYS = (
+    "in_channels", "down_block_types", "block_out_channels", "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
+    "transformer_layers_per_block", "num_attention_heads",
+)
+
+
+def _per_block(value, n):
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+class SurgSoraAdapter(ModelMixin, ConfigMixin):
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 8,
+        down_block_types: Sequence[str] = (
+            "CrossAttnDownBlockSpatioTemporal",
+            "CrossAttnDownBlockSpatioTemporal",
+            "CrossAttnDownBlockSpatioTemporal",
+            "DownBlockSpatioTemporal",
+        ),
+        block_out_channels: Sequence[int] = (320, 640, 1280, 1280),
+        addition_time_embed_dim: int = 256,
+        projection_class_embeddings_input_dim: int = 768,
+        layers_per_block: int | Sequence[int] = 2,
+        cross_attention_dim: int | Sequence[int] = 1024,
+        transformer_layers_per_block: int | Sequence[int] = 1,
+        num_attention_heads: int | Sequence[int] = (5, 10, 20, 20),
+        conditioning_embedding_channels: Sequence[int] = (16, 32, 96, 256),
+        depth_hidden_channels: Sequence[int] = (32, 256),
+        seg_channels: int = 256,
+        fusion_temporal_kernel: int = 3,
+    ):
+        super().__init__()
+        n = len(down_block_types)
+        if len(block_out_channels) != n:
+            raise ValueError(f"block_out_channels {block_out_channels} must have one entry per down block ({n})")
+        heads = _per_block(num_attention_heads, n)
+        cross = _per_block(cross_attention_dim, n)
+        layers = _per_block(layers_per_block, n)
+        tlayers = _per_block(transformer_layers_per_block, n)
+        c0 = block_out_channels[0]
+
+        # --- trunk: same structure (and parameter names) as the SVD UNet's encoder half ---
+        self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=1)
+        time_embed_dim = c0 * 4
+        self.time_proj = Timesteps(c0, True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(c0, time_embed_dim)
+        self.add_time_proj = Timesteps(addition_time_embed_dim, True, downscale_freq_shift=0)
+        self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+
+        self.down_blocks = nn.ModuleList()
+        self.controlnet_down_blocks = nn.ModuleList([zero_module(nn.Conv2d(c0, c0, 1))])
+        out_c = c0
+        for i, block_type in enumerate(down_block_types):
+            in_c, out_c = out_c, block_out_channels[i]
+            last = i == n - 1
+            self.down_blocks.append(get_down_block(
+                block_type, num_layers=layers[i], transformer_layers_per_block=tlayers[i],
+                in_channels=in_c, out_channels=out_c, temb_channels=time_embed_dim, add_downsample=not last,
+                resnet_eps=1e-5, cross_attention_dim=cross[i], num_attention_heads=heads[i],
+                resnet_act_fn="silu",
+            ))
+            for _ in range(layers[i] + (0 if last else 1)):
+                self.controlnet_down_blocks.append(zero_module(nn.Conv2d(out_c, out_c, 1)))
+        self.mid_block = UNetMidBlockSpatioTemporal(
+            block_out_channels[-1], temb_channels=time_embed_dim, transformer_layers_per_block=tlayers[-1],
+            cross_attention_dim=cross[-1], num_attention_heads=heads[-1],
+        )
+        self.controlnet_mid_block = zero_module(nn.Conv2d(block_out_channels[-1], block_out_channels[-1], 1))
+
+        # --- condition branch: one feature scale per place the trunk reaches a new resolution ---
+        # (after conv_in, then after every down block that downsamples)
+        self.scale_channels = [c0] + list(block_out_channels[: n - 1])
+        self.rgb_processor = RGBProcessor(c0, conditioning_embedding_channels, seg_channels)
+        self.depth_processor = DepthProcessor(c0, depth_hidden_channels, seg_channels)
+        if self.rgb_processor.downscale != self.depth_processor.downscale:
+            raise ValueError(
+                f"conditioning_embedding_channels downsample by {self.rgb_processor.downscale} but "
+                f"depth_hidden_channels by {self.depth_processor.downscale}; both must match the VAE (8 for SVD)"
+            )
+        self.rgb_encoder = FeatureEncoder(c0, self.scale_channels[1:])
+        self.depth_encoder = FeatureEncoder(c0, self.scale_channels[1:])
+        self.fusion = nn.ModuleList(FusionBlock(c, fusion_temporal_kernel) for c in self.scale_channels)
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_unet(cls, unet, load_weights_from_unet: bool = True, **condition_config) -> "SurgSoraAdapter":
+        """A fresh adapter whose trunk is a copy of ``unet`` (a diffusers UNetSpatioTemporalConditionModel).
+
+        ``condition_config`` sets the condition-branch options (``conditioning_embedding_channels``,
+        ``depth_hidden_channels``, ``seg_channels``, ``fusion_temporal_kernel``).
+        """
+        config = {k: unet.config[k] for k in _UNET_KEYS}
+        adapter = cls(**config, **condition_config)
+        if load_weights_from_unet:
+            for name in ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"):
+                getattr(adapter, name).load_state_dict(getattr(unet, name).state_dict())
+        return adapter.to(device=unet.device, dtype=unet.dtype)
+
+    # ------------------------------------------------------------------ condition branch
+    @property
+    def image_downscale(self) -> int:
+        """Ratio between image and first-scale feature size (must equal the VAE's scale factor)."""
+        return self.rgb_processor.downscale
+
+    def encode_conditions(
+        self,
+        image: torch.Tensor,
+        depth: torch.Tensor,
+        seg: torch.Tensor,
+        flow: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Run DSI + DFM + MSF once for a video.
+
+        Args:
+            image: first frame [B, 3, H, W], RGB in [-1, 1].
+            depth: its depth [B, 1, H', W'] in [0, 1] (resized to H, W if needed).
+            seg: its SAM image embedding [B, 256, 64, 64].
+            flow: flow frame 0 -> t [B, T-1, 2, H'', W''] in pixels of its own size (rescaled to H, W).
+
+        Returns one fused condition per scale, [B, T, C_s, H/s, W/s] with s = 8, 16, 32, 64 for SVD.
+        """
+        b, c, h, w = image.shape
+        if image.ndim != 4 or c != 3:
+            raise ValueError(f"image must be [B,3,H,W] RGB in [-1,1]; got {tuple(image.shape)}")
+        if h % self.image_downscale or w % self.image_downscale:
+            raise ValueError(f"image height and width must be multiples of {self.image_downscale}; got {h}x{w}")
+        if depth.ndim != 4 or depth.shape[:2] != (b, 1):
+            raise ValueError(f"depth must be [B,1,H,W] = [{b},1,H,W]; got {tuple(depth.shape)}")
+        if seg.ndim != 4 or seg.shape[:2] != (b, self.config.seg_channels):
+            raise ValueError(
+                f"seg must be SAM features [B,{self.config.seg_channels},64,64] with B={b}; got {tuple(seg.shape)}"
+            )
+        if flow.ndim != 5 or flow.shape[0] != b or flow.shape[2] != 2:
+            raise ValueError(f"flow must be [B,T-1,2,H,W] with B={b}; got {tuple(flow.shape)}")
+
+        dtype = self.dtype
+        image = image.to(dtype)
+        if depth.shape[-2:] != (h, w):
+            depth = F.interpolate(depth.float(), size=(h, w), mode="bilinear", align_corners=False)
+        depth = depth.to(dtype)
+        seg = seg.to(dtype)
+        flow = resize_flow(flow, (h, w))
+
+        rgb = self.rgb_encoder(self.rgb_processor(image, seg))
+        dep = self.depth_encoder(self.depth_processor(depth, seg))
+        rgb = warp_scales(rgb, flow)
+        dep = warp_scales(dep, flow)
+        return [fuse(r, d) for fuse, r, d in zip(self.fusion, rgb, dep)]
+
+    # ------------------------------------------------------------------ trunk
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        encoder_hidden_states: torch.Tensor,
+        added_time_ids: torch.Tensor,
+        conditions: Sequence[torch.Tensor],
+        conditioning_scale: float = 1.0,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """One trunk pass. Returns (down residuals, one per UNet skip, [B*T, C, h, w]; mid residual).
+
+        ``conditions`` comes from :meth:`encode_conditions`; its batch may be the sample batch or a
+        divisor of it (e.g. computed once and shared by both classifier-free-guidance halves).
+        """
+        batch_size, num_frames = sample.shape[:2]
+        conds = [self._match_condition(c, batch_size, num_frames) for c in conditions]
+        if len(conds) != len(self.scale_channels):
+            raise ValueError(f"expected {len(self.scale_channels)} condition scales, got {len(conds)}")
+
+        emb = time_embedding(self, sample, timestep, added_time_ids)
+        sample = sample.flatten(0, 1)
+        emb = emb.repeat_interleave(num_frames, dim=0)
+        encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
+        image_only_indicator = torch.zeros(batch_size, num_frames, dtype=sample.dtype, device=sample.device)
+
+        sample = self.conv_in(sample) + conds[0]
+        skips = (sample,)
+        for i, block in enumerate(self.down_blocks):
+            kwargs = dict(hidden_states=sample, temb=emb, image_only_indicator=image_only_indicator)
+            if getattr(block, "has_cross_attention", False):
+                kwargs["encoder_hidden_states"] = encoder_hidden_states
+            sample, res = block(**kwargs)
+            skips += res
+            if i + 1 < len(conds):  # the trunk just reached scale i+1
+                sample = sample + conds[i + 1]
+        sample = self.mid_block(hidden_states=sample, temb=emb, encoder_hidden_states=encoder_hidden_states,
+                                image_only_indicator=image_only_indicator)
+
+        down = tuple(zc(s) * conditioning_scale for zc, s in zip(self.controlnet_down_blocks, skips))
+        mid = self.controlnet_mid_block(sample) * conditioning_scale
+        return down, mid
+
+    def _match_condition(self, cond: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
+        if cond.ndim != 5 or cond.shape[1] != num_frames:
+            raise ValueError(
+                f"condition has shape {tuple(cond.shape)} but the latent has {num_frames} frames: "
+                "compute the conditions with a flow of num_frames - 1 steps"
+            )
+        if cond.shape[0] != batch_size:
+            if batch_size % cond.shape[0]:
+                raise ValueError(f"condition batch {cond.shape[0]} does not divide the latent batch {batch_size}")
+            cond = cond.repeat(batch_size // cond.shape[0], 1, 1, 1, 1)
+        return cond.flatten(0, 1).to(self.dtype)

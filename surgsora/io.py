@@ -1,0 +1,133 @@
+"""Reading weight files safely, with errors a user can act on.
+
+Every third-party checkpoint goes through :func:`load_state_dict`: safetensors when the file is one,
+otherwise ``torch.load(weights_only=True)`` so that no pickled code is ever executed. Failures
+(missing file, truncated download, wrong kind of file) raise :class:`ModelFileError` with one
+sentence that names the file and, where known, the folder it belongs in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+__all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join"]
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing, unreadable, truncated or of the wrong kind."""
+
+
+def _where(folder_hint: str | None) -> str:
+    return f" Put it in `{folder_hint}`." if folder_hint else ""
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict:
+    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets), without reading data."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ModelFileError(f"{path} is not a safetensors file (it is only {len(raw)} bytes long).")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise ModelFileError(f"{path} is not a safetensors file (its header length {n} is implausible).")
+        header = f.read(n)
+    if len(header) < n:
+        raise ModelFileError(f"{path} is truncated: its safetensors header is cut short. Download it again.")
+    try:
+        return json.loads(header)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path} is not a valid safetensors file ({e}).") from None
+
+
+def _check_safetensors_size(path: Path) -> None:
+    header = read_safetensors_header(path)
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    expected = 8 + struct.unpack("<Q", open(path, "rb").read(8))[0] + end
+    actual = path.stat().st_size
+    if actual < expected:
+        raise ModelFileError(
+            f"{path} is truncated ({actual:,} of {expected:,} bytes); the download did not finish. "
+            "Download it again."
+        )
+
+
+def load_state_dict(
+    path: str | os.PathLike,
+    *,
+    folder_hint: str | None = None,
+    map_location: str | torch.device = "cpu",
+    unwrap: tuple[str, ...] = ("state_dict", "model", "module"),
+) -> dict[str, torch.Tensor]:
+    """Load a flat ``{name: tensor}`` dict from ``.safetensors``, ``.pth``, ``.pt``, ``.bin`` or ``.tar``.
+
+    Containers such as ``{"state_dict": {...}, "step": ...}`` are unwrapped through the keys in
+    ``unwrap``. Non-tensor entries are dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"Model file not found: {path}.{_where(folder_hint)}")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes); the download did not finish.{_where(folder_hint)}")
+
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    is_safetensors = path.suffix == ".safetensors" or (
+        len(magic) == 8 and not magic.startswith(b"PK") and magic[:2] != b"\x80\x02"
+        and 0 < struct.unpack("<Q", magic)[0] < 100_000_000
+    )
+
+    if is_safetensors:
+        from safetensors.torch import load_file
+
+        _check_safetensors_size(path)
+        try:
+            sd = load_file(str(path), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error types
+            raise ModelFileError(f"{path} could not be read as safetensors ({e}).{_where(folder_hint)}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+                reason = "it contains pickled Python objects beyond tensors, which are not loaded for safety"
+            elif any(s in msg for s in ("central directory", "unexpected EOF", "truncated", "PytorchStreamReader")):
+                reason = "it is truncated or corrupt; download it again"
+            else:
+                reason = msg
+            raise ModelFileError(f"{path} could not be loaded: {reason}.{_where(folder_hint)}") from None
+        sd = _unwrap(obj, unwrap)
+        if sd is None:
+            raise ModelFileError(f"{path} holds no tensors (found a {type(obj).__name__}).{_where(folder_hint)}")
+    return sd
+
+
+def _unwrap(obj, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) // 2:
+            return tensors
+        for k in keys:
+            if k in obj:
+                inner = _unwrap(obj[k], keys)
+                if inner:
+                    return inner
+    return None
+
+
+def safe_join(folder: str | os.PathLike, name: str) -> Path:
+    """``folder / name`` for a user-chosen file name, refusing anything that escapes ``folder``."""
+    folder = Path(folder).resolve()
+    if not name or Path(name).is_absolute():
+        raise ValueError(f"Invalid file name {name!r}: give a name relative to {folder}.")
+    target = (folder / name).resolve()
+    if target != folder and folder not in target.parents:
+        raise ValueError(f"Invalid file name {name!r}: it points outside {folder}.")
+    return target
