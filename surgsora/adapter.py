@@ -139,7 +139,8 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         if load_weights_from_unet:
             for name in ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"):
                 getattr(adapter, name).load_state_dict(getattr(unet, name).state_dict())
-        return adapter.to(device=unet.device, dtype=unet.dtype)
+        adapter = adapter.to(unet.device)
+        return adapter if adapter.dtype == unet.dtype else adapter.to(unet.dtype)
 
     # ------------------------------------------------------------------ condition branch
     @property

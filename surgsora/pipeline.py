@@ -109,6 +109,25 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         return self.image_encoder(x.to(dtype)).image_embeds.unsqueeze(1)
 
     @torch.no_grad()
+    def encode_conditioning_latent(self, pixels: torch.Tensor, noise_aug_strength: float | torch.Tensor,
+                                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """VAE latent (distribution mode, unscaled) of ``pixels`` [B,3,H,W] in [-1,1] after adding
+        ``noise_aug_strength`` (a float or one value per image) times Gaussian noise: SVD's frame-0 condition.
+
+        Training uses this same function, so the condition is built identically in both.
+        """
+        noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
+        strength = torch.as_tensor(noise_aug_strength, dtype=pixels.dtype, device=pixels.device)
+        pixels = pixels + (strength.view(-1, 1, 1, 1) if strength.ndim else strength) * noise
+        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float32)
+        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float16)
+        return latents
+
+    @torch.no_grad()
     def encode_first_frame(self, image, height: int | None = None, width: int | None = None,
                            noise_aug_strength: float = 0.02, generator: torch.Generator | None = None) -> FirstFrame:
         """CLIP embedding and noise-augmented VAE latent of the first frame (consumes ``generator`` once)."""
@@ -119,15 +138,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         device = self._execution_device
         image_embeddings = self.encode_clip_image(image)
 
-        pixels = self._pixels(image, height, width)
-        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
-        pixels = pixels + noise_aug_strength * noise
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
+        latents = self.encode_conditioning_latent(self._pixels(image, height, width), noise_aug_strength, generator)
         return FirstFrame(image_embeddings, latents.to(image_embeddings.dtype), noise_aug_strength)
 
     # ------------------------------------------------------------------ condition branch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_unet_config", "tiny_adapter_options", "tiny_svd_components", "tiny_adapter"]
+__all__ = ["tiny_unet_config", "tiny_adapter_options", "tiny_svd_components", "tiny_adapter", "tiny_sam", "tiny_depth"]
 
 
 def tiny_unet_config(num_frames: int = 14) -> dict:
@@ -69,3 +69,28 @@ def tiny_adapter(unet, seed: int = 0, randomize: bool = False):
                 if not p.any():
                     p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return adapter.eval()
+
+
+def tiny_sam(seed: int = 0):
+    """A SamSegmenter with a tiny random SAM (real modules, real [256, 64, 64] embedding)."""
+    from .sam import SamSegmenter, build_sam, tiny_sam_config
+
+    torch.manual_seed(seed)
+    config = tiny_sam_config()
+    return SamSegmenter(build_sam(config), config)
+
+
+def tiny_depth(seed: int = 0):
+    """A DepthEstimator with a tiny random Depth Anything V2 (transformers classes)."""
+    from .depth import DepthEstimator, build_depth_model, depth_config
+
+    torch.manual_seed(seed)
+    model = build_depth_model(depth_config(
+        "custom", hidden_size=64, num_hidden_layers=4, num_attention_heads=1, out_indices=[1, 2, 3, 4],
+        neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8,
+    ))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 if p.ndim > 1 else torch.rand_like(p) * 1.5 - 0.5)
+        model.head.conv3.bias.fill_(1.5)  # keep the final ReLU from flattening the random map
+    return DepthEstimator(model, variant="custom")

@@ -1,0 +1,120 @@
+"""Cost of the SurgSora adapter per denoising step, at real size, measured side by side.
+
+Builds the real-size SVD UNet (diffusers defaults = the SVD/SVD-xt architecture, random weights) and the
+real-size SurgSoraAdapter, then times, interleaved in one process:
+
+  (a) one bare UNet step;
+  (b) one SurgSora step with cached conditions (adapter trunk + UNet with residuals);
+  (c) one SurgSora step that recomputes the condition branch (DSI + DFM + MSF) every step, as the
+      published code does.
+
+Prints medians, the ratios b/a and c/a, peak RSS, and one JSON line at the end.
+Target: cached_over_bare <= 1.55 and cached_over_bare < recompute_over_bare.
+
+    python benchmarks/adapter_overhead.py [--size 256] [--frames 14] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
+
+from surgsora import SurgSoraAdapter  # noqa: E402
+from surgsora.unet import unet_forward  # noqa: E402
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=14)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    t0 = time.perf_counter()
+    unet = UNetSpatioTemporalConditionModel().eval().requires_grad_(False)
+    adapter = SurgSoraAdapter.from_unet(unet).eval().requires_grad_(False)
+    # Give the zero-initialised layers values so the adapter does real work (as after training).
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    print(f"built real-size UNet ({sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B params) and adapter "
+          f"({sum(p.numel() for p in adapter.parameters()) / 1e9:.2f} B) in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+
+    s, t = args.size, args.frames
+    h = s // 8
+    sample = torch.randn(1, t, 8, h, h)
+    timestep = torch.tensor(1.5)
+    ehs = torch.randn(1, 1, 1024)
+    time_ids = torch.tensor([[6.0, 127.0, 0.02]])
+    image = torch.rand(1, 3, s, s) * 2 - 1
+    depth = torch.rand(1, 1, s, s)
+    seg = torch.randn(1, 256, 64, 64)
+    flow = torch.randn(1, t - 1, 2, s, s) * 4
+
+    with torch.no_grad():
+        cached = adapter.encode_conditions(image, depth, seg, flow)
+
+        def bare():
+            return unet_forward(unet, sample, timestep, ehs, time_ids)
+
+        def surgsora_cached():
+            down, mid = adapter(sample, timestep, ehs, time_ids, cached)
+            return unet_forward(unet, sample, timestep, ehs, time_ids, down, mid)
+
+        def surgsora_recompute():
+            conds = adapter.encode_conditions(image, depth, seg, flow)
+            down, mid = adapter(sample, timestep, ehs, time_ids, conds)
+            return unet_forward(unet, sample, timestep, ehs, time_ids, down, mid)
+
+        variants = {"bare": bare, "cached": surgsora_cached, "recompute": surgsora_recompute}
+        times = {k: [] for k in variants}
+        for r in range(args.repeats + 1):  # round 0 is a warm-up
+            for name, fn in variants.items():
+                t1 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t1
+                if r:
+                    times[name].append(dt)
+                print(f"round {r} {name:9s} {dt:7.2f} s{'  (warm-up)' if r == 0 else ''}", flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "bare_s": round(med["bare"], 3),
+        "cached_s": round(med["cached"], 3),
+        "recompute_s": round(med["recompute"], 3),
+        "cached_over_bare": round(med["cached"] / med["bare"], 3),
+        "recompute_over_bare": round(med["recompute"] / med["bare"], 3),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+    }
+    print(f"\n{s}x{s}, {t} frames, batch 1, {args.threads} threads, median of {args.repeats}:")
+    print(f"  bare UNet step          {med['bare']:.2f} s")
+    print(f"  SurgSora, cached conds  {med['cached']:.2f} s  ({result['cached_over_bare']:.2f}x)")
+    print(f"  SurgSora, recomputed    {med['recompute']:.2f} s  ({result['recompute_over_bare']:.2f}x)")
+    print(f"  peak RSS                {result['peak_rss_gb']:.2f} GB")
+    ok = result["cached_over_bare"] <= 1.55 and result["cached_over_bare"] < result["recompute_over_bare"]
+    print(f"  target (cached/bare <= 1.55 and < recompute/bare): {'met' if ok else 'NOT met'}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

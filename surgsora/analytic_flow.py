@@ -1,0 +1,304 @@
+"""Mask-aware analytic dense-flow decoder: tracks (+ region masks) -> dense flow, no weights.
+
+It has the same interface as the CMP network (:class:`surgsora.cmp.CMPDecoder`), so the two are
+swappable::
+
+    flow = decoder(image, sparse_flow, mask, region_masks=None)   # -> [B, T-1, 2, H, W]
+
+The control points are read back from the sparse input: every pixel where ``mask`` is set is a
+track start, its value in ``sparse_flow`` the track's displacement from frame 0 (exactly what
+:func:`surgsora.tracks.rasterize` writes). ``image`` is accepted for the common interface and not used.
+:meth:`AnalyticDecoder.decode_tracks` takes the ``[N, T, 2]`` tracks directly (sub-pixel starts).
+
+The model, per video:
+
+1. **Regions.** ``region_masks`` ``[B, M, H, W]`` (values in [0, 1]; SAM masks from clicks at the track
+   starts, or any ComfyUI MASK). Masks that overlap with IoU >= ``merge_iou`` are merged (one SAM mask
+   per click on the same instrument). A track belongs to the smallest region containing its start
+   pixel; tracks in no region are *background tracks*. A region without tracks stays still.
+2. **Motion inside a region** (as a function of the frame-0 position ``x``):
+
+   * ``region_motion="smooth"`` (default): an affine field fitted to the region's tracks by least
+     squares, its gradient shrunk towards a pure translation by ``stiffness`` (one track = a rigid
+     translation; few or collinear tracks do not extrapolate wild stretches), plus a Gaussian
+     radial-basis interpolation of the residuals (width: half the typical track spacing), so every
+     track is followed exactly and the field bends smoothly between several tracks.
+   * ``region_motion="rigid"``: the best rotation + translation (2-D Kabsch) of the region's tracks.
+
+3. **Fade and overlap.** A region's weight is its (soft) mask inside and ``exp(-d^2 / 2f^2)`` at
+   distance ``d`` outside, ``f = feather * max(H, W)``. Regions are composited from the smallest to
+   the largest, each taking the weight the smaller ones left, ``w_eff = w_m * prod_smaller (1 - w_j)``,
+   so a part drawn inside an instrument wins over the instrument.
+4. **Background** (and the whole frame when no masks are given): a normalised Gaussian radial-basis
+   interpolation of the background tracks' motions, faded out away from them::
+
+       g_k(x) = exp(-|x - p_k|^2 / 2 s^2),  s = radius * max(H, W)
+       F_bg(x) = (sum_k g_k d_k / sum_k g_k) * (1 - prod_k (1 - g_k))
+
+   so the frame stays still far from every track and a static anchor (d = 0) pins its neighbourhood.
+   It fills the weight the regions leave: ``flow = sum_m w_eff_m F_m + prod_m (1 - w_m) F_bg``.
+
+Everything is a handful of dense matrix products over the pixels, solved once for all frames:
+well under 100 ms for T = 21 at 256x256 on a CPU (see ``benchmarks/trajectory_endovis.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["AnalyticDecoder", "decode_points", "region_weights", "check_decoder_inputs"]
+
+
+def check_decoder_inputs(image, sparse_flow, mask, region_masks):
+    """Validate the common decoder inputs; returns ``region_masks`` as ``[B, M, H, W]`` (or ``None``)."""
+    if sparse_flow.ndim != 5 or sparse_flow.shape[2] != 2:
+        raise ValueError(f"sparse_flow must be [B, T-1, 2, H, W]; got {tuple(sparse_flow.shape)}")
+    b, f, _, h, w = sparse_flow.shape
+    if mask.ndim != 5 or mask.shape[:2] != (b, f) or mask.shape[3:] != (h, w) or mask.shape[2] not in (1, 2):
+        raise ValueError(f"mask must be [B, T-1, 1 or 2, H, W] = [{b}, {f}, 1, {h}, {w}]; got {tuple(mask.shape)}")
+    if image is not None and (image.ndim != 4 or image.shape[0] != b or image.shape[1] != 3):
+        raise ValueError(f"image must be RGB [B, 3, H, W] with B = {b}; got {tuple(image.shape)}")
+    if region_masks is not None:
+        if region_masks.ndim == 3:
+            region_masks = region_masks.unsqueeze(0)
+        if region_masks.ndim != 4 or region_masks.shape[0] not in (1, b) or region_masks.shape[2:] != (h, w):
+            raise ValueError(f"region_masks must be [B, M, H, W] = [{b}, M, {h}, {w}] (or [M, H, W]); "
+                             f"got {tuple(region_masks.shape)}; resize the masks to the flow size first")
+        region_masks = region_masks.expand(b, *region_masks.shape[1:])
+    return region_masks
+
+
+def _merge_regions(masks: np.ndarray, merge_iou: float) -> list[np.ndarray]:
+    """Binary masks [M, H, W] (float soft values kept) -> list of soft masks with near-duplicates merged."""
+    soft = [m for m in masks if (m > 0.5).any()]
+    if len(soft) < 2 or merge_iou > 1:
+        return soft
+    binary = [m > 0.5 for m in soft]
+    parent = list(range(len(soft)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(soft)):
+        for j in range(i + 1, len(soft)):
+            inter = np.count_nonzero(binary[i] & binary[j])
+            if inter and inter / np.count_nonzero(binary[i] | binary[j]) >= merge_iou:
+                parent[find(j)] = find(i)
+    groups: dict[int, np.ndarray] = {}
+    for i, m in enumerate(soft):
+        r = find(i)
+        groups[r] = m if r not in groups else np.maximum(groups[r], m)
+    return list(groups.values())
+
+
+def region_weights(mask: np.ndarray, feather_px: float) -> np.ndarray:
+    """Soft weight of one region: the mask inside, ``exp(-d^2/2f^2)`` at distance ``d`` outside (float32)."""
+    inside = mask > 0.5
+    if feather_px <= 0:
+        return np.maximum(mask, inside).astype(np.float32)
+    # Distance of every outside pixel to the nearest inside pixel.
+    dist = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
+    fade = np.exp(-(dist ** 2) / (2.0 * feather_px ** 2))
+    return np.maximum(np.clip(mask, 0, 1), fade).astype(np.float32)
+
+
+def _grid(y0: int, y1: int, x0: int, x1: int, dtype=torch.float64) -> torch.Tensor:
+    """Pixel-centre coordinates [(y1-y0)*(x1-x0), 2] (x, y) of a box, in the continuous convention of
+    surgsora.tracks (pixel i spans [i, i+1), so its centre is i + 0.5)."""
+    ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=dtype) + 0.5, torch.arange(x0, x1, dtype=dtype) + 0.5,
+                            indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+
+def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor, stiffness: float) -> torch.Tensor:
+    """Ridge-regularised affine field + Gaussian RBF interpolation of the residuals.
+
+    points [K, 2], disp [K, F*2] (float64), coords [P, 2] -> field [P, F*2] (float32). The affine
+    gradient is shrunk towards a pure translation by ``stiffness`` (in coordinates scaled by the
+    tracks' spread), so few or badly spread tracks do not extrapolate wild stretches over the region;
+    the residuals are interpolated exactly, so every track is still followed.
+    """
+    k = points.shape[0]
+    c = points.mean(0)
+    scale = max(float((points - c).norm(dim=1).max()), 1.0)
+    X = torch.cat([torch.ones(k, 1, dtype=points.dtype), (points - c) / scale], dim=1)  # [K, 3]
+    # Ridge on the two gradient columns only, written as extra rows of the least-squares system.
+    prior = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=X.dtype) * math.sqrt(stiffness * k)
+    Xa = torch.cat([X, prior])
+    Da = torch.cat([disp, disp.new_zeros(2, disp.shape[1])])
+    beta = torch.linalg.pinv(Xa, rtol=1e-9) @ Da  # [3, F*2]; minimum-norm when the tracks are collinear
+    resid = disp - X @ beta
+    coords = coords.to(torch.float32)
+    basis = torch.cat([torch.ones(coords.shape[0], 1), (coords - c.float()) / scale], dim=1)
+    field = basis @ beta.float()
+    if k >= 2 and float(resid.abs().max()) > 1e-6:
+        d2 = _sq_dist(points, points)
+        nn = (d2 + torch.eye(k, dtype=d2.dtype) * 1e30).min(1).values.sqrt()
+        # Half the typical spacing of the tracks: each one bends the field around itself only.
+        sigma = max(0.5 * float(nn.median()), 2.0)
+        phi = torch.exp(-d2 / (2 * sigma ** 2))
+        coef = torch.linalg.solve(phi + 1e-6 * torch.eye(k, dtype=phi.dtype), resid)
+        field += torch.exp(-_sq_dist(coords, points.float()) / (2 * sigma ** 2)) @ coef.float()
+    return field
+
+
+def _rigid_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Best 2-D rotation + translation per frame (Kabsch). points [K,2], disp [K,F,2] -> [P, F*2]."""
+    cp = points.mean(0)  # [2]
+    targets = points[:, None, :] + disp  # [K, F, 2]
+    cq = targets.mean(0)  # [F, 2]
+    a = points - cp  # [K, 2]
+    bq = targets - cq  # [K, F, 2]
+    cross = (a[:, None, 0] * bq[..., 1] - a[:, None, 1] * bq[..., 0]).sum(0)
+    dot = (a[:, None, 0] * bq[..., 0] + a[:, None, 1] * bq[..., 1]).sum(0)
+    theta = torch.atan2(cross, dot)  # [F]; atan2(0, 0) = 0: one track = translation
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rel = coords - cp  # [P, 2]
+    nx = rel[:, None, 0] * cos - rel[:, None, 1] * sin + cq[:, 0]
+    ny = rel[:, None, 0] * sin + rel[:, None, 1] * cos + cq[:, 1]
+    field = torch.stack([nx - coords[:, None, 0], ny - coords[:, None, 1]], dim=-1)  # [P, F, 2]
+    return field.reshape(coords.shape[0], -1)
+
+
+def _rbf_background(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Normalised Gaussian RBF of the tracks' motions, faded to zero away from all of them. -> [P, F*2]."""
+    g = torch.exp(-_sq_dist(coords, points) / (2 * sigma ** 2))  # [P, K]
+    num = g @ disp
+    den = g.sum(1, keepdim=True)
+    fade = 1 - torch.prod(1 - g, dim=1, keepdim=True)
+    return num / den.clamp_min(1e-12) * fade
+
+
+def decode_points(points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int],
+                  region_masks: torch.Tensor | np.ndarray | None = None, region_motion: str = "smooth",
+                  feather: float = 0.02, radius: float = 0.1, merge_iou: float = 0.8,
+                  stiffness: float = 0.3) -> torch.Tensor:
+    """Dense flow ``[F, 2, H, W]`` from control points for one video.
+
+    ``points`` [K, 2] frame-0 positions (x, y, continuous pixels: pixel i spans [i, i+1)); ``disp``
+    [K, F, 2] displacements from frame 0; ``region_masks`` [M, H, W] or ``None``.
+    """
+    if region_motion not in ("smooth", "rigid"):
+        raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
+    h, w = int(size[0]), int(size[1])
+    points = torch.as_tensor(points).detach().cpu().to(torch.float64).reshape(-1, 2)
+    disp = torch.as_tensor(disp).detach().cpu().to(torch.float64)
+    k, f = disp.shape[0], disp.shape[1]
+    out = torch.zeros(f * 2, h, w, dtype=torch.float32)
+    if k == 0:
+        return out.view(f, 2, h, w)
+    flat_disp = disp.reshape(k, f * 2)
+
+    regions: list[np.ndarray] = []
+    if region_masks is not None:
+        rm = region_masks.detach().cpu().numpy() if isinstance(region_masks, torch.Tensor) else np.asarray(region_masks)
+        regions = _merge_regions(rm.astype(np.float32).reshape(-1, h, w), merge_iou)
+
+    px = points[:, 0].floor().long().clamp(0, w - 1).numpy()
+    py = points[:, 1].floor().long().clamp(0, h - 1).numpy()
+    owner = np.full(k, -1)
+    if regions:
+        areas = np.array([np.count_nonzero(r > 0.5) for r in regions])
+        inside = np.stack([r[py, px] > 0.5 for r in regions])  # [M, K]
+        for j in range(k):
+            cand = np.flatnonzero(inside[:, j])
+            if len(cand):
+                owner[j] = cand[np.argmin(areas[cand])]
+
+    # Regions are composited from the smallest (most specific: a jaw inside an instrument) to the
+    # largest; each takes what the smaller ones left: w_eff = w_m * prod_{smaller j} (1 - w_j).
+    remaining = torch.ones(h, w, dtype=torch.float32)
+    feather_px = feather * max(h, w)
+    for m in (np.argsort(areas, kind="stable") if regions else []):
+        wgt = torch.from_numpy(region_weights(regions[m], feather_px))
+        sel = np.flatnonzero(owner == m)
+        if len(sel):
+            rows = np.flatnonzero((wgt > 1e-4).any(1).numpy())
+            cols = np.flatnonzero((wgt > 1e-4).any(0).numpy())
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # evaluate only where it matters
+            coords = _grid(y0, y1, x0, x1)
+            idx = torch.from_numpy(sel)
+            if region_motion == "rigid":
+                field = _rigid_field(points[idx], disp[idx], coords)
+            else:
+                field = _smooth_field(points[idx], flat_disp[idx], coords, stiffness)
+            box = (wgt * remaining)[y0:y1, x0:x1]
+            out[:, y0:y1, x0:x1] += field.T.to(torch.float32).reshape(f * 2, y1 - y0, x1 - x0) * box
+        # A region nobody drags still claims its pixels, with zero motion: it stays still.
+        remaining *= 1 - wgt
+    background = np.flatnonzero(owner == -1)
+    if len(background):
+        idx = torch.from_numpy(background)
+        bg = _rbf_background(points[idx].float(), flat_disp[idx].float(), _grid(0, h, 0, w, torch.float32),
+                             radius * max(h, w))
+        out += remaining * bg.T.reshape(f * 2, h, w)
+    return out.view(f, 2, h, w)
+
+
+class AnalyticDecoder(torch.nn.Module):
+    """Weight-free dense-flow decoder with the CMP decoder's interface (see module docstring).
+
+    ``decoder(image, sparse_flow, mask, region_masks=None) -> flow [B, T-1, 2, H, W]``.
+    """
+
+    def __init__(self, region_motion: str = "smooth", feather: float = 0.02, radius: float = 0.1,
+                 merge_iou: float = 0.8, stiffness: float = 0.3):
+        super().__init__()
+        if region_motion not in ("smooth", "rigid"):
+            raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
+        self.region_motion = region_motion
+        self.feather = float(feather)
+        self.radius = float(radius)
+        self.merge_iou = float(merge_iou)
+        self.stiffness = float(stiffness)
+
+    def _options(self):
+        return dict(region_motion=self.region_motion, feather=self.feather, radius=self.radius,
+                    merge_iou=self.merge_iou, stiffness=self.stiffness)
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor | None, sparse_flow: torch.Tensor, mask: torch.Tensor,
+                region_masks: torch.Tensor | None = None) -> torch.Tensor:
+        region_masks = check_decoder_inputs(image, sparse_flow, mask, region_masks)
+        b, f, _, h, w = sparse_flow.shape
+        present = mask.detach()[:, :, 0] > 0.5  # [B, F, H, W]
+        out = []
+        for i in range(b):
+            rm = region_masks[i] if region_masks is not None else None
+            if bool((present[i] == present[i, :1]).all()):
+                groups = [(slice(None), present[i, 0])]
+            else:
+                # A control point missing in some frames: solve those frames separately.
+                groups = [(slice(t, t + 1), present[i, t]) for t in range(f)]
+            parts = []
+            for frames, where in groups:
+                ys, xs = where.nonzero(as_tuple=True)
+                points = torch.stack([xs, ys], 1).to("cpu", torch.float64) + 0.5
+                disp = sparse_flow[i, frames][:, :, ys, xs].permute(2, 0, 1).to("cpu", torch.float64)  # [K, F', 2]
+                parts.append(decode_points(points, disp, (h, w), rm, **self._options()))
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        return torch.stack(out).to(device=sparse_flow.device, dtype=sparse_flow.dtype)
+
+    @torch.no_grad()
+    def decode_tracks(self, tracks: np.ndarray | torch.Tensor, size: tuple[int, int],
+                      region_masks: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """Tracks ``[N, T, 2]`` at the working resolution, ``size = (H, W)`` -> flow ``[1, T-1, 2, H, W]``."""
+        t = torch.as_tensor(np.asarray(tracks) if not isinstance(tracks, torch.Tensor) else tracks,
+                            dtype=torch.float64)
+        if t.ndim != 3 or t.shape[-1] != 2 or t.shape[1] < 2:
+            raise ValueError(f"tracks must be [N, T, 2] with T >= 2; got {tuple(t.shape)}")
+        if region_masks is not None and region_masks.ndim == 4:
+            region_masks = region_masks[0]
+        flow = decode_points(t[:, 0], t[:, 1:] - t[:, :1], size, region_masks, **self._options())
+        return flow.unsqueeze(0)

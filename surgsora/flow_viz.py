@@ -1,0 +1,151 @@
+"""Pictures of motion: Middlebury flow colours and a trajectory overlay.
+
+:func:`flow_to_rgb` maps a flow field to the Middlebury colour wheel (Baker et al., IJCV 2011): hue =
+direction, saturation = magnitude. The wheel has 55 colours in six ramps (red-yellow 15, yellow-green 6,
+green-cyan 4, cyan-blue 11, blue-magenta 13, magenta-red 6); +x (right) is red, -x cyan-blue, +y (down)
+yellow-green side, -y blue-violet side. Normalisation: the flow is divided by ``max_flow``; by default
+that is the largest magnitude over the *whole input* (all frames of all videos), so colours are
+comparable between frames. Zero motion is white, a magnitude of ``max_flow`` gives the full colour,
+and anything beyond (only with a fixed ``max_flow``) is shown darkened (x 0.75).
+
+:func:`draw_tracks` draws tracks on an image: the path as a line, a dot at the start, an arrow head at
+the end; a static anchor (no motion) is drawn as a ring. One colour per track. Coordinates follow
+:mod:`surgsora.tracks` (pixel i spans [i, i + 1), so (i + 0.5, j + 0.5) is the centre of pixel (i, j)).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = ["colour_wheel", "flow_to_rgb", "draw_tracks", "TRACK_COLOURS"]
+
+_RAMPS = (15, 6, 4, 11, 13, 6)  # RY, YG, GC, CB, BM, MR
+
+# Distinct, saturated colours that read on pink/red surgical tissue.
+TRACK_COLOURS = ((0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 128, 0), (64, 160, 255), (255, 0, 255),
+                 (255, 255, 255), (160, 255, 160))
+
+
+def colour_wheel() -> torch.Tensor:
+    """The 55 Middlebury wheel colours [55, 3] in [0, 1]."""
+    cols = []
+    for ramp, n in enumerate(_RAMPS):
+        i = torch.arange(n, dtype=torch.float64)
+        up = torch.floor(255 * i / n)
+        down = 255 - up
+        full = torch.full_like(i, 255.0)
+        zero = torch.zeros_like(i)
+        r, g, b = {
+            0: (full, up, zero),    # red -> yellow
+            1: (down, full, zero),  # yellow -> green
+            2: (zero, full, up),    # green -> cyan
+            3: (zero, down, full),  # cyan -> blue
+            4: (up, zero, full),    # blue -> magenta
+            5: (full, zero, down),  # magenta -> red
+        }[ramp]
+        cols.append(torch.stack([r, g, b], 1))
+    return (torch.cat(cols) / 255.0).float()
+
+
+def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tensor:
+    """Flow ``[..., 2, H, W]`` (pixels) -> RGB ``[..., 3, H, W]`` in [0, 1] (see module docstring)."""
+    if not isinstance(flow, torch.Tensor):
+        flow = torch.as_tensor(np.asarray(flow))
+    if flow.ndim < 3 or flow.shape[-3] != 2:
+        raise ValueError(f"flow must be [..., 2, H, W]; got {tuple(flow.shape)}")
+    f = flow.detach().float()
+    u, v = f[..., 0, :, :], f[..., 1, :, :]
+    mag = torch.sqrt(u * u + v * v)
+    if max_flow is None:
+        max_flow = float(mag.max()) if mag.numel() else 0.0
+    scale = max(float(max_flow), 1e-8)
+    rad = mag / scale
+    wheel = colour_wheel().to(f.device)
+    n = wheel.shape[0]
+    angle = torch.atan2(-v, -u) / torch.pi  # in [-1, 1]
+    fk = (angle + 1) / 2 * (n - 1)
+    k0 = fk.floor().long().clamp(0, n - 1)
+    k1 = torch.where(k0 + 1 == n, torch.zeros_like(k0), k0 + 1)
+    w = (fk - k0.float()).unsqueeze(-1)
+    col = (1 - w) * wheel[k0] + w * wheel[k1]  # [..., H, W, 3]
+    r = rad.unsqueeze(-1)
+    col = torch.where(r <= 1, 1 - r * (1 - col), col * 0.75)
+    return col.movedim(-1, -3).clamp(0, 1)
+
+
+def _to_uint8_hwc(image) -> tuple[np.ndarray, str]:
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().float().cpu().numpy()
+        if arr.ndim == 3 and arr.shape[0] == 3:
+            return (np.clip(arr.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8), "chw"
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), "hwc"
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[-1] == 3:
+            if arr.dtype == np.uint8:
+                return arr.copy(), "np8"
+            return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), "npf"
+    raise ValueError(f"draw_tracks expects one RGB image [3, H, W] or [H, W, 3]; got shape {tuple(arr.shape)}")
+
+
+def _from_uint8(canvas: np.ndarray, kind: str, like):
+    if kind == "np8":
+        return canvas
+    if kind == "npf":
+        return canvas.astype(np.float32) / 255.0
+    out = torch.from_numpy(canvas.astype(np.float32) / 255.0)
+    out = out.permute(2, 0, 1) if kind == "chw" else out
+    return out.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
+
+
+def draw_tracks(image, tracks, thickness: int | None = None, colours=TRACK_COLOURS, opacity: float = 1.0):
+    """Overlay tracks on an image; returns a new image of the same kind.
+
+    ``image``: torch ``[3, H, W]`` / ``[H, W, 3]`` / ``[B, 3, H, W]`` in [0, 1], or numpy ``[H, W, 3]``
+    (uint8 or float). ``tracks``: ``[N, T, 2]`` (x, y) in pixels of the image, or a list of ``[P, 2]``
+    (``[B, N, T, 2]`` for a batch). Start = dot, path = line, end = arrow head, static anchor = ring.
+    """
+    if isinstance(image, torch.Tensor) and image.ndim == 4:
+        per_image = getattr(tracks, "ndim", None) == 4  # [B, N, T, 2]: one track set per image
+        tr = tracks if per_image else [tracks] * image.shape[0]
+        return torch.stack([draw_tracks(im, t, thickness, colours, opacity) for im, t in zip(image, tr)])
+    canvas, kind = _to_uint8_hwc(image)
+    h, w = canvas.shape[:2]
+    th = thickness or max(1, round(min(h, w) / 128))
+    overlay = canvas.copy()
+    if isinstance(tracks, torch.Tensor):
+        tracks = tracks.detach().cpu().numpy()
+    for k, track in enumerate(tracks):
+        pts = np.asarray(track, dtype=np.float64).reshape(-1, 2)
+        if len(pts) == 0 or not np.isfinite(pts).all():
+            continue
+        colour = tuple(int(c) for c in colours[k % len(colours)])
+        # Track coordinates put pixel i on [i, i+1); cv2 puts its centre at i: shift by half a pixel.
+        # cv2 draws with 4 fractional bits so paths stay smooth at low resolution.
+        shift = 4
+        ip = np.round((pts - 0.5) * (1 << shift)).astype(np.int32)
+        moving = np.abs(pts - pts[0]).max() >= 0.5
+        dot = max(2, 2 * th)
+        if moving:
+            cv2.polylines(overlay, [ip.reshape(-1, 1, 2)], False, colour, th, cv2.LINE_AA, shift)
+            # Arrow head along the last stretch of the path that has a visible length.
+            end = pts[-1]
+            j = len(pts) - 2
+            while j > 0 and np.hypot(*(end - pts[j])) < 3 * dot:
+                j -= 1
+            seg = end - pts[j]
+            length = float(np.hypot(*seg))
+            if length > 1e-6:
+                tip = min(0.9, max(3.0 * dot / length, 0.2))
+                cv2.arrowedLine(overlay, tuple(ip[j]), tuple(ip[-1]), colour, th, cv2.LINE_AA, shift, tip)
+            cv2.circle(overlay, tuple(ip[0]), dot << shift, colour, -1, cv2.LINE_AA, shift)
+            cv2.circle(overlay, tuple(ip[0]), dot << shift, (0, 0, 0), 1, cv2.LINE_AA, shift)
+        else:
+            cv2.circle(overlay, tuple(ip[0]), (dot + th) << shift, colour, th, cv2.LINE_AA, shift)
+            cv2.circle(overlay, tuple(ip[0]), max(1, th) << shift, colour, -1, cv2.LINE_AA, shift)
+    if opacity < 1.0:
+        overlay = cv2.addWeighted(overlay, float(opacity), canvas, 1 - float(opacity), 0)
+    return _from_uint8(overlay, kind, image if isinstance(image, torch.Tensor) else None)

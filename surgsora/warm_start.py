@@ -1,0 +1,284 @@
+"""Warm-start a SurgSoraAdapter from MOFA-Video-Traj's released ControlNet.
+
+MOFA-Video's adapter (``FlowControlNet``, saved as ``controlnet/config.json`` +
+``diffusion_pytorch_model.safetensors``) was trained for flow-conditioned SVD, so it is a far better
+starting point than a fresh copy of the UNet. Most of SurgSoraAdapter matches it part for part:
+
+=====================================================  ==============================================
+MOFA ControlNet                                        SurgSoraAdapter
+=====================================================  ==============================================
+conv_in, time_embedding, add_embedding,                same names (the SVD UNet encoder copy)
+down_blocks, mid_block
+controlnet_down_blocks.{i}, controlnet_mid_block       same names (zero-initialised in MOFA's training)
+controlnet_cond_embedding.conv_in / blocks.{0..5}      rgb_processor.conv_in / blocks.{0..5}
+controlnet_cond_embedding.conv_out [320, 256, 3, 3]    rgb_processor.conv_out [320, 256 + 256(SAM), 3, 3]:
+                                                       MOFA's weights fill input channels 0..255, the
+                                                       SAM channels stay zero, so the RGB stream starts
+                                                       out computing exactly what MOFA's did
+flow_encoder.encoders.{i}.conv_in / zeroconvs.{i}      rgb_encoder.encoders.{i}.conv_in / zeroconvs.{i}
+=====================================================  ==============================================
+
+Everything else (``depth_processor``, ``depth_encoder``, ``fusion``, ``rgb_processor.seg_proj``) is
+new and keeps its initialisation. Before anything is copied, every MOFA tensor is checked: a tensor
+with no place in the adapter, or whose shape differs (other than the one declared partial load),
+raises :class:`WarmStartError` naming it, and the adapter is left untouched.
+
+One difference does not show in the shapes: MOFA's ``FlowControlNet`` always runs with
+ControlNetSDVModel's default ``num_attention_heads`` (5, 10, 10, 20), whatever its config says,
+while an adapter copied from the SVD UNet uses (5, 10, 20, 20). The weights load either way; the
+report carries a note when the adapter's heads differ from the ones in MOFA's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .io import ModelFileError, load_state_dict
+
+__all__ = ["WarmStartError", "WarmStartReport", "MOFA_RENAMES", "PARTIAL_LOADS", "plan_warm_start", "init_from_mofa"]
+
+# MOFA prefix -> adapter prefix; keys under other prefixes must keep their name.
+MOFA_RENAMES = (
+    ("controlnet_cond_embedding.", "rgb_processor."),
+    ("flow_encoder.", "rgb_encoder."),
+)
+SAME_NAME_PREFIXES = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.",
+                      "controlnet_down_blocks.", "controlnet_mid_block.")
+# Adapter tensors that take a smaller MOFA tensor in their leading slice along one dim (rest zero).
+PARTIAL_LOADS = {"rgb_processor.conv_out.weight": 1}
+
+_WHERE = ("Point to MOFA-Video-Traj's ckpts/controlnet folder (config.json + diffusion_pytorch_model.safetensors), "
+          "for example copied to ComfyUI/models/surgsora/mofa_controlnet.")
+
+
+class WarmStartError(ModelFileError):
+    """The MOFA checkpoint cannot initialise this adapter (missing, wrong kind, or mismatched shapes)."""
+
+
+@dataclass
+class WarmStartReport:
+    """Which adapter tensors came from MOFA and which kept their initialisation."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)         # adapter keys copied whole
+    partial: dict[str, str] = field(default_factory=dict)   # adapter key -> what was copied
+    new: list[str] = field(default_factory=list)            # adapter keys MOFA has nothing for
+    unused: list[str] = field(default_factory=list)         # MOFA keys left out (strict=False only)
+    mapping: dict[str, str] = field(default_factory=dict)   # adapter key -> MOFA key
+    notes: list[str] = field(default_factory=list)          # things that load but differ from MOFA
+
+    def groups(self, keys) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for k in keys:
+            parts = k.split(".")
+            g = ".".join(parts[:2]) if parts[0] in ("rgb_processor", "rgb_encoder", "depth_processor",
+                                                    "depth_encoder") else parts[0]
+            out[g] = out.get(g, 0) + 1
+        return out
+
+    def summary(self) -> str:
+        lines = [f"Warm start from {self.source}:",
+                 f"  loaded {len(self.loaded)} tensors: " + _fmt(self.groups(self.loaded))]
+        for k, how in self.partial.items():
+            lines.append(f"  partially loaded {k}: {how}")
+        lines.append(f"  new (kept as initialised) {len(self.new)} tensors: " + _fmt(self.groups(self.new)))
+        if self.unused:
+            lines.append(f"  MOFA tensors not used {len(self.unused)}: " + _fmt(self.groups(self.unused)))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _fmt(groups: Mapping[str, int]) -> str:
+    return ", ".join(f"{g} {n}" for g, n in groups.items()) or "none"
+
+
+def _names(keys, limit: int = 6) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def adapter_key(mofa_key: str) -> str | None:
+    """Adapter name of a MOFA ControlNet tensor, or None if MOFA's layout has no such group."""
+    for src, dst in MOFA_RENAMES:
+        if mofa_key.startswith(src):
+            return dst + mofa_key[len(src):]
+    if mofa_key.startswith(SAME_NAME_PREFIXES):
+        return mofa_key
+    return None
+
+
+def plan_warm_start(
+    adapter_shapes: Mapping[str, tuple[int, ...]],
+    mofa_shapes: Mapping[str, tuple[int, ...]],
+    source: str = "the MOFA checkpoint",
+    strict: bool = True,
+) -> WarmStartReport:
+    """Decide, from shapes only, what :func:`init_from_mofa` will copy; raise if anything does not fit."""
+    if not any(k.startswith(("controlnet_cond_embedding.", "flow_encoder.")) for k in mofa_shapes):
+        raise WarmStartError(
+            f"{source} is not a MOFA-Video ControlNet: it has no controlnet_cond_embedding.* or flow_encoder.* "
+            f"tensors. {_WHERE}"
+        )
+    report = WarmStartReport(source=source)
+    foreign, missing_place, mismatched = [], [], []
+    for mk, mshape in mofa_shapes.items():
+        ak = adapter_key(mk)
+        if ak is None:
+            foreign.append(mk)
+            continue
+        if ak not in adapter_shapes:
+            missing_place.append(f"{mk} -> {ak}")
+            continue
+        ashape, mshape = tuple(adapter_shapes[ak]), tuple(mshape)
+        if ashape == mshape:
+            report.loaded.append(ak)
+        elif ak in PARTIAL_LOADS and _fits_partially(mshape, ashape, PARTIAL_LOADS[ak]):
+            d = PARTIAL_LOADS[ak]
+            report.partial[ak] = (f"MOFA {list(mshape)} into {list(ashape)} at dim {d} indices 0..{mshape[d] - 1}; "
+                                  f"{mshape[d]}..{ashape[d] - 1} set to zero")
+        else:
+            mismatched.append(f"{mk} {list(mshape)} vs adapter {ak} {list(ashape)}")
+            continue
+        report.mapping[ak] = mk
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensors have mismatched shapes ({_names(mismatched, 4)})")
+    if strict and (foreign or missing_place):
+        problems.append(f"{len(foreign) + len(missing_place)} MOFA tensors have no place in the adapter "
+                        f"({_names(foreign + missing_place)})")
+    if problems:
+        raise WarmStartError(
+            f"Cannot warm-start the adapter from {source}: " + "; ".join(problems)
+            + ". Build the adapter from the same SVD UNet config MOFA was trained on (SVD-xt) with "
+            "conditioning_embedding_channels (16, 32, 96, 256)."
+        )
+    report.unused = foreign + [m.split(" -> ")[0] for m in missing_place]
+    report.new = [k for k in adapter_shapes if k not in report.mapping]
+    return report
+
+
+def _fits_partially(small: tuple[int, ...], big: tuple[int, ...], dim: int) -> bool:
+    return (len(small) == len(big) and small[dim] < big[dim]
+            and all(s == b for i, (s, b) in enumerate(zip(small, big)) if i != dim))
+
+
+def _resolve(path) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for folder in (path, path / "controlnet"):
+            for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise WarmStartError(f"{path} has no diffusion_pytorch_model.safetensors. {_WHERE}")
+    if not path.is_file():
+        raise WarmStartError(f"MOFA ControlNet not found: {path}. {_WHERE}")
+    return path
+
+
+# Re-open the safetensors file after this many bytes so already-copied map pages are dropped.
+_REOPEN_BYTES = 256 << 20
+
+
+class _Reader:
+    """Shapes first (header only), then tensors one at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._since_open = 0
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            self._open = lambda: safe_open(str(path), framework="pt", device="cpu")
+            try:
+                self._f = self._open()
+            except Exception as e:
+                msg = str(e)
+                if "not fully covered" in msg or "incomplete" in msg.lower():
+                    raise WarmStartError(f"{path} is truncated; the download did not finish. Download it again.") \
+                        from None
+                raise WarmStartError(f"{path} could not be read as safetensors ({msg}). {_WHERE}") from None
+            self.shapes = {k: tuple(self._f.get_slice(k).get_shape()) for k in self._f.keys()}
+            self._sd = None
+        else:
+            try:
+                self._sd = load_state_dict(path, folder_hint="ComfyUI/models/surgsora")
+            except ModelFileError as e:
+                raise WarmStartError(str(e)) from None
+            self.shapes = {k: tuple(v.shape) for k, v in self._sd.items()}
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._sd is not None:
+            return self._sd[key]
+        if self._since_open > _REOPEN_BYTES:
+            # safe_open maps the whole file; re-opening releases the pages already copied
+            self._f = None
+            self._f = self._open()
+            self._since_open = 0
+        t = self._f.get_tensor(key)
+        self._since_open += t.nbytes
+        return t
+
+
+def _per_block(value, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def _head_note(adapter, mofa_config: dict) -> str | None:
+    # MOFA's FlowControlNet ignores its constructor arguments and always runs ControlNetSDVModel's
+    # default heads (5, 10, 10, 20); head count changes the computation but not the weight shapes.
+    heads = mofa_config.get("num_attention_heads")
+    config = getattr(adapter, "config", None)
+    if heads is None or config is None or "num_attention_heads" not in config:
+        return None
+    n = len(config["down_block_types"])
+    ours, theirs = _per_block(config["num_attention_heads"], n), _per_block(heads, n)
+    if ours == theirs:
+        return None
+    return (f"MOFA ran its attention with num_attention_heads {theirs}, this adapter uses {ours}: the weights "
+            f"load (shapes do not depend on heads) but the trunk will not compute exactly what MOFA did; "
+            f"build the adapter with num_attention_heads={theirs} to match it.")
+
+
+@torch.no_grad()
+def init_from_mofa(adapter: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> WarmStartReport:
+    """Copy MOFA-Video-Traj's ControlNet weights into ``adapter`` (a SurgSoraAdapter) in place.
+
+    ``path``: MOFA's ``controlnet`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``),
+    the folder above it, or the weights file. With ``strict=False``, MOFA tensors that have no place
+    in the adapter are skipped and listed in ``report.unused`` instead of raising; mismatched shapes
+    always raise. Returns a :class:`WarmStartReport` (``print(report)`` gives a summary).
+    """
+    weights = _resolve(path)
+    config_file, mofa_config = weights.parent / "config.json", {}
+    if config_file.is_file():
+        try:
+            mofa_config = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            raise WarmStartError(f"{config_file} is not valid JSON. {_WHERE}") from None
+        cls = mofa_config.get("_class_name", "")
+        if cls and "ControlNet" not in cls:
+            raise WarmStartError(f"{weights.parent} holds a {cls}, not MOFA-Video's FlowControlNet. {_WHERE}")
+    reader = _Reader(weights)
+    state = adapter.state_dict()
+    report = plan_warm_start({k: tuple(v.shape) for k, v in state.items()}, reader.shapes, str(weights), strict)
+    note = _head_note(adapter, mofa_config)
+    if note:
+        report.notes.append(note)
+    for ak, mk in report.mapping.items():
+        target = state[ak]
+        value = reader.get(mk).to(device=target.device, dtype=target.dtype)
+        if ak in report.partial:
+            d = PARTIAL_LOADS[ak]
+            target.zero_()
+            target.narrow(d, 0, value.shape[d]).copy_(value)
+        else:
+            target.copy_(value)
+    return report
