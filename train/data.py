@@ -1,0 +1,377 @@
+"""Training data: clip discovery, the one-time preprocessing cache, and the dataset that reads it.
+
+``python -m train preprocess`` turns videos into clips of T frames and computes, once per clip, what
+the published scripts recomputed at every training step: SAM features of frame 0 (fp16), depth of
+frame 0, dense flow 0 -> t (OpenCV DIS chained and composed, or RAFT from a local weights file) and the
+stage-2 sparse samples. Each clip is one safetensors shard ``clips/<id>.safetensors``:
+
+    frames  uint8   [T, H, W, 3]   RGB
+    seg     float16 [256, 64, 64]  SAM image embedding of frame 0
+    depth   float16 [1, H, W]      relative depth of frame 0 in [0, 1]
+    flow    float16 [T-1, 2, H, W] flow frame 0 -> t in pixels (x, y)
+    points  float32 [N, 2]         stage-2 guide points (x, y) at frame 0
+    disp    float32 [T-1, N, 2]    their displacement 0 -> t
+
+with the settings in the safetensors metadata (``cache_version``, source, start frame, fps ...).
+Shards are written to a temporary name and renamed; a per-clip lock file (``O_EXCL``) lets several
+processes share the work; a shard whose header, size, version or tensors do not check out is rebuilt,
+never read. ``index.json`` lists the complete shards and is rewritten only when it changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from surgsora.io import ModelFileError, read_safetensors_header
+from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video, video_info
+
+__all__ = ["CACHE_VERSION", "ClipSpec", "discover_clips", "fit_frames", "Preprocessor", "ClipDataset",
+           "validate_shard", "CacheError"]
+
+CACHE_VERSION = 1
+TENSORS = ("frames", "seg", "depth", "flow", "points", "disp")
+
+
+class CacheError(RuntimeError):
+    """The preprocessed cache is missing, stale or does not match the training settings."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    source: str  # a video file or a folder of frames
+    start: int
+    clip_id: str
+
+
+def _clip_id(source: Path, start: int) -> str:
+    digest = hashlib.blake2b(str(source.resolve()).encode(), digest_size=4).hexdigest()
+    return f"{source.stem}-{digest}-f{start:06d}"
+
+
+def _frame_count(source: Path) -> int:
+    if source.is_dir():
+        return sum(1 for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    info = video_info(source)
+    return info["frames"]
+
+
+def discover_clips(inputs, num_frames: int, frame_step: int = 1, clip_stride: int | None = None
+                   ) -> tuple[list[ClipSpec], list[str]]:
+    """Clips of ``num_frames`` frames (every ``frame_step``-th frame) from videos, frame folders or a CSV.
+
+    ``inputs``: paths, each a video, a folder of videos, a folder of frame folders, or a CSV with columns
+    ``video,start`` (CoPESD-style clip lists; paths relative to the CSV). Returns the clips and one
+    message per input that gave none (empty folder, too short, unreadable), so the rest still runs.
+    """
+    span = (num_frames - 1) * frame_step + 1
+    stride = clip_stride or span
+    specs: list[ClipSpec] = []
+    problems: list[str] = []
+
+    def add_source(src: Path, starts=None):
+        try:
+            n = _frame_count(src)
+        except (ValueError, OSError) as e:
+            problems.append(f"{src}: unreadable ({e})")
+            return
+        if n < span:
+            problems.append(f"{src}: {n} frames, shorter than one clip of {num_frames} frames "
+                            f"(x{frame_step} step = {span}); skipped")
+            return
+        for s in (starts if starts is not None else range(0, n - span + 1, stride)):
+            if s + span > n:
+                problems.append(f"{src}: clip at frame {s} runs past the end ({n} frames); skipped")
+                continue
+            specs.append(ClipSpec(str(src), int(s), _clip_id(src, int(s))))
+
+    for item in map(Path, inputs):
+        if not item.exists():
+            problems.append(f"{item}: no such file or folder")
+        elif item.suffix.lower() == ".csv":
+            with open(item, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if not rows or "video" not in rows[0]:
+                problems.append(f"{item}: a clip list needs a header with columns video,start")
+                continue
+            by_video: dict[Path, list[int]] = {}
+            for row in rows:
+                video = Path(row["video"])
+                video = video if video.is_absolute() else item.parent / video
+                by_video.setdefault(video, []).append(int(row.get("start") or 0))
+            for video, starts in by_video.items():
+                if video.exists():
+                    add_source(video, sorted(set(starts)))
+                else:
+                    problems.append(f"{item}: listed video {video} does not exist")
+        elif item.is_dir():
+            videos = sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+            frame_dirs = sorted(p for p in item.iterdir() if p.is_dir())
+            own_frames = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in item.iterdir())
+            if own_frames:
+                add_source(item)
+            for v in videos:
+                add_source(v)
+            for d in frame_dirs:
+                add_source(d)
+            if not (videos or frame_dirs or own_frames):
+                problems.append(f"{item}: empty folder (no {'/'.join(VIDEO_EXTENSIONS)} videos or frame folders)")
+        elif item.suffix.lower() in VIDEO_EXTENSIONS:
+            add_source(item)
+        else:
+            problems.append(f"{item}: not a video, frame folder or CSV clip list")
+    return specs, problems
+
+
+def fit_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "pad") -> np.ndarray:
+    """Fit RGB frames [T, H, W, 3] to ``size`` = (h, w): ``pad`` (keep aspect, centre on black, as the
+    paper pads 256x197 to 256x256), ``resize`` (stretch) or ``crop`` (keep aspect, centre crop)."""
+    t, h, w, _ = frames.shape
+    th, tw = size
+    if mode == "resize":
+        return np.stack([cv2.resize(f, (tw, th), interpolation=cv2.INTER_AREA) for f in frames])
+    if mode not in ("pad", "crop"):
+        raise ValueError(f"--fit must be pad, resize or crop; got {mode!r}")
+    scale = (min if mode == "pad" else max)(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA) for f in frames])
+    if mode == "pad":
+        out = np.zeros((t, th, tw, 3), dtype=np.uint8)
+        y0, x0 = (th - nh) // 2, (tw - nw) // 2
+        out[:, y0:y0 + nh, x0:x0 + nw] = resized
+        return out
+    y0, x0 = (nh - th) // 2, (nw - tw) // 2
+    return np.ascontiguousarray(resized[:, y0:y0 + th, x0:x0 + tw])
+
+
+def validate_shard(path: Path, num_frames: int | None = None) -> tuple[dict | None, str]:
+    """(metadata, "") for a complete, current shard; (None, reason) otherwise. Reads the header only."""
+    try:
+        header = read_safetensors_header(path)
+    except (ModelFileError, OSError) as e:
+        return None, str(e)
+    meta = header.get("__metadata__", {})
+    if meta.get("cache_version") != str(CACHE_VERSION):
+        return None, f"cache version {meta.get('cache_version')} (this code writes {CACHE_VERSION})"
+    missing = [k for k in TENSORS if k not in header]
+    if missing:
+        return None, f"missing tensors {missing}"
+    end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+    if path.stat().st_size != 8 + header_len + end:
+        return None, f"truncated ({path.stat().st_size} bytes, expected {8 + header_len + end})"
+    if num_frames is not None and header["frames"]["shape"][0] != num_frames:
+        return None, f"{header['frames']['shape'][0]} frames, not {num_frames}"
+    return meta, ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _ClipLock:
+    """An exclusive per-clip lock file; a lock left by a dead process on this host is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.held = False
+
+    def acquire(self) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    host, pid = self.path.read_text().strip().rsplit(":", 1)
+                except (OSError, ValueError):
+                    host, pid = "", "0"
+                if host == socket.gethostname() and not _pid_alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # stale: its process was killed
+                    continue
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()}:{os.getpid()}")
+            self.held = True
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class Preprocessor:
+    """Computes and caches everything a clip needs for training (see module docstring)."""
+
+    def __init__(self, cache_dir, sam, depth, size: tuple[int, int] = (256, 256), fit: str = "pad",
+                 num_frames: int = 21, frame_step: int = 1, flow_method: str = "dis",
+                 raft_weights: str | None = None, depth_input_size: int = 518, seed: int = 0,
+                 model_names: dict | None = None, log=print):
+        self.cache = Path(cache_dir)
+        self.clips_dir = self.cache / "clips"
+        self.clips_dir.mkdir(parents=True, exist_ok=True)
+        self.sam, self.depth = sam, depth
+        self.size, self.fit, self.num_frames, self.frame_step = tuple(size), fit, num_frames, frame_step
+        self.flow_method, self.raft_weights = flow_method, raft_weights
+        self.depth_input_size, self.seed = depth_input_size, seed
+        self.model_names = model_names or {}
+        self.log = log
+
+    def shard_path(self, spec: ClipSpec) -> Path:
+        return self.clips_dir / f"{spec.clip_id}.safetensors"
+
+    def compute(self, spec: ClipSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        from surgsora.optical_flow import estimate_flow
+
+        from .sparse import sparse_samples
+
+        source = Path(spec.source)
+        span = (self.num_frames - 1) * self.frame_step + 1
+        raw = read_video(source, start=spec.start, count=span)[:: self.frame_step]
+        if len(raw) != self.num_frames:
+            raise ValueError(f"{source}: only {len(raw)} frames from {spec.start}, need {self.num_frames}")
+        frames = fit_frames(raw, self.size, self.fit)
+        flow = estimate_flow(frames, method=self.flow_method, raft_weights=self.raft_weights)
+        first = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].float() / 255.0
+        with torch.no_grad():
+            seg = self.sam.encode(first)[0]
+            depth = self.depth(first, input_size=self.depth_input_size)[0]
+        rng = np.random.default_rng([self.seed, int(hashlib.blake2b(spec.clip_id.encode(), digest_size=4).hexdigest(), 16)])
+        points, disp = sparse_samples(flow, rng)
+        fps = 0.0 if source.is_dir() else video_info(source)["fps"] / self.frame_step
+        tensors = {
+            "frames": torch.from_numpy(frames),
+            "seg": seg.half().cpu(),
+            "depth": depth.half().cpu(),
+            "flow": torch.from_numpy(flow).half(),
+            "points": torch.from_numpy(points),
+            "disp": torch.from_numpy(disp),
+        }
+        meta = {
+            "cache_version": str(CACHE_VERSION), "source": str(source), "start": str(spec.start),
+            "frame_step": str(self.frame_step), "fps": f"{fps:.4f}", "fit": self.fit,
+            "size": f"{self.size[0]}x{self.size[1]}", "flow_method": self.flow_method,
+            "sam": self.model_names.get("sam", ""), "depth": self.model_names.get("depth", ""),
+        }
+        return tensors, meta
+
+    def process(self, spec: ClipSpec) -> str:
+        """'cached', 'built', 'rebuilt', 'busy' (another process has it) or 'failed: reason'."""
+        from safetensors.torch import save_file
+
+        path = self.shard_path(spec)
+        status = "built"
+        if path.exists():
+            meta, reason = validate_shard(path, self.num_frames)
+            if meta is not None:
+                return "cached"
+            self.log(f"rebuilding {path.name}: {reason}")
+            status = "rebuilt"
+        lock = _ClipLock(path.with_suffix(".lock"))
+        if not lock.acquire():
+            return "busy"
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial")
+        try:
+            tensors, meta = self.compute(spec)
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+            return status
+        except (ValueError, OSError, ModelFileError, cv2.error) as e:
+            return f"failed: {e}"
+        finally:
+            tmp.unlink(missing_ok=True)
+            lock.release()
+
+    def run(self, specs: list[ClipSpec], progress: bool = True) -> dict[str, int]:
+        from tqdm import tqdm
+
+        counts: dict[str, int] = {}
+        for spec in tqdm(specs, desc="preprocess", unit="clip", disable=not progress):
+            status = self.process(spec)
+            if status.startswith("failed"):
+                self.log(f"{spec.source} @ {spec.start}: {status}")
+                status = "failed"
+            counts[status] = counts.get(status, 0) + 1
+        self.write_index()
+        return counts
+
+    def write_index(self) -> Path:
+        """Rewrite ``index.json`` from the complete shards on disk (under a file lock; only if it changed)."""
+        index_path = self.cache / "index.json"
+        with open(self.cache / "index.lock", "w") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            clips = []
+            for path in sorted(self.clips_dir.glob("*.safetensors")):
+                meta, _ = validate_shard(path, self.num_frames)
+                if meta is not None:
+                    clips.append({"id": path.stem, "file": f"clips/{path.name}", "source": meta["source"],
+                                  "start": int(meta["start"]), "fps": float(meta["fps"])})
+            index = {"cache_version": CACHE_VERSION, "num_frames": self.num_frames,
+                     "size": list(self.size), "clips": clips}
+            text = json.dumps(index, indent=1)
+            if not index_path.exists() or index_path.read_text() != text:
+                tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(text)
+                os.replace(tmp, index_path)
+        return index_path
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Reads the preprocessed shards listed in ``index.json``; every item is a dict of tensors."""
+
+    def __init__(self, cache_dir, ids: list[str] | None = None):
+        self.cache = Path(cache_dir)
+        index_path = self.cache / "index.json"
+        if not index_path.is_file():
+            raise CacheError(f"No preprocessed data in {self.cache} (index.json missing): run "
+                             f"`python -m train preprocess --out {self.cache} VIDEOS...` first.")
+        index = json.loads(index_path.read_text())
+        if index.get("cache_version") != CACHE_VERSION:
+            raise CacheError(f"{self.cache} was preprocessed by cache version {index.get('cache_version')}, this "
+                             f"code needs {CACHE_VERSION}: re-run `python -m train preprocess` on it (stale shards "
+                             "are rebuilt, current ones kept).")
+        self.num_frames = index["num_frames"]
+        self.size = tuple(index["size"])
+        clips = index["clips"]
+        if ids is not None:
+            clips = [c for c in clips if c["id"] in set(ids)]
+        if not clips:
+            raise CacheError(f"{index_path} lists no clips: preprocessing found nothing usable.")
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        from safetensors.torch import load_file
+
+        clip = self.clips[i]
+        path = self.cache / clip["file"]
+        meta, reason = validate_shard(path, self.num_frames)
+        if meta is None:
+            raise CacheError(f"{path} is unusable ({reason}): re-run `python -m train preprocess` to rebuild it.")
+        item = load_file(str(path))
+        item["fps"] = torch.tensor(float(meta["fps"]))
+        item["index"] = torch.tensor(i)
+        return item
+
+

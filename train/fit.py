@@ -1,0 +1,401 @@
+"""Fit the SurgSora adapter on preprocessed clips (``python -m train fit``), top to bottom.
+
+1. Frozen SVD (UNet, VAE, CLIP image encoder) from a diffusers folder or single file, or tiny random
+   components (``--config tiny``); a trainable adapter from the UNet, an adapter folder, or a
+   MOFA-Video ControlNet warm start.
+2. Stage 1 trains every adapter parameter on dense ground-truth flow. Stage 2 decodes the flow from the
+   cached sparse guide points with a trajectory decoder (analytic, or CMP from a file) and freezes the
+   DSI processors and encoders, training the trunk, zero convs and MSF.
+3. Each step: VAE latents of the clip, a noise level per clip (log-normal or cosine-interpolated),
+   the noise-augmented frame-0 latent and CLIP embedding exactly as the pipeline builds them at
+   inference (with conditioning dropout), the adapter's conditions (DSI + DFM + MSF, with gradients),
+   its residuals into the frozen UNet, and the EDM loss (``train/objective.py``).
+4. AdamW (optionally 8-bit), constant LR with warm-up, gradient accumulation and clipping, mixed
+   precision and multi-GPU through ``accelerate``; crash-safe checkpoints with exact resume
+   (``train/checkpoint.py``); TensorBoard + CSV logs; periodic validation videos.
+
+All randomness (data order, noise, sigmas, dropout) comes from one ``torch.Generator`` per process
+whose state is checkpointed, and the data order is a function of the step, so ``--resume latest``
+continues exactly where an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["FitConfig", "run", "stage_trainable"]
+
+# Modules frozen in stage 2 (the DSI processors and encoders); everything else in the adapter trains.
+STAGE2_FROZEN = ("rgb_processor", "depth_processor", "rgb_encoder", "depth_encoder")
+
+
+@dataclass
+class FitConfig:
+    data: str = ""  # preprocessed cache folder (python -m train preprocess --out ...)
+    out: str = "runs/surgsora"
+    config: str = "full"  # "full" (real SVD from --svd) or "tiny" (random tiny components, CPU smoke runs)
+    svd: str = ""  # diffusers folder or single-file svd_xt.safetensors
+    adapter: str = ""  # start from this adapter folder (save_pretrained) instead of the UNet
+    init_from_mofa: str = ""  # warm start trunk/zero convs/RGB stream from MOFA-Video-Traj's ControlNet
+    stage: int = 1
+    flow_decoder: str = "analytic"  # stage 2: "analytic" or a CMP checkpoint path
+    max_steps: int = 10000
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    adam8bit: bool = False
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    gradient_checkpointing: bool = False
+    sigma_scheme: str = "lognormal"  # lognormal | cosine
+    p_mean: float = 0.7
+    p_std: float = 1.6
+    noise_aug_mean: float = -3.0
+    noise_aug_std: float = 0.5
+    drop_clip_prob: float = 0.1
+    drop_latent_prob: float = 0.1
+    motion_bucket_id: int = 127
+    fps: float = 7.0  # used when a clip has no frame rate (frame folders)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: str = ""  # "latest" or a checkpoint folder
+    validate_every: int = 0
+    validation_steps: int = 25
+    log_every: int = 1
+    seed: int = 0
+    overfit_one_batch: bool = False  # same batch, noise and sigma every step (sanity check of the loop)
+    num_workers: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def stage_trainable(adapter, stage: int) -> list[str]:
+    """Set ``requires_grad`` for ``stage`` and return the names of the trainable parameters."""
+    names = []
+    for name, p in adapter.named_parameters():
+        train = stage == 1 or not name.startswith(STAGE2_FROZEN)
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    return names
+
+
+def _build_components(cfg: FitConfig, device):
+    from surgsora.tiny import tiny_adapter_options, tiny_svd_components
+
+    if cfg.config == "tiny":
+        components = tiny_svd_components(seed=cfg.seed)
+        condition_options = tiny_adapter_options()
+    else:
+        if not cfg.svd:
+            raise SystemExit("give --svd PATH (a diffusers SVD folder or svd_xt.safetensors), or --config tiny")
+        from surgsora.svd_checkpoint import load_svd
+
+        components = load_svd(cfg.svd, device="cpu")
+        condition_options = {}
+    for name in ("unet", "vae", "image_encoder"):
+        components[name].requires_grad_(False).eval()
+    return components, condition_options
+
+
+def _build_adapter(cfg: FitConfig, unet, condition_options):
+    from surgsora import SurgSoraAdapter
+
+    if cfg.adapter:
+        return SurgSoraAdapter.from_pretrained(cfg.adapter)
+    torch.manual_seed(cfg.seed)
+    adapter = SurgSoraAdapter.from_unet(unet, **condition_options)
+    if cfg.init_from_mofa:
+        from surgsora.warm_start import init_from_mofa
+
+        report = init_from_mofa(adapter, cfg.init_from_mofa)
+        print(f"MOFA warm start: {report}")
+    return adapter
+
+
+def _flow_decoder(cfg: FitConfig, device):
+    if cfg.flow_decoder == "analytic":
+        from surgsora.analytic_flow import AnalyticDecoder
+
+        return AnalyticDecoder()
+    from surgsora.cmp import load_cmp
+
+    return load_cmp(cfg.flow_decoder, device=device)
+
+
+def _collate(items: list[dict]) -> dict:
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in ("points", "disp")}
+    batch["points"] = [it["points"] for it in items]
+    batch["disp"] = [it["disp"] for it in items]
+    return batch
+
+
+def _batch_indices(step: int, n: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
+    """Data order as a function of the step: a seeded permutation per epoch, split across processes."""
+    per_step = batch_size * world
+    steps_per_epoch = max(1, n // per_step) if n >= per_step else 1
+    epoch, k = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    perm = (perm * math.ceil(per_step / n + 1))[: max(n, per_step) + per_step]
+    start = k * per_step + rank * batch_size
+    return perm[start:start + batch_size]
+
+
+def _dense_flow_stage2(decoder, frames01: torch.Tensor, points, disp, size) -> torch.Tensor:
+    """Trajectory-decoded flow [B, T-1, 2, H, W] from cached guide points (stage 2)."""
+    from surgsora.tracks import rasterize
+
+    flows = []
+    for b in range(frames01.shape[0]):
+        tracks = torch.cat([points[b][None], points[b][None] + disp[b]], dim=0).permute(1, 0, 2)  # [N, T, 2]
+        sparse, mask = rasterize(tracks, size)
+        with torch.no_grad():
+            flows.append(decoder(frames01[b:b + 1].to(sparse.device), sparse, mask))
+    return torch.cat(flows)
+
+
+def run(cfg: FitConfig) -> dict:
+    """Train; returns a summary {step, last_loss, losses, out}."""
+    from accelerate import Accelerator
+
+    from surgsora import SurgSoraPipeline
+    from surgsora.unet import unet_forward
+
+    from .checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+    from .data import ClipDataset
+    from .objective import edm_loss, preconditioning, sample_noise_aug, sample_sigmas
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    device = accelerator.device
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in clean_partial(ckpt_dir) if ckpt_dir.exists() else []:
+            print(f"removed a partial checkpoint left by an interrupted write: {p.name}")
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+
+    # ---- models
+    components, condition_options = _build_components(cfg, device)
+    adapter = _build_adapter(cfg, components["unet"], condition_options)
+    trainable = stage_trainable(adapter, cfg.stage)
+    if cfg.gradient_checkpointing:
+        adapter.enable_gradient_checkpointing()
+        components["unet"].enable_gradient_checkpointing()
+    for name in ("unet", "vae", "image_encoder"):
+        components[name].to(device, dtype=weight_dtype)
+    # The pipeline object gives training the very same first-frame encoders as inference.
+    pipe = SurgSoraPipeline(**components, adapter=adapter)
+    decoder = _flow_decoder(cfg, device) if cfg.stage == 2 else None
+
+    # ---- data
+    dataset = ClipDataset(cfg.data)
+    height, width = dataset.size
+    num_frames = dataset.num_frames
+    # With validation on, the last clip is held out of training.
+    val_index = len(dataset) - 1
+    held_out = cfg.validate_every > 0 and len(dataset) > 1
+    train_set = torch.utils.data.Subset(dataset, range(len(dataset) - 1)) if held_out else dataset
+
+    # ---- optimisation
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    if cfg.adam8bit:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise SystemExit("--adam8bit needs bitsandbytes (pip install bitsandbytes), a CUDA-only package")
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(0, cfg.warmup_steps)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it per process).
+    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + accelerator.process_index)
+    generators = {f"rank{accelerator.process_index}": generator}
+
+    step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(ckpt_dir) if cfg.resume == "latest" else Path(cfg.resume)
+        if ckpt is None:
+            print(f"--resume latest: no complete checkpoint in {ckpt_dir}; starting from step 0")
+        else:
+            state = load_checkpoint(ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, generators)
+            step = state["step"]
+            print(f"resumed from {ckpt} at step {step}")
+
+    # ---- logs (CSV rows past the resumed step belong to the interrupted run: drop them)
+    log_path = out / "train_log.csv"
+    fields = ["step", "loss", "lr", "grad_norm", "sigma", "seconds"]
+    rows = []
+    if log_path.exists():
+        with open(log_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    writer = None
+    if accelerator.is_main_process:
+        with open(log_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            print("tensorboard is not installed: logging to CSV only")
+        (out / "fit_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    losses = [float(r["loss"]) for r in rows]
+
+    unet, vae = components["unet"], components["vae"]
+    scaling = vae.config.scaling_factor
+    fixed_state = generator.get_state() if cfg.overfit_one_batch else None
+
+    from tqdm import tqdm
+
+    def micro_step(micro: int):
+        """One forward/backward on one batch; returns (loss, mean sigma)."""
+        idx = _batch_indices(0 if cfg.overfit_one_batch else micro, len(train_set), cfg.batch_size,
+                             accelerator.process_index, accelerator.num_processes, cfg.seed)
+        batch = _collate([train_set[i] for i in idx])
+        frames = batch["frames"].to(device).permute(0, 1, 4, 2, 3).float() / 255.0  # [B,T,3,H,W] in [0,1]
+        bsz = frames.shape[0]
+        pixels = frames * 2 - 1  # RGB in [-1, 1], as at inference
+        with torch.no_grad():
+            dist = vae.encode(pixels.flatten(0, 1).to(weight_dtype)).latent_dist
+            eps_vae = torch.randn(dist.mean.shape, generator=generator).to(device, dist.mean.dtype)
+            latents = (dist.mean + dist.std * eps_vae).view(bsz, num_frames, -1, *dist.mean.shape[-2:])
+            latents = latents.float() * scaling
+            noise_aug = sample_noise_aug(bsz, generator, cfg.noise_aug_mean, cfg.noise_aug_std).to(device)
+            cond_latent = pipe.encode_conditioning_latent(pixels[:, 0].to(weight_dtype), noise_aug, generator)
+            clip_emb = pipe.encode_clip_image(frames[:, 0])
+            # Conditioning dropout: classifier-free guidance at inference zeroes both.
+            drop_clip = torch.rand(bsz, generator=generator) < cfg.drop_clip_prob
+            drop_latent = torch.rand(bsz, generator=generator) < cfg.drop_latent_prob
+            clip_emb = clip_emb * (~drop_clip).to(device, clip_emb.dtype).view(-1, 1, 1)
+            cond_latent = cond_latent * (~drop_latent).to(device, cond_latent.dtype).view(-1, 1, 1, 1)
+            if cfg.stage == 1:
+                flow = batch["flow"].to(device).float()
+            else:
+                flow = _dense_flow_stage2(decoder, frames[:, 0], batch["points"], batch["disp"],
+                                          (height, width)).to(device)
+
+        sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std).to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        noisy = latents + sigma.view(-1, 1, 1, 1, 1) * noise
+        _, _, c_in, c_noise = preconditioning(sigma)
+        cond = cond_latent.float().unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
+        model_in = torch.cat([c_in * noisy, cond], dim=2).to(weight_dtype)
+        fps = torch.where(batch["fps"] > 0, batch["fps"], torch.tensor(cfg.fps)).to(device)
+        # added_time_ids = [fps - 1, motion_bucket_id, noise_aug_strength], as in the pipeline.
+        time_ids = torch.stack([fps.round() - 1, torch.full_like(fps, cfg.motion_bucket_id), noise_aug], dim=1)
+        time_ids = time_ids.to(weight_dtype)
+
+        with accelerator.accumulate(adapter), accelerator.autocast():
+            conditions = raw_adapter.encode_conditions(pixels[:, 0], batch["depth"].to(device).float(),
+                                                       batch["seg"].to(device).float(), flow)
+            down, mid = adapter(model_in, c_noise, clip_emb, time_ids, conditions)
+            pred = unet_forward(unet, model_in, c_noise, clip_emb, time_ids,
+                                [d.to(weight_dtype) for d in down], mid.to(weight_dtype))
+            loss = edm_loss(pred, noisy, latents, sigma).mean()
+            accelerator.backward(loss)  # accelerate divides by the accumulation steps
+        return loss.detach(), sigma.mean().item()
+
+    raw_adapter = accelerator.unwrap_model(adapter)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_main_process)
+    t_last = time.time()
+    while step < cfg.max_steps:
+        if fixed_state is not None:
+            generator.set_state(fixed_state)
+        step_losses, sigmas = [], []
+        for j in range(cfg.grad_accum):
+            loss, sig = micro_step(step * cfg.grad_accum + j)
+            step_losses.append(loss)
+            sigmas.append(sig)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.tensor(0.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        loss_value = accelerator.gather(torch.stack(step_losses).mean().reshape(1)).mean().item()
+        losses.append(loss_value)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if accelerator.is_main_process and step % cfg.log_every == 0:
+            now = time.time()
+            row = {"step": step, "loss": f"{loss_value:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}",
+                   "grad_norm": f"{float(grad_norm):.4f}", "sigma": f"{sum(sigmas) / len(sigmas):.4f}",
+                   "seconds": f"{now - t_last:.3f}"}
+            t_last = now
+            with open(log_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields).writerow(row)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                # Loss per noise-level decade (sigma 1e-3 .. 1e2+): where the adapter still struggles.
+                bucket = min(max(int(math.floor(math.log10(max(sigmas[-1], 1e-3)))), -3), 2)
+                writer.add_scalar(f"train/loss_sigma_1e{bucket}", loss_value, step)
+        if accelerator.is_main_process and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+            save_checkpoint(ckpt_dir, step, raw_adapter, optimizer, lr_scheduler, generators,
+                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints)
+        if accelerator.is_main_process and cfg.validate_every and step % cfg.validate_every == 0:
+            _validate(pipe, raw_adapter, dataset, val_index, out / "validation", step, cfg, decoder)
+        accelerator.wait_for_everyone()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(adapter).save_pretrained(out / "adapter")
+    return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses, "out": str(out),
+            "trainable": len(trainable)}
+
+
+@torch.no_grad()
+def _validate(pipe, adapter, dataset, index: int, folder: Path, step: int, cfg: FitConfig, decoder) -> Path:
+    """Generate the held-out clip from its first frame with the current adapter; save mp4 + flow video."""
+    from surgsora.flow_viz import flow_to_rgb
+    from surgsora.video_io import write_video
+
+    was_training = adapter.training
+    adapter.eval()
+    item = dataset[index]
+    frames = item["frames"].permute(0, 3, 1, 2).float() / 255.0
+    image = frames[:1]
+    if cfg.stage == 1:
+        flow = item["flow"][None].float()
+    else:
+        size = tuple(frames.shape[-2:])
+        flow = _dense_flow_stage2(decoder, image, [item["points"]], [item["disp"]], size)
+    device = pipe._execution_device
+    video = pipe(image, flow=flow.to(device), depth=item["depth"][None].float().to(device),
+                 seg_features=item["seg"][None].float().to(device), num_inference_steps=cfg.validation_steps,
+                 generator=torch.Generator().manual_seed(cfg.seed))
+    folder.mkdir(parents=True, exist_ok=True)
+    fps = float(item["fps"]) or cfg.fps
+    path = write_video(folder / f"step_{step:08d}.mp4", video[0].permute(0, 2, 3, 1).cpu().numpy(), fps=fps)
+    write_video(folder / f"step_{step:08d}_flow.mp4", flow_to_rgb(flow[0]).permute(0, 2, 3, 1).cpu().numpy(), fps=fps)
+    adapter.train(was_training)
+    return path
+
+
+def config_from_args(args) -> FitConfig:
+    cfg = FitConfig()
+    for k, v in vars(args).items():
+        if hasattr(cfg, k) and v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit("run `python -m train fit ...`")
