@@ -128,14 +128,17 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_unet(cls, unet, load_weights_from_unet: bool = True, **condition_config) -> "SurgSoraAdapter":
+    def from_unet(cls, unet, load_weights_from_unet: bool = True, **config_overrides) -> "SurgSoraAdapter":
         """A fresh adapter whose trunk is a copy of ``unet`` (a diffusers UNetSpatioTemporalConditionModel).
 
-        ``condition_config`` sets the condition-branch options (``conditioning_embedding_channels``,
-        ``depth_hidden_channels``, ``seg_channels``, ``fusion_temporal_kernel``).
+        ``config_overrides`` sets the condition-branch options (``conditioning_embedding_channels``,
+        ``depth_hidden_channels``, ``seg_channels``, ``fusion_temporal_kernel``) or trunk options that do
+        not change weight shapes, such as ``num_attention_heads`` (MOFA-Video's ControlNet runs
+        (5, 10, 10, 20) where the SVD UNet runs (5, 10, 20, 20)).
         """
         config = {k: unet.config[k] for k in _UNET_KEYS}
-        adapter = cls(**config, **condition_config)
+        config.update(config_overrides)
+        adapter = cls(**config)
         if load_weights_from_unet:
             for name in ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"):
                 getattr(adapter, name).load_state_dict(getattr(unet, name).state_dict())

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join"]
+__all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join", "SafetensorsReader"]
 
 
 class ModelFileError(RuntimeError):
@@ -131,3 +131,47 @@ def safe_join(folder: str | os.PathLike, name: str) -> Path:
     if target != folder and folder not in target.parents:
         raise ValueError(f"Invalid file name {name!r}: it points outside {folder}.")
     return target
+
+
+class SafetensorsReader:
+    """Tensors of a ``.safetensors`` file read one at a time (shapes from the header first).
+
+    Peak memory stays near one copy of the weights: the file is memory-mapped by ``safe_open`` and
+    re-opened every ``reopen_bytes`` so pages already copied out are released.
+    """
+
+    REOPEN_BYTES = 256 << 20
+
+    def __init__(self, path: str | os.PathLike, folder_hint: str | None = None):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self._open = lambda: safe_open(str(self.path), framework="pt", device="cpu")
+        try:
+            self._f = self._open()
+        except Exception as e:  # safetensors raises its own error types
+            msg = str(e)
+            if "not fully covered" in msg or "incomplete" in msg.lower():
+                raise ModelFileError(f"{self.path} is truncated; the download did not finish. Download it again.") \
+                    from None
+            raise ModelFileError(f"{self.path} could not be read as safetensors ({msg}).{_where(folder_hint)}") from None
+        self.metadata = self._f.metadata() or {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}  # safetensors dtype names ("F16", "F32", ...)
+        for k in self._f.keys():
+            sl = self._f.get_slice(k)
+            self.shapes[k] = tuple(sl.get_shape())
+            self.dtypes[k] = sl.get_dtype()
+        self._since_open = 0
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._since_open > self.REOPEN_BYTES:
+            self._f = None  # unmaps the file; tensors already read are private copies
+            self._f = self._open()
+            self._since_open = 0
+        t = self._f.get_tensor(key)
+        self._since_open += t.nbytes
+        return t
+
+    def close(self) -> None:
+        self._f = None

@@ -57,7 +57,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .io import ModelFileError, load_state_dict
+from .io import ModelFileError, SafetensorsReader, load_state_dict
 
 __all__ = [
     "SVDCheckpointError",
@@ -100,8 +100,6 @@ QKV = "qkv"                # diffusers q/k/v proj     <->  one third of OpenCLIP
 TRANSPOSE = "transpose"    # diffusers Linear weight  <->  OpenCLIP's x @ proj matrix
 QUANT_CONV = "quant_conv"  # no source: identity on load, folded into the encoder's conv_out on export
 
-# Re-open the safetensors file after this many bytes so already-copied map pages are dropped.
-_REOPEN_BYTES = 256 << 20
 
 
 class SVDCheckpointError(ModelFileError):
@@ -481,46 +479,17 @@ def _scheduler_and_feature_extractor(folder: Path | None):
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-class _SafetensorsSource:
-    """Tensors of a .safetensors file, read one at a time through ``safe_open``."""
+class _SafetensorsSource(SafetensorsReader):
+    """Tensors of a .safetensors file, read one at a time (see :class:`surgsora.io.SafetensorsReader`)."""
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
-        self.path = path
-        self._open = lambda: safe_open(str(path), framework="pt", device="cpu")
         try:
-            self._f = self._open()
-        except Exception as e:  # safetensors raises its own error types
-            msg = str(e)
-            if "not fully covered" in msg or "incomplete" in msg.lower():
-                raise SVDCheckpointError(f"{path} is truncated; the download did not finish. Download it again.") \
-                    from None
-            raise SVDCheckpointError(f"{path} could not be read as safetensors ({msg}).") from None
-        self.metadata = self._f.metadata() or {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, str] = {}
-        for k in self._f.keys():
-            sl = self._f.get_slice(k)
-            self.shapes[k] = tuple(sl.get_shape())
-            self.dtypes[k] = sl.get_dtype()
-        self._since_open = 0
+            super().__init__(path)
+        except ModelFileError as e:
+            raise SVDCheckpointError(str(e)) from None
 
     def dtype_of(self, key: str) -> torch.dtype | None:
         return _ST_DTYPES.get(self.dtypes.get(key, ""))
-
-    def get(self, key: str) -> torch.Tensor:
-        if self._since_open > _REOPEN_BYTES:
-            # dropping the handle unmaps the file; tensors already read are private copies
-            self._f = None
-            self._f = self._open()
-            self._since_open = 0
-        t = self._f.get_tensor(key)
-        self._since_open += t.nbytes
-        return t
-
-    def close(self):
-        self._f = None
 
 
 class _DictSource:

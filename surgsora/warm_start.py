@@ -39,7 +39,7 @@ from typing import Mapping
 
 import torch
 
-from .io import ModelFileError, load_state_dict
+from .io import ModelFileError, SafetensorsReader, load_state_dict
 
 __all__ = ["WarmStartError", "WarmStartReport", "MOFA_RENAMES", "PARTIAL_LOADS", "plan_warm_start", "init_from_mofa"]
 
@@ -183,48 +183,24 @@ def _resolve(path) -> Path:
     return path
 
 
-# Re-open the safetensors file after this many bytes so already-copied map pages are dropped.
-_REOPEN_BYTES = 256 << 20
-
-
 class _Reader:
     """Shapes first (header only), then tensors one at a time."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._since_open = 0
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            self._open = lambda: safe_open(str(path), framework="pt", device="cpu")
-            try:
-                self._f = self._open()
-            except Exception as e:
-                msg = str(e)
-                if "not fully covered" in msg or "incomplete" in msg.lower():
-                    raise WarmStartError(f"{path} is truncated; the download did not finish. Download it again.") \
-                        from None
-                raise WarmStartError(f"{path} could not be read as safetensors ({msg}). {_WHERE}") from None
-            self.shapes = {k: tuple(self._f.get_slice(k).get_shape()) for k in self._f.keys()}
-            self._sd = None
-        else:
-            try:
+        self._sd = None
+        try:
+            if path.suffix == ".safetensors":
+                self._st = SafetensorsReader(path, folder_hint="ComfyUI/models/surgsora")
+                self.shapes = self._st.shapes
+            else:
                 self._sd = load_state_dict(path, folder_hint="ComfyUI/models/surgsora")
-            except ModelFileError as e:
-                raise WarmStartError(str(e)) from None
-            self.shapes = {k: tuple(v.shape) for k, v in self._sd.items()}
+                self.shapes = {k: tuple(v.shape) for k, v in self._sd.items()}
+        except ModelFileError as e:
+            raise WarmStartError(str(e)) from None
 
     def get(self, key: str) -> torch.Tensor:
-        if self._sd is not None:
-            return self._sd[key]
-        if self._since_open > _REOPEN_BYTES:
-            # safe_open maps the whole file; re-opening releases the pages already copied
-            self._f = None
-            self._f = self._open()
-            self._since_open = 0
-        t = self._f.get_tensor(key)
-        self._since_open += t.nbytes
-        return t
+        return self._sd[key] if self._sd is not None else self._st.get(key)
 
 
 def _per_block(value, n: int) -> list:

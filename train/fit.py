@@ -113,12 +113,14 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
     if cfg.adapter:
         return SurgSoraAdapter.from_pretrained(cfg.adapter)
     torch.manual_seed(cfg.seed)
+    if cfg.init_from_mofa and len(unet.config.down_block_types) == 4:
+        # MOFA's ControlNet always ran (5, 10, 10, 20) heads (its config is ignored by its own code).
+        condition_options = {**condition_options, "num_attention_heads": (5, 10, 10, 20)}
     adapter = SurgSoraAdapter.from_unet(unet, **condition_options)
     if cfg.init_from_mofa:
         from surgsora.warm_start import init_from_mofa
 
-        report = init_from_mofa(adapter, cfg.init_from_mofa)
-        print(f"MOFA warm start: {report}")
+        print(init_from_mofa(adapter, cfg.init_from_mofa))
     return adapter
 
 
@@ -164,8 +166,12 @@ def _dense_flow_stage2(decoder, frames01: torch.Tensor, points, disp, size) -> t
     return torch.cat(flows)
 
 
-def run(cfg: FitConfig) -> dict:
-    """Train; returns a summary {step, last_loss, losses, out}."""
+def run(cfg: FitConfig, dataset=None) -> dict:
+    """Train; returns a summary {step, last_loss, losses, step_seconds, out}.
+
+    ``dataset`` replaces the preprocessed cache of ``cfg.data`` (any dataset yielding the same items as
+    :class:`train.data.ClipDataset`, with ``size`` and ``num_frames`` attributes).
+    """
     from accelerate import Accelerator
 
     from surgsora import SurgSoraPipeline
@@ -199,7 +205,7 @@ def run(cfg: FitConfig) -> dict:
     decoder = _flow_decoder(cfg, device) if cfg.stage == 2 else None
 
     # ---- data
-    dataset = ClipDataset(cfg.data)
+    dataset = dataset if dataset is not None else ClipDataset(cfg.data)
     height, width = dataset.size
     num_frames = dataset.num_frames
     # With validation on, the last clip is held out of training.
@@ -255,6 +261,7 @@ def run(cfg: FitConfig) -> dict:
             print("tensorboard is not installed: logging to CSV only")
         (out / "fit_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     losses = [float(r["loss"]) for r in rows]
+    step_seconds: list[float] = []
 
     unet, vae = components["unet"], components["vae"]
     scaling = vae.config.scaling_factor
@@ -314,6 +321,7 @@ def run(cfg: FitConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_main_process)
     t_last = time.time()
     while step < cfg.max_steps:
+        t_step = time.time()
         if fixed_state is not None:
             generator.set_state(fixed_state)
         step_losses, sigmas = [], []
@@ -329,6 +337,7 @@ def run(cfg: FitConfig) -> dict:
 
         loss_value = accelerator.gather(torch.stack(step_losses).mean().reshape(1)).mean().item()
         losses.append(loss_value)
+        step_seconds.append(time.time() - t_step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if accelerator.is_main_process and step % cfg.log_every == 0:
@@ -357,8 +366,8 @@ def run(cfg: FitConfig) -> dict:
         writer.close()
     if accelerator.is_main_process:
         accelerator.unwrap_model(adapter).save_pretrained(out / "adapter")
-    return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses, "out": str(out),
-            "trainable": len(trainable)}
+    return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses,
+            "step_seconds": step_seconds, "out": str(out), "trainable": len(trainable)}
 
 
 @torch.no_grad()
