@@ -9,7 +9,9 @@ Output follows the project convention: float32 [T-1, 2, H, W] in pixels, channel
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -57,19 +59,26 @@ def chained_dis_flow(frames: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def raft_flow(frames: np.ndarray, weights: str | os.PathLike, device: str | torch.device = "cpu",
-              iters: int = 12) -> np.ndarray:
-    """Flow 0 -> t with torchvision RAFT-Large loaded from a local weights file (``raft_large_*.pth``)."""
+@functools.lru_cache(maxsize=2)
+def _raft(weights: str, device: str):
+    """RAFT-Large from a local file, loaded once per (file, device) and kept for the next videos."""
     from torchvision.models.optical_flow import raft_large
 
     from .io import load_state_dict
 
     model = raft_large(weights=None, progress=False)
     model.load_state_dict(load_state_dict(weights, folder_hint="models/optical_flow"))
-    model.eval().to(device)
+    return model.eval().to(device)
+
+
+def raft_flow(frames: np.ndarray, weights: str | os.PathLike, device: str | torch.device = "cpu",
+              iters: int = 12) -> np.ndarray:
+    """Flow 0 -> t with torchvision RAFT-Large loaded from a local weights file (``raft_large_*.pth``)."""
+    model = _raft(str(Path(weights).resolve()), str(device))
     x = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float().div(255).mul(2).sub(1).to(device)
     h, w = x.shape[-2:]
-    ph, pw = (-h) % 8, (-w) % 8  # RAFT needs sizes divisible by 8
+    # RAFT needs sizes divisible by 8 and at least 128 (its correlation pyramid).
+    ph, pw = max((-h) % 8, 128 - h), max((-w) % 8, 128 - w)
     x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
     out = []
     with torch.no_grad():

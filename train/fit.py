@@ -199,7 +199,9 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         adapter.enable_gradient_checkpointing()
         components["unet"].enable_gradient_checkpointing()
     for name in ("unet", "vae", "image_encoder"):
-        components[name].to(device, dtype=weight_dtype)
+        module = components[name].to(device)
+        if module.dtype != weight_dtype:
+            module.to(weight_dtype)
     # The pipeline object gives training the very same first-frame encoders as inference.
     pipe = SurgSoraPipeline(**components, adapter=adapter)
     decoder = _flow_decoder(cfg, device) if cfg.stage == 2 else None
