@@ -332,6 +332,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
             step_losses.append(loss)
             sigmas.append(sig)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.tensor(0.0)
+        lr = lr_scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -344,7 +345,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if accelerator.is_main_process and step % cfg.log_every == 0:
             now = time.time()
-            row = {"step": step, "loss": f"{loss_value:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}",
+            row = {"step": step, "loss": f"{loss_value:.6f}", "lr": f"{lr:.3e}",
                    "grad_norm": f"{float(grad_norm):.4f}", "sigma": f"{sum(sigmas) / len(sigmas):.4f}",
                    "seconds": f"{now - t_last:.3f}"}
             t_last = now
@@ -352,7 +353,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
                 csv.DictWriter(f, fieldnames=fields).writerow(row)
             if writer is not None:
                 writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", lr_scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", float(grad_norm), step)
                 # Loss per noise-level decade (sigma 1e-3 .. 1e2+): where the adapter still struggles.
                 bucket = min(max(int(math.floor(math.log10(max(sigmas[-1], 1e-3)))), -3), 2)
