@@ -1,4 +1,28 @@
-"""ComfyUI node classes (thin wrappers over ``surgsora``), one file per family."""
+"""ComfyUI node classes (thin wrappers over ``surgsora``), one file per family.
+
+* ``perception``: Load SAM, SAM Segment Features, SAM Masks from Clicks, Load Depth Anything, Depth.
+* ``trajectory``: Trajectories (with the click-to-draw editor in ``web/``), Load Trajectory Decoder,
+  Trajectories to Flow, Optical Flow from Clip, Motion Preview.
+* ``generation``: Load Adapter, DSI Encode, DFM Warp + MSF Fuse, Load SVD, SVD Sampler, Decode.
+
+Importing this package registers the model folders with ComfyUI's ``folder_paths`` (when ComfyUI is
+there) and nothing else: no model is loaded or downloaded until a node runs.
+"""
+
+from . import generation, perception, trajectory
+from .models import register_folders
+
+register_folders()
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
+for _family in (perception, trajectory, generation):
+    NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)
+
+# The node's docstring is its description in the ComfyUI node library.
+for _cls in NODE_CLASS_MAPPINGS.values():
+    if "DESCRIPTION" not in _cls.__dict__ and _cls.__doc__:
+        _cls.DESCRIPTION = " ".join(_cls.__doc__.split())
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

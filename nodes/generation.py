@@ -1,0 +1,368 @@
+"""Generation nodes: SurgSora adapter, DSI encode, DFM warp + MSF fuse, SVD loader, sampler, decoder.
+
+The adapter's condition branch is split in two nodes so that ComfyUI's output cache does the work:
+``DSI Encode`` (frame, depth, SAM features -> multi-scale RGB/depth features of frame 0) reruns only
+when the frame or the perception changes, ``DFM + MSF`` (warp those features by the flow of every
+frame, fuse per scale) only when the trajectories change, and the sampler, whose widgets users tweak
+most, reuses both. The sampler returns a standard ``LATENT`` in ComfyUI's convention (VAE latents
+divided by the scaling factor, frames as the batch, ``[B*T, 4, H/8, W/8]``) plus the frame count under
+``surgsora_frames``; the decoder returns an ``IMAGE`` batch that core video nodes and VideoHelperSuite
+take. Cancel stops the sampler within one denoising step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from surgsora.dfm import warp_scales
+from surgsora.splat import resize_flow
+
+from .models import model_choices, resolve_model
+from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth,
+                      offload_device, on_device, resolve_dtype, torch_device, video_to_image)
+from .perception import SEG_TYPE
+from .trajectory import FLOW_TYPE, _check_flow
+
+ADAPTER_TYPE = "SURGSORA_ADAPTER"
+DSI_TYPE = "SURGSORA_DSI_FEATURES"
+CONDITIONS_TYPE = "SURGSORA_CONDITIONS"
+SVD_TYPE = "SURGSORA_SVD"
+DEFAULT_ADAPTER = "surgsora_adapter"
+SVD_MULTIPLE = 64  # the SVD UNet downsamples latents (1/8 of the image) three more times
+
+
+@dataclass
+class DSIFeatures:
+    """Frame-0 features of both DSI streams, one map per UNet scale, plus the frame they came from."""
+
+    rgb: list[torch.Tensor]  # [B, C_s, H/s, W/s]
+    depth: list[torch.Tensor]
+    image: torch.Tensor  # [B, 3, H, W] in [0, 1]
+
+
+@dataclass
+class Conditions:
+    """Fused conditions per scale ``[B, T, C_s, H/s, W/s]`` for one video, and its first frame."""
+
+    scales: list[torch.Tensor]
+    image: torch.Tensor  # [B, 3, H, W] in [0, 1]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.scales[0].shape[1])
+
+
+@dataclass
+class SVDModels:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    scheduler: object
+    feature_extractor: object
+    name: str = ""
+
+    def pipeline(self, adapter=None):
+        """A SurgSoraPipeline over these modules with a fresh scheduler (sampling state never leaks between runs)."""
+        from surgsora.pipeline import SurgSoraPipeline
+
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        return SurgSoraPipeline(vae=self.vae, image_encoder=self.image_encoder, unet=self.unet, scheduler=scheduler,
+                                feature_extractor=self.feature_extractor, adapter=adapter)
+
+
+def _check_size(h: int, w: int, what: str) -> None:
+    if h % SVD_MULTIPLE or w % SVD_MULTIPLE:
+        sw, sh = max(SVD_MULTIPLE, round(w / SVD_MULTIPLE) * SVD_MULTIPLE), \
+            max(SVD_MULTIPLE, round(h / SVD_MULTIPLE) * SVD_MULTIPLE)
+        raise ValueError(f"{what} is {w}x{h}; SurgSora/SVD need a width and height that are multiples of "
+                         f"{SVD_MULTIPLE} (e.g. {sw}x{sh}): resize the frame first (Upscale Image, crop disabled), "
+                         "before SAM, depth and the trajectories.")
+
+
+# ---------------------------------------------------------------------------------------- adapter
+
+class SurgSoraLoadAdapter:
+    """Load a trained SurgSora adapter folder (config.json + weights, as `python -m train` writes it)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter_name": (model_choices("adapter", extra=(DEFAULT_ADAPTER,)),
+                             {"tooltip": "An adapter folder in models/surgsora."}),
+            "precision": (PRECISIONS, {"default": "auto"}),
+        }}
+
+    RETURN_TYPES = (ADAPTER_TYPE,)
+    RETURN_NAMES = ("adapter",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+
+    def load(self, adapter_name, precision="auto"):
+        from surgsora.adapter import SurgSoraAdapter
+        from surgsora.io import ModelFileError
+
+        path = resolve_model("adapter", adapter_name)
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelFileError(f"{path} is not a SurgSora adapter folder: it needs config.json and "
+                                 "diffusion_pytorch_model.safetensors (what `python -m train` writes). Put the "
+                                 "folder in models/surgsora.")
+        dtype = resolve_dtype(precision, torch_device())
+        try:
+            adapter = SurgSoraAdapter.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelFileError(f"The adapter folder {path} could not be loaded: {first}") from None
+        return (adapter.eval().requires_grad_(False).to(offload_device()),)
+
+
+class SurgSoraDSIEncode:
+    """Dual Semantic Injector: RGB + SAM and depth + SAM streams of the first frame, at every UNet scale."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter": (ADAPTER_TYPE,),
+            "image": ("IMAGE", {"tooltip": "The first frame at the working size (multiples of 64)."}),
+            "depth": ("IMAGE", {"tooltip": "Its depth map, near = bright (any depth node's IMAGE output)."}),
+            "seg_features": (SEG_TYPE,),
+        }}
+
+    RETURN_TYPES = (DSI_TYPE,)
+    RETURN_NAMES = ("dsi_features",)
+    FUNCTION = "encode"
+    CATEGORY = f"{CATEGORY}/conditioning"
+
+    @torch.no_grad()
+    def encode(self, adapter, image, depth, seg_features):
+        x = image_to_bchw(image, "image")
+        b, _, h, w = x.shape
+        _check_size(h, w, "The first frame")
+        d = image_to_depth(depth)
+        if d.shape[0] not in (1, b):
+            raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
+        seg = seg_features
+        channels = adapter.config.seg_channels
+        if not isinstance(seg, torch.Tensor) or seg.ndim != 4 or seg.shape[1] != channels:
+            shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else type(seg).__name__
+            raise ValueError(f"seg_features must be SAM image embeddings [B, {channels}, 64, 64]; got {shape}.")
+        if seg.shape[0] not in (1, b):
+            raise ValueError(f"seg_features has {seg.shape[0]} images but the frame batch has {b}.")
+        d, seg = d.expand(b, *d.shape[1:]), seg.expand(b, *seg.shape[1:])
+        if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
+            d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+        with on_device(adapter) as device:
+            dtype = adapter.dtype
+            pixels = (x * 2 - 1).to(device, dtype)
+            rgb = adapter.rgb_encoder(adapter.rgb_processor(pixels, seg.to(device, dtype)))
+            dep = adapter.depth_encoder(adapter.depth_processor(d.to(device, dtype), seg.to(device, dtype)))
+            out = DSIFeatures([r.cpu() for r in rgb], [q.cpu() for q in dep], x)
+        return (out,)
+
+
+class SurgSoraDFMFuse:
+    """Decoupled Flow Mapper + Multi-Scale Fusion: forward-warp both DSI streams by the flow of every frame
+    (resized per scale) and fuse them, giving the adapter's conditions for the whole video."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"adapter": (ADAPTER_TYPE,), "dsi_features": (DSI_TYPE,), "flow": (FLOW_TYPE,)}}
+
+    RETURN_TYPES = (CONDITIONS_TYPE,)
+    RETURN_NAMES = ("conditions",)
+    FUNCTION = "fuse"
+    CATEGORY = f"{CATEGORY}/conditioning"
+
+    @torch.no_grad()
+    def fuse(self, adapter, dsi_features, flow):
+        f = _check_flow(flow)
+        feats = dsi_features
+        b, _, h, w = feats.image.shape
+        if f.shape[0] not in (1, b):
+            raise ValueError(f"flow has a batch of {f.shape[0]} but the DSI features {b}.")
+        f = resize_flow(f, (h, w)).expand(b, *f.shape[1:])
+        with on_device(adapter) as device:
+            dtype = adapter.dtype
+            rgb = warp_scales([r.to(device, dtype) for r in feats.rgb], f.to(device))
+            dep = warp_scales([q.to(device, dtype) for q in feats.depth], f.to(device))
+            scales = [fuse(r, q).cpu() for fuse, r, q in zip(adapter.fusion, rgb, dep)]
+        return (Conditions(scales, feats.image),)
+
+
+# ---------------------------------------------------------------------------------------- SVD
+
+class SurgSoraLoadSVD:
+    """Load Stable Video Diffusion: the single file ComfyUI users have (models/checkpoints, e.g.
+    svd_xt.safetensors) or a diffusers folder (models/diffusers)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (model_choices("svd"), {"tooltip": "svd_xt.safetensors in models/checkpoints, or "
+                                                            "[diffusers] <folder> in models/diffusers."}),
+            "precision": (PRECISIONS, {"default": "auto"}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known checkpoint if it is missing (a "
+                                                                   "gated model: log in with huggingface-cli first)."}),
+        }}
+
+    RETURN_TYPES = (SVD_TYPE,)
+    RETURN_NAMES = ("svd",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+
+    def load(self, ckpt_name, precision="auto", download=False):
+        from surgsora.svd_checkpoint import load_svd
+
+        path = resolve_model("svd", ckpt_name, download)
+        parts = load_svd(path, device=offload_device(), dtype=resolve_dtype(precision, torch_device()))
+        for k in ("unet", "vae", "image_encoder"):
+            parts[k].requires_grad_(False)
+        return (SVDModels(name=ckpt_name, **parts),)
+
+
+class SurgSoraSampler:
+    """SVD image-to-video sampling steered by the SurgSora adapter; returns the video latents.
+
+    Without ``adapter``/``conditions`` it is plain SVD. The frame count and size come from the conditions
+    (``frames`` 0 = that count, or the UNet's default without conditions).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "svd": (SVD_TYPE,),
+                "image": ("IMAGE", {"tooltip": "The first frame."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
+                "min_cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                      "tooltip": "Guidance on the first frame; ramps linearly to max_cfg."}),
+                "max_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1}),
+                "fps": ("INT", {"default": 7, "min": 1, "max": 1024}),
+                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023}),
+                "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "control_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                            "tooltip": "Strength of the SurgSora adapter (0 = plain SVD)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "frames": ("INT", {"default": 0, "min": 0, "max": 512,
+                                   "tooltip": "Video length (0 = the conditions' frame count)."}),
+            },
+            "optional": {"adapter": (ADAPTER_TYPE,), "conditions": (CONDITIONS_TYPE,)},
+        }
+
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+    CATEGORY = f"{CATEGORY}/generation"
+
+    @torch.no_grad()
+    def sample(self, svd, image, steps=25, min_cfg=1.0, max_cfg=3.0, fps=7, motion_bucket_id=127,
+               noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, adapter=None, conditions=None):
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1; got {steps}.")
+        if min_cfg > max_cfg:
+            raise ValueError(f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg}).")
+        if fps < 1:
+            raise ValueError(f"fps must be at least 1; got {fps}.")
+        if (adapter is None) != (conditions is None):
+            missing = "conditions (from SurgSora DFM + MSF)" if conditions is None else "adapter"
+            raise ValueError(f"Connect both the adapter and the conditions, or neither (plain SVD); the {missing} "
+                             "input is missing.")
+        x = image_to_bchw(image, "image")
+        if conditions is not None:
+            num_frames = conditions.num_frames
+            if frames not in (0, num_frames):
+                raise ValueError(f"frames is {frames} but the conditions were made for {num_frames} frames; set "
+                                 f"frames to 0 or {num_frames}, or change the trajectories' frame count.")
+            h, w = conditions.image.shape[-2:]
+            if conditions.image.shape[0] != x.shape[0]:
+                raise ValueError(f"The image batch ({x.shape[0]}) differs from the conditions' ({conditions.image.shape[0]}).")
+        else:
+            num_frames = frames or int(svd.unet.config.num_frames)
+            h, w = x.shape[-2:]
+        if num_frames < 2:
+            raise ValueError(f"frames must be at least 2; got {num_frames}.")
+        _check_size(h, w, "The video size")
+
+        pipe = svd.pipeline(adapter if conditions is not None else None)
+        bar = Progress(steps)
+
+        def on_step(i, total, latents):
+            bar.update()
+            check_interrupted()  # Cancel in the UI: stop after this step
+
+        modules = [svd.unet, svd.vae, svd.image_encoder] + ([adapter] if conditions is not None else [])
+        with on_device(*modules) as device:
+            if conditions is not None and adapter.dtype != svd.unet.dtype:
+                adapter.to(svd.unet.dtype)
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+            first = pipe.encode_first_frame(x, int(h), int(w), float(noise_aug_strength), generator)
+            conds = [c.to(device) for c in conditions.scales] if conditions is not None else None
+            latents = pipe.denoise(first, conds, num_frames, int(steps), float(min_cfg), float(max_cfg), int(fps),
+                                   int(motion_bucket_id), float(control_scale), generator, callback=on_step)
+            scale = svd.vae.config.scaling_factor
+            samples = (latents.float() / scale).flatten(0, 1).cpu()
+        return ({"samples": samples, "surgsora_frames": num_frames},)
+
+
+class SurgSoraDecode:
+    """Decode SVD video latents with its temporal VAE decoder, ``decode_chunk_size`` frames at a time."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "svd": (SVD_TYPE,),
+            "latent": ("LATENT",),
+            "decode_chunk_size": ("INT", {"default": 8, "min": 1, "max": 512,
+                                          "tooltip": "Frames decoded together: lower uses less memory, higher is "
+                                                     "smoother across chunk borders."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "decode"
+    CATEGORY = f"{CATEGORY}/generation"
+
+    @torch.no_grad()
+    def decode(self, svd, latent, decode_chunk_size=8):
+        if decode_chunk_size < 1:
+            raise ValueError(f"decode_chunk_size must be at least 1; got {decode_chunk_size}.")
+        samples = latent["samples"] if isinstance(latent, dict) else None
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 4 or samples.shape[1] != 4:
+            shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise ValueError(f"latent must hold SVD video latents [frames, 4, H/8, W/8]; got {shape}.")
+        n = samples.shape[0]
+        t = int(latent.get("surgsora_frames", n))
+        if t < 1 or n % t:
+            raise ValueError(f"The latent holds {n} frames, not a whole number of {t}-frame videos.")
+        latents = samples.view(n // t, t, *samples.shape[1:])
+        pipe = svd.pipeline()
+        chunk = int(decode_chunk_size)
+        bar = Progress(-(-t // chunk))
+        out = []
+        with on_device(svd.vae) as device:
+            latents = latents.to(device, svd.vae.dtype) * svd.vae.config.scaling_factor
+            for i in range(0, t, chunk):
+                check_interrupted()
+                part = latents[:, i:i + chunk]
+                out.append(pipe.decode(part, part.shape[1]).float().cpu())
+                bar.update()
+        return (video_to_image(torch.cat(out, 1)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SurgSoraLoadAdapter": SurgSoraLoadAdapter,
+    "SurgSoraDSIEncode": SurgSoraDSIEncode,
+    "SurgSoraDFMFuse": SurgSoraDFMFuse,
+    "SurgSoraLoadSVD": SurgSoraLoadSVD,
+    "SurgSoraSampler": SurgSoraSampler,
+    "SurgSoraDecode": SurgSoraDecode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SurgSoraLoadAdapter": "SurgSora Load Adapter",
+    "SurgSoraDSIEncode": "SurgSora DSI Encode",
+    "SurgSoraDFMFuse": "SurgSora DFM Warp + MSF Fuse",
+    "SurgSoraLoadSVD": "SurgSora Load SVD",
+    "SurgSoraSampler": "SurgSora SVD Sampler",
+    "SurgSoraDecode": "SurgSora Decode",
+}

@@ -1,0 +1,252 @@
+"""Perception nodes: Segment Anything features + masks, Depth Anything V2 depth (the DSI inputs).
+
+Outputs use standard types where one exists: depth as an ``IMAGE`` (grey, near = bright, the way other
+depth packs produce it, so any of them can replace ours) plus the single-channel map as a ``MASK``;
+masks from clicks as a ``MASK``. Only the SAM image embedding has no standard type
+(``SURGSORA_SEG_FEATURES``, ``[B, 256, 64, 64]``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from surgsora.depth import depth_to_rgb, load_depth_anything
+from surgsora.sam import load_sam
+
+from .models import model_choices, resolve_model
+from .runtime import (CATEGORY, PRECISIONS, Progress, bchw_to_image, check_interrupted, image_to_bchw,
+                      offload_device, on_device, resolve_dtype, torch_device)
+
+SAM_TYPE = "SURGSORA_SAM"
+DEPTH_MODEL_TYPE = "SURGSORA_DEPTH_MODEL"
+SEG_TYPE = "SURGSORA_SEG_FEATURES"
+
+
+def _move_segmenter(seg, device: torch.device) -> None:
+    """Move a SamSegmenter (model and its embedding cache) to ``device``."""
+    if seg.device == device:
+        return
+    seg.model.to(device)
+    seg.device = device
+    # Cached embeddings must follow the model, or a later mask query would mix devices.
+    for entry in seg._cache.values():
+        entry.embedding = entry.embedding.to(device)
+
+
+class SurgSoraLoadSAM:
+    """Load a Segment Anything v1 checkpoint (vit_b/l/h detected from its tensor shapes) from models/sams."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices("sam"), {"tooltip": "A sam_vit_{b,l,h}_*.pth file in models/sams."}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file that is not in models/sams "
+                                                                   "yet (needs internet)."}),
+        }}
+
+    RETURN_TYPES = (SAM_TYPE,)
+    RETURN_NAMES = ("sam",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+
+    def load(self, model_name, download=False):
+        path = resolve_model("sam", model_name, download)
+        seg = load_sam(path, device=torch_device())
+        _move_segmenter(seg, offload_device())
+        return (seg,)
+
+
+def _clicks(clicks: str, tracks, size: tuple[int, int]) -> np.ndarray:
+    """Clicks (x, y) in pixels of the image of ``size = (W, H)``, from the track starts and/or a JSON list."""
+    from surgsora.tracks import TrackError, parse_track_data
+
+    w, h = size
+    points = []
+    if tracks is not None:
+        ts = parse_track_data(tracks)
+        cw, ch = ts.canvas or (w, h)
+        points += [(t[0, 0] * w / cw, t[0, 1] * h / ch) for t in ts.tracks]
+    text = (clicks or "").strip()
+    if text:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"clicks must be JSON like [[x, y], [x, y]] in image pixels ({e.msg}).") from None
+        try:
+            ts = parse_track_data(data)
+        except TrackError as e:
+            raise ValueError(f"clicks: {e}") from None
+        cw, ch = ts.canvas or (w, h)
+        points += [(x * w / cw, y * h / ch) for t in ts.tracks for x, y in t]
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    # A click on the far border is still on the image.
+    pts[:, 0] = pts[:, 0].clip(0, w - 1e-3)
+    pts[:, 1] = pts[:, 1].clip(0, h - 1e-3)
+    return pts
+
+
+def _overlay(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """image [3, H, W], masks [M, H, W] -> image with each mask tinted in its own colour."""
+    from surgsora.flow_viz import TRACK_COLOURS
+
+    out = image.clone()
+    for k, m in enumerate(masks):
+        colour = torch.tensor(TRACK_COLOURS[k % len(TRACK_COLOURS)], dtype=out.dtype).view(3, 1, 1) / 255
+        a = 0.45 * m.to(out.dtype)
+        out = out * (1 - a) + colour * a
+    return out
+
+
+class SurgSoraSAMSegment:
+    """SAM image embedding of each frame: the segment features the Dual Semantic Injector takes.
+
+    Depends on the frame only, so editing trajectories or clicks never reruns it (ComfyUI's cache), and
+    the mask node reuses the same embedding (the segmenter's own cache).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sam": (SAM_TYPE,), "image": ("IMAGE",)}}
+
+    RETURN_TYPES = (SEG_TYPE,)
+    RETURN_NAMES = ("seg_features",)
+    FUNCTION = "segment"
+    CATEGORY = f"{CATEGORY}/perception"
+
+    def segment(self, sam, image):
+        x = image_to_bchw(image, "image")
+        bar = Progress(x.shape[0])
+        with on_device() as device:
+            _move_segmenter(sam, device)
+            try:
+                feats = []
+                for i in range(x.shape[0]):
+                    check_interrupted()
+                    feats.append(sam.encode(x[i:i + 1]).cpu())
+                    bar.update()
+            finally:
+                _move_segmenter(sam, offload_device())
+        return (torch.cat(feats),)
+
+
+class SurgSoraSAMMasks:
+    """SAM masks from clicks on the first frame: one mask per click, at the start of each track (connect
+    the trajectories) and/or at the points in ``clicks``. They tell the flow node which pixels move together.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sam": (SAM_TYPE,),
+                "image": ("IMAGE",),
+                "clicks": ("STRING", {"default": "", "multiline": False,
+                                      "tooltip": "Extra clicks as JSON [[x, y], ...] in pixels of the image; one "
+                                                 "mask per click."}),
+            },
+            "optional": {
+                "tracks": ("TRACKS", {"tooltip": "One mask per track, clicked at its start point."}),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("masks", "preview")
+    FUNCTION = "predict"
+    CATEGORY = f"{CATEGORY}/perception"
+
+    def predict(self, sam, image, clicks="", tracks=None):
+        x = image_to_bchw(image, "image")[:1]
+        pts = _clicks(clicks, tracks, (x.shape[-1], x.shape[-2]))
+        if not len(pts):
+            raise ValueError("No clicks: connect the trajectories (one mask per track start) or give clicks as "
+                             "[[x, y], ...].")
+        bar = Progress(len(pts))
+        masks = []
+        with on_device() as device:
+            _move_segmenter(sam, device)
+            try:
+                for p in pts:
+                    check_interrupted()
+                    m, _ = sam.predict_masks(x, points=p[None])
+                    masks.append(m[:1].float().cpu())
+                    bar.update()
+            finally:
+                _move_segmenter(sam, offload_device())
+        masks = torch.cat(masks)
+        return (masks, bchw_to_image(_overlay(x[0], masks).unsqueeze(0)))
+
+
+class SurgSoraLoadDepthAnything:
+    """Load Depth Anything V2 from models/depthanything: original .pth, kijai safetensors or an HF folder."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (model_choices("depth"), {"tooltip": "depth_anything_v2_vit{s,b,l}.pth, *_fp16.safetensors "
+                                                               "or a Hugging Face folder in models/depthanything."}),
+            "precision": (PRECISIONS, {"default": "auto"}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file that is not in "
+                                                                   "models/depthanything yet (needs internet)."}),
+        }}
+
+    RETURN_TYPES = (DEPTH_MODEL_TYPE,)
+    RETURN_NAMES = ("depth_model",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+
+    def load(self, model_name, precision="auto", download=False):
+        path = resolve_model("depth", model_name, download)
+        device = torch_device()
+        model = load_depth_anything(path, device=device, dtype=resolve_dtype(precision, device))
+        return (model.to(offload_device()),)
+
+
+class SurgSoraDepth:
+    """Relative depth normalised per image to [0, 1] (1 = nearest), at the image's resolution."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "depth_model": (DEPTH_MODEL_TYPE,),
+            "image": ("IMAGE",),
+            "input_size": ("INT", {"default": 518, "min": 14, "max": 4200, "step": 14,
+                                   "tooltip": "Network input: shorter side in pixels, a multiple of 14."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("depth", "depth_map", "depth_colour")
+    FUNCTION = "estimate"
+    CATEGORY = f"{CATEGORY}/perception"
+
+    def estimate(self, depth_model, image, input_size=518):
+        if input_size % 14 or input_size < 14:
+            raise ValueError(f"input_size must be a positive multiple of 14 (e.g. 518); got {input_size}.")
+        x = image_to_bchw(image, "image")
+        bar = Progress(x.shape[0])
+        out = []
+        with on_device(depth_model):
+            for i in range(x.shape[0]):
+                check_interrupted()
+                out.append(depth_model(x[i:i + 1], input_size=int(input_size)).float().cpu())
+                bar.update()
+        d = torch.cat(out)  # [B, 1, H, W]
+        return (bchw_to_image(depth_to_rgb(d, None)), d[:, 0].contiguous(), bchw_to_image(depth_to_rgb(d)))
+
+
+NODE_CLASS_MAPPINGS = {
+    "SurgSoraLoadSAM": SurgSoraLoadSAM,
+    "SurgSoraSAMSegment": SurgSoraSAMSegment,
+    "SurgSoraSAMMasks": SurgSoraSAMMasks,
+    "SurgSoraLoadDepthAnything": SurgSoraLoadDepthAnything,
+    "SurgSoraDepth": SurgSoraDepth,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SurgSoraLoadSAM": "SurgSora Load SAM",
+    "SurgSoraSAMSegment": "SurgSora SAM Segment Features",
+    "SurgSoraSAMMasks": "SurgSora SAM Masks from Clicks",
+    "SurgSoraLoadDepthAnything": "SurgSora Load Depth Anything V2",
+    "SurgSoraDepth": "SurgSora Depth",
+}

@@ -1,0 +1,175 @@
+"""The few ComfyUI services the nodes use, imported lazily so the package also works without ComfyUI.
+
+ComfyUI modules (``folder_paths``, ``comfy.model_management``, ``comfy.utils``) are looked up at call
+time, never at import time: importing ``nodes`` (tests, the CLI, a linter) never needs ComfyUI, and
+registering the nodes never loads or downloads a model. Without ComfyUI the helpers fall back to plain
+behaviour (CPU, no progress hook, never interrupted), which is what the in-process tests rely on.
+
+Also here: conversions between ComfyUI's ``IMAGE`` ``[N, H, W, 3]`` / ``MASK`` ``[N, H, W]`` and the
+library's channels-first tensors (done only at the node boundary), and device placement of our
+diffusers/transformers modules under ComfyUI's memory management (``get_torch_device`` to run,
+``unet_offload_device`` + ``soft_empty_cache`` after).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+CATEGORY = "SurgSora"
+
+
+def comfy_module(name: str):
+    """``importlib.import_module(name)`` or ``None`` when ComfyUI is not there."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def model_management():
+    return comfy_module("comfy.model_management")
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+def torch_device() -> torch.device:
+    mm = model_management()
+    return torch.device(mm.get_torch_device()) if mm is not None else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    mm = model_management()
+    return torch.device(mm.unet_offload_device()) if mm is not None else torch.device("cpu")
+
+
+def soft_empty_cache() -> None:
+    mm = model_management()
+    if mm is not None:
+        mm.soft_empty_cache()
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (no-op outside ComfyUI)."""
+    mm = model_management()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+
+
+def resolve_dtype(precision: str, device: torch.device | None = None) -> torch.dtype:
+    """Weight dtype for a loader's ``precision`` widget; ``auto`` = fp32 on CPU, fp16/bf16 on an accelerator."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
+    if precision != "auto":
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    device = device or torch_device()
+    if device.type == "cpu":
+        return torch.float32
+    mm = model_management()
+    if mm is not None:
+        if mm.should_use_fp16(device):
+            return torch.float16
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        return torch.float32
+    return torch.float16
+
+
+def free_memory_for(modules, device: torch.device) -> None:
+    """Ask ComfyUI to unload its own models until ``modules`` fit on ``device``."""
+    mm = model_management()
+    if mm is None or device.type == "cpu":
+        return
+    need = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    mm.free_memory(int(need * 1.3) + (512 << 20), device)
+
+
+@contextlib.contextmanager
+def on_device(*modules):
+    """Run ``modules`` on ComfyUI's torch device, then move them to the offload device and free the cache."""
+    device = torch_device()
+    modules = [m for m in modules if m is not None]
+    free_memory_for(modules, device)
+    for m in modules:
+        m.to(device)
+    try:
+        yield device
+    finally:
+        off = offload_device()
+        if off != device:
+            for m in modules:
+                m.to(off)
+            soft_empty_cache()
+
+
+class Progress:
+    """``comfy.utils.ProgressBar`` when ComfyUI is there, else a silent counter (tests read ``.current``)."""
+
+    def __init__(self, total: int):
+        utils = comfy_module("comfy.utils")
+        self.total = int(total)
+        self.current = 0
+        self._bar = utils.ProgressBar(self.total) if utils is not None else None
+
+    def update(self, n: int = 1) -> None:
+        self.current += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+
+# ------------------------------------------------------------------------------------- conversions
+
+def image_to_bchw(image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """ComfyUI IMAGE ``[N, H, W, C]`` in [0, 1] -> float32 RGB ``[N, 3, H, W]`` (alpha dropped, grey repeated)."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{what} must be a ComfyUI IMAGE [N, H, W, 3]; got {shape}.")
+    c = image.shape[-1]
+    if c not in (1, 3, 4):
+        raise ValueError(f"{what} must have 1, 3 or 4 channels (IMAGE [N, H, W, C]); got {c}.")
+    x = image[..., :3] if c >= 3 else image.expand(*image.shape[:3], 3)
+    return x.movedim(-1, 1).float().clamp(0, 1).contiguous()
+
+
+def bchw_to_image(x: torch.Tensor) -> torch.Tensor:
+    """``[N, 3, H, W]`` in [0, 1] -> ComfyUI IMAGE ``[N, H, W, 3]`` float32 on the CPU."""
+    return x.detach().movedim(1, -1).float().clamp(0, 1).cpu().contiguous()
+
+
+def video_to_image(video: torch.Tensor) -> torch.Tensor:
+    """A video ``[B, T, 3, H, W]`` -> IMAGE batch ``[B*T, H, W, 3]`` (what video-saving nodes take)."""
+    return bchw_to_image(video.flatten(0, 1))
+
+
+def image_to_depth(depth: torch.Tensor) -> torch.Tensor:
+    """A depth map from any depth node (IMAGE ``[N,H,W,C]`` or MASK ``[N,H,W]``) -> ``[N, 1, H, W]`` in [0, 1]."""
+    if isinstance(depth, torch.Tensor) and depth.ndim == 3:
+        d = depth.unsqueeze(1)
+    elif isinstance(depth, torch.Tensor) and depth.ndim == 4:
+        d = depth[..., :3].mean(-1, keepdim=True).movedim(-1, 1)
+    else:
+        shape = tuple(depth.shape) if isinstance(depth, torch.Tensor) else type(depth).__name__
+        raise ValueError(f"depth must be an IMAGE [N, H, W, C] or a MASK [N, H, W]; got {shape}.")
+    return d.float().clamp(0, 1).contiguous()
+
+
+def mask_to_regions(mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+    """MASK ``[M, H, W]`` (any size) -> region masks ``[1, M', H, W]`` at ``size``; empty masks are dropped."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise ValueError(f"region_masks must be a MASK [M, H, W]; got "
+                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}.")
+    m = mask.float()
+    m = m.unsqueeze(0) if m.ndim == 2 else m
+    m = m[m.flatten(1).amax(1) > 0.5]
+    if m.shape[0] == 0:
+        return None
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return m.clamp(0, 1).unsqueeze(0)

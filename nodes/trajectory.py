@@ -1,0 +1,307 @@
+"""Trajectory nodes: the editor-backed trajectories node, decoders, trajectories -> flow, real-clip flow, preview.
+
+Trajectories travel as ComfyUI's core ``TRACKS`` type (``track_path [T, N, 2]``, ``track_visibility
+[T, N]``) with two extra keys, ``width``/``height``, the pixel frame the points are in; core nodes that
+take ``TRACKS`` ignore them. Dense flow has no standard type: ``SURGSORA_FLOW`` is a float tensor
+``[B, T-1, 2, H, W]`` in pixels of its own size, frame 0 -> t (channel 0 = x right, 1 = y down).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from surgsora.flow_viz import draw_tracks, flow_to_rgb
+from surgsora.preview import motion_preview
+from surgsora.splat import resize_flow
+from surgsora.tracks import TrackError, parse_track_data, prepare_tracks, rasterize
+
+from .models import model_choices, resolve_model
+from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, mask_to_regions,
+                      offload_device, on_device, torch_device, video_to_image)
+
+FLOW_TYPE = "SURGSORA_FLOW"
+DECODER_TYPE = "SURGSORA_FLOW_DECODER"
+
+
+def _tracks_dict(tracks: np.ndarray, width: int, height: int) -> dict:
+    """Our [N, T, 2] tracks as core TRACKS (+ the pixel frame they are in)."""
+    path = torch.from_numpy(np.ascontiguousarray(tracks.transpose(1, 0, 2))).float()  # [T, N, 2]
+    return {"track_path": path, "track_visibility": torch.ones(path.shape[:2], dtype=torch.bool),
+            "width": int(width), "height": int(height)}
+
+
+def tracks_at(tracks, size: tuple[int, int], num_frames: int | None = None) -> np.ndarray:
+    """TRACKS (ours or core) -> [N, T, 2] in pixels of ``size = (W, H)``; core TRACKS without a size are
+    taken to be in pixels of ``size`` already."""
+    if isinstance(tracks, dict) and "track_path" in tracks:
+        frames = int(tracks["track_path"].shape[-3]) if num_frames is None else num_frames
+    else:
+        frames = num_frames or 14
+    try:
+        return prepare_tracks(tracks, canvas_size=size, size=size, num_frames=frames)
+    except TrackError as e:
+        raise ValueError(str(e)) from None
+
+
+def flow_colours(flow: torch.Tensor) -> torch.Tensor:
+    """flow [B, T-1, 2, H, W] -> IMAGE [B*T, H, W, 3]: frame 0 white (no motion), then the flow colours."""
+    colours = flow_to_rgb(flow.float())  # [B, T-1, 3, H, W]
+    first = torch.ones_like(colours[:, :1])
+    return video_to_image(torch.cat([first, colours], 1))
+
+
+def _save_temp_frame(image: torch.Tensor, prefix: str) -> list[dict]:
+    """Save the editor's background to ComfyUI's temp folder; the ``ui`` entry the frontend reads."""
+    fp = comfy_module("folder_paths")
+    if fp is None:
+        return []
+    import hashlib
+
+    from PIL import Image
+
+    arr = (image.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    name = f"{prefix}_{hashlib.blake2b(arr.tobytes(), digest_size=8).hexdigest()}.png"
+    folder = fp.get_temp_directory()
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        tmp = path + ".partial"
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    return [{"filename": name, "subfolder": "", "type": "temp", "width": arr.shape[1], "height": arr.shape[0]}]
+
+
+class SurgSoraTrajectories:
+    """Trajectories drawn in the node's editor (click to start a track, click/drag to add points).
+
+    Also takes tracks from other nodes: a JSON string (KJNodes SplineEditor ``coord_str``, DragNUWA lists)
+    or core ``TRACKS``. Each track is resampled to ``frames`` frames (one drawn point per equal time
+    step, monotone interpolation); a one-point track is a static anchor. With an ``image`` connected
+    the tracks come out in its pixels and the editor shows it after a run.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "tracks": ("STRING", {"default": "", "multiline": True,
+                                      "tooltip": "Tracks as JSON (written by the editor above): "
+                                                 "{\"width\": W, \"height\": H, \"tracks\": [[[x, y], ...], ...]}."}),
+                "frames": ("INT", {"default": 14, "min": 2, "max": 512,
+                                   "tooltip": "Video length T the tracks are resampled to."}),
+                "canvas_width": ("INT", {"default": 0, "min": 0, "max": 16384,
+                                         "tooltip": "Size of the picture the tracks were drawn on, if the JSON does "
+                                                    "not say (0 = the image's size)."}),
+                "canvas_height": ("INT", {"default": 0, "min": 0, "max": 16384}),
+            },
+            "optional": {
+                "image": ("IMAGE", {"tooltip": "The first frame: shown in the editor, and the output pixel frame."}),
+                "tracks_json": ("STRING", {"forceInput": True,
+                                           "tooltip": "Tracks from another node (e.g. KJNodes Spline Editor "
+                                                      "coord_str); replaces the drawn tracks."}),
+                "tracks_in": ("TRACKS", {"tooltip": "Core TRACKS; replaces the drawn tracks."}),
+            },
+        }
+
+    RETURN_TYPES = ("TRACKS", "IMAGE")
+    RETURN_NAMES = ("tracks", "preview")
+    FUNCTION = "build"
+    CATEGORY = f"{CATEGORY}/trajectory"
+
+    def build(self, tracks, frames=14, canvas_width=0, canvas_height=0, image=None, tracks_json=None,
+              tracks_in=None):
+        if frames < 2:
+            raise ValueError(f"frames must be at least 2; got {frames}.")
+        if (canvas_width > 0) != (canvas_height > 0):
+            raise ValueError("Set both canvas_width and canvas_height, or leave both at 0 (use the image's size).")
+        data = tracks_in if tracks_in is not None else (tracks_json if tracks_json is not None else tracks)
+        x = image_to_bchw(image, "image") if image is not None else None
+        try:
+            ts = parse_track_data(data)
+        except TrackError as e:
+            raise ValueError(str(e)) from None
+        canvas = ts.canvas
+        if canvas is None and canvas_width > 0:
+            canvas = (int(canvas_width), int(canvas_height))
+        if canvas is None and x is not None:
+            canvas = (x.shape[-1], x.shape[-2])
+        if canvas is None:
+            raise ValueError("The canvas size of the tracks is unknown: connect the image they were drawn on, or set "
+                             "canvas_width and canvas_height.")
+        size = (x.shape[-1], x.shape[-2]) if x is not None else canvas
+        try:
+            prepared = prepare_tracks(ts, canvas_size=canvas, size=size, num_frames=int(frames))
+        except TrackError as e:
+            raise ValueError(str(e)) from None
+        background = x[0] if x is not None else torch.zeros(3, size[1], size[0])
+        preview = draw_tracks(background, prepared).unsqueeze(0)
+        ui = {"surgsora_frame": _save_temp_frame(x[0].permute(1, 2, 0), "surgsora_frame")} if x is not None else {}
+        return {"ui": ui, "result": (_tracks_dict(prepared, *size), bchw_to_image(preview))}
+
+
+class SurgSoraLoadTrajectoryDecoder:
+    """The Trajectory Controller's sparse-to-dense decoder: ``analytic`` (no weights, mask-aware) or the
+    MOFA-Video CMP network (ckpt_iter_42000.pth.tar in models/surgsora)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "decoder": (model_choices("cmp", extra=("analytic",)),
+                        {"tooltip": "'analytic' needs no weights; a CMP checkpoint goes in models/surgsora."}),
+            "region_motion": (["smooth", "rigid"], {"default": "smooth",
+                                                   "tooltip": "Analytic decoder: how a masked region follows its "
+                                                              "tracks."}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch the CMP checkpoint if it is missing."}),
+        }}
+
+    RETURN_TYPES = (DECODER_TYPE,)
+    RETURN_NAMES = ("decoder",)
+    FUNCTION = "load"
+    CATEGORY = f"{CATEGORY}/loaders"
+
+    def load(self, decoder, region_motion="smooth", download=False):
+        if decoder == "analytic":
+            from surgsora.analytic_flow import AnalyticDecoder
+
+            return (AnalyticDecoder(region_motion=region_motion),)
+        from surgsora.cmp import load_cmp
+
+        path = resolve_model("cmp", decoder, download)
+        return (load_cmp(path, device=torch_device()).to(offload_device()),)
+
+
+class SurgSoraTracksToFlow:
+    """Trajectories -> dense flow frame 0 -> t at the image's size, with a flow-colour video.
+
+    ``region_masks`` (any MASK: SAM masks from the track starts, or another pack's segmentation) tells the
+    decoder which pixels move together.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"decoder": (DECODER_TYPE,), "tracks": ("TRACKS",), "image": ("IMAGE",)},
+            "optional": {"region_masks": ("MASK",)},
+        }
+
+    RETURN_TYPES = (FLOW_TYPE, "IMAGE")
+    RETURN_NAMES = ("flow", "flow_colours")
+    FUNCTION = "decode"
+    CATEGORY = f"{CATEGORY}/trajectory"
+
+    def decode(self, decoder, tracks, image, region_masks=None):
+        x = image_to_bchw(image, "image")
+        b, _, h, w = x.shape
+        t = tracks_at(tracks, (w, h))
+        sparse, mask = rasterize(t, (h, w))
+        regions = mask_to_regions(region_masks, (h, w))
+        if b > 1:
+            sparse, mask = sparse.expand(b, *sparse.shape[1:]), mask.expand(b, *mask.shape[1:])
+            regions = regions.expand(b, *regions.shape[1:]) if regions is not None else None
+        with on_device(decoder if any(True for _ in decoder.parameters()) else None):
+            flow = decoder(x, sparse, mask, region_masks=regions)
+        flow = flow.float().cpu()
+        return (flow, flow_colours(flow))
+
+
+class SurgSoraVideoFlow:
+    """Optical flow frame 0 -> t of a real clip (the paper's ground-truth-flow mode): OpenCV DIS chained
+    frame to frame, or torchvision RAFT-Large from a local weights file (models/optical_flow)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "frames": ("IMAGE", {"tooltip": "The clip as an IMAGE batch (e.g. Load Video -> Get Video Components)."}),
+            "method": (["dis", "raft"], {"default": "dis"}),
+            "raft_weights": (model_choices("raft", extra=("none",)),
+                             {"tooltip": "RAFT-Large weights in models/optical_flow (method raft only)."}),
+            "start": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "First frame of the clip used."}),
+            "num_frames": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames used (0 = all)."}),
+            "stride": ("INT", {"default": 1, "min": 1, "max": 100}),
+        }}
+
+    RETURN_TYPES = (FLOW_TYPE, "IMAGE", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("flow", "first_frame", "clip", "flow_colours")
+    FUNCTION = "estimate"
+    CATEGORY = f"{CATEGORY}/trajectory"
+
+    def estimate(self, frames, method="dis", raft_weights="none", start=0, num_frames=14, stride=1):
+        from surgsora.optical_flow import estimate_flow
+
+        x = image_to_bchw(frames, "frames")
+        stop = x.shape[0] if num_frames == 0 else start + num_frames * stride
+        clip = x[start:stop:stride]
+        if clip.shape[0] < 2 or (num_frames and clip.shape[0] < num_frames):
+            raise ValueError(f"The clip has {x.shape[0]} frames; start={start}, num_frames={num_frames}, "
+                             f"stride={stride} needs {start + (max(num_frames, 2) - 1) * stride + 1}.")
+        weights = None
+        if method == "raft":
+            if raft_weights == "none":
+                raise ValueError("RAFT needs a weights file: put raft_large_C_T_SKHT_V2-ff5fadd5.pth in "
+                                 "models/optical_flow and choose it, or use method 'dis'.")
+            weights = resolve_model("raft", raft_weights)
+        elif method != "dis":
+            raise ValueError(f"method must be 'dis' or 'raft'; got {method!r}.")
+        u8 = (clip.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+        bar = Progress(1)
+        flow = torch.from_numpy(estimate_flow(u8, method=method, raft_weights=weights,
+                                              device=torch_device() if method == "raft" else "cpu")).unsqueeze(0)
+        bar.update()
+        return (flow, bchw_to_image(clip[:1]), bchw_to_image(clip), flow_colours(flow))
+
+
+class SurgSoraMotionPreview:
+    """The first frame pushed along the flow (forward splatting, holes filled from the frame): the motion
+    the trajectories ask for, in a fraction of a second and without any diffusion model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"image": ("IMAGE",), "flow": (FLOW_TYPE,)},
+            "optional": {"tracks": ("TRACKS", {"tooltip": "Draw these tracks on the preview."})},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("video",)
+    FUNCTION = "preview"
+    CATEGORY = f"{CATEGORY}/trajectory"
+
+    def preview(self, image, flow, tracks=None):
+        x = image_to_bchw(image, "image")
+        b, _, h, w = x.shape
+        f = _check_flow(flow)
+        if f.shape[0] not in (1, b):
+            raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
+        f = resize_flow(f, (h, w)).expand(b, *f.shape[1:]) if f.shape[-2:] != (h, w) else f.expand(b, *f.shape[1:])
+        video = motion_preview(x, f)  # [B, T, 3, H, W]
+        if tracks is not None:
+            t = tracks_at(tracks, (w, h), num_frames=video.shape[1])
+            video = torch.stack([torch.stack([draw_tracks(v[k], t[:, : k + 1]) for k in range(v.shape[0])])
+                                 for v in video])
+        return (video_to_image(video),)
+
+
+def _check_flow(flow) -> torch.Tensor:
+    if not isinstance(flow, torch.Tensor) or flow.ndim != 5 or flow.shape[2] != 2:
+        shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
+        raise ValueError(f"flow must be [B, T-1, 2, H, W] (from a SurgSora flow node); got {shape}.")
+    return flow.float()
+
+
+NODE_CLASS_MAPPINGS = {
+    "SurgSoraTrajectories": SurgSoraTrajectories,
+    "SurgSoraLoadTrajectoryDecoder": SurgSoraLoadTrajectoryDecoder,
+    "SurgSoraTracksToFlow": SurgSoraTracksToFlow,
+    "SurgSoraVideoFlow": SurgSoraVideoFlow,
+    "SurgSoraMotionPreview": SurgSoraMotionPreview,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SurgSoraTrajectories": "SurgSora Trajectories (editor)",
+    "SurgSoraLoadTrajectoryDecoder": "SurgSora Load Trajectory Decoder",
+    "SurgSoraTracksToFlow": "SurgSora Trajectories to Flow",
+    "SurgSoraVideoFlow": "SurgSora Optical Flow from Clip",
+    "SurgSoraMotionPreview": "SurgSora Motion Preview",
+}

@@ -1,0 +1,745 @@
+"""Command line: ``python -m surgsora preview | generate | download | models``.
+
+* ``preview``  -- the motion a set of trajectories asks for, with no weights at all: the tracks are
+  decoded into dense flow (the mask-aware analytic decoder, or a CMP checkpoint if given) and the
+  frame is forward-splatted along it; writes the preview video and a flow-colour video.
+* ``generate`` -- the whole SurgSora pipeline (SAM features, Depth Anything V2 depth, trajectory
+  decoding, DSI + DFM + MSF conditions, SVD sampling with the adapter, chunked decoding) with real
+  weights from a ComfyUI-style models folder, with a progress bar and a timing breakdown per stage.
+  Without weights it lists exactly which files are missing and which folder each one goes in, before
+  loading anything.
+* ``download`` -- fetch one of the known public files into the right sub-folder (explicit, never implicit).
+* ``models``   -- show what a models folder holds and what is missing.
+
+The models folder follows ComfyUI's layout (so ``ComfyUI/models`` works as is)::
+
+    sams/            sam_vit_{b,l,h}_*.pth                     Segment Anything v1
+    depthanything/   depth_anything_v2_vit{s,b,l}.pth, *_fp16.safetensors, or a Hugging Face folder
+    checkpoints/     svd_xt.safetensors (single file)   -- or --   diffusers/<folder with model_index.json>
+    surgsora/        <adapter folder written by `python -m train`>, ckpt_iter_42000.pth.tar (optional CMP)
+
+The catalogue of known files (:data:`KNOWN_FILES`) and the folder search (:func:`find_model`) are also
+used by the ComfyUI nodes, so both front ends name the same files and folders in their messages.
+Frames: an image file, or a video plus ``--frame-index``. Trajectories: a JSON file or inline JSON in
+any format :mod:`surgsora.tracks` accepts, drawn on the frame at its own resolution unless the JSON
+declares its canvas (``width``/``height``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "download_model",
+           "MissingModels", "resolve_generate_models", "load_frame", "load_tracks_arg", "parse_size",
+           "run_preview", "run_generate", "main"]
+
+
+# ================================================================================= model catalogue
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A public weights file users bring, where it goes, and where it can be fetched from."""
+
+    name: str
+    component: str
+    folder: str  # ComfyUI models sub-folder
+    repo_id: str | None = None  # Hugging Face repository
+    repo_file: str | None = None  # path inside it
+    url: str | None = None  # a direct https address (SAM is hosted by Meta, not on Hugging Face)
+    size: int | None = None  # exact size in bytes when published
+    gated: bool = False  # needs `huggingface-cli login` and accepting the licence on the model page
+
+    @property
+    def source(self) -> str:
+        if self.url:
+            return self.url
+        return f"https://huggingface.co/{self.repo_id}/blob/main/{self.repo_file}"
+
+
+def _sam(name, size):
+    return KnownFile(name, "sam", "sams", url=f"https://dl.fbaipublicfiles.com/segment_anything/{name}", size=size)
+
+
+def _dav2(name, repo, repo_file=None):
+    return KnownFile(name, "depth", "depthanything", repo_id=repo, repo_file=repo_file or name)
+
+
+_DAV2_REPOS = {"s": "Small", "b": "Base", "l": "Large"}
+
+# Preferred first within each component (best quality first).
+KNOWN_FILES: dict[str, KnownFile] = {f.name: f for f in [
+    _sam("sam_vit_h_4b8939.pth", 2_564_550_879),
+    _sam("sam_vit_l_0b3195.pth", 1_249_524_607),
+    _sam("sam_vit_b_01ec64.pth", 375_042_383),
+    *[_dav2(f"depth_anything_v2_vit{k}.pth", f"depth-anything/Depth-Anything-V2-{v}") for k, v in
+      (("l", "Large"), ("b", "Base"), ("s", "Small"))],
+    *[_dav2(f"depth_anything_v2_vit{k}_{p}.safetensors", "Kijai/DepthAnythingV2-safetensors")
+      for k in "lbs" for p in ("fp16", "fp32")],
+    KnownFile("svd_xt.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt",
+              "svd_xt.safetensors", gated=True),
+    KnownFile("svd_xt_1_1.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt-1-1",
+              "svd_xt_1_1.safetensors", gated=True),
+    KnownFile("svd.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid",
+              "svd.safetensors", gated=True),
+    KnownFile("ckpt_iter_42000.pth.tar", "cmp", "surgsora", "MyNiuuu/MOFA-Video-Traj",
+              "models/cmp/experiments/semiauto_annot/resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar"),
+]}
+
+# component -> (models sub-folders searched, file extensions, what to put there)
+COMPONENTS = {
+    "sam": (("sams",), (".pth", ".pt", ".safetensors"),
+            "a Segment Anything v1 checkpoint (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth)"),
+    "depth": (("depthanything",), (".pth", ".pt", ".safetensors", ".bin"),
+              "Depth Anything V2 (depth_anything_v2_vitl.pth, a *_fp16.safetensors, or a Hugging Face folder)"),
+    "svd": (("checkpoints", "diffusers"), (".safetensors", ".ckpt", ".pt", ".pth"),
+            "Stable Video Diffusion: svd_xt.safetensors in checkpoints/, or a diffusers folder in diffusers/"),
+    "adapter": (("surgsora",), (), "a SurgSora adapter folder (config.json + diffusion_pytorch_model.safetensors) "
+                                   "written by `python -m train`"),
+    "cmp": (("surgsora",), (".tar", ".pth", ".pt", ".safetensors"),
+            "the MOFA-Video CMP trajectory decoder ckpt_iter_42000.pth.tar (optional: the analytic decoder needs "
+            "no weights)"),
+    "raft": (("optical_flow",), (".pth", ".pt"), "torchvision RAFT-Large weights (raft_large_C_T_SKHT_V2-ff5fadd5.pth)"),
+}
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("_class_name") == "SurgSoraAdapter"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _is_svd_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def _is_hf_depth_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+_FOLDER_TEST = {"adapter": _is_adapter_folder, "svd": _is_svd_folder, "depth": _is_hf_depth_folder}
+
+
+def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]:
+    """Names (relative to a root, ``/`` separated) of the files or model folders of ``component`` in ``roots``.
+
+    Model folders (adapter, diffusers SVD, Hugging Face depth) are listed as folders and not descended
+    into; everything else is a file with one of the component's extensions. Hidden entries are skipped.
+    """
+    exts = COMPONENTS[component][1]
+    is_folder = _FOLDER_TEST.get(component)
+    names: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            here = Path(dirpath)
+            rel = here.relative_to(root)
+            if len(rel.parts) > 4:
+                dirnames[:] = []
+                continue
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                if is_folder is not None and is_folder(here / d):
+                    names.add((rel / d).as_posix())
+                elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
+                    keep.append(d)  # never look inside another kind of model folder
+            dirnames[:] = keep
+            if component == "adapter":
+                continue
+            for f in filenames:
+                if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
+                    names.add((rel / f).as_posix())
+    return sorted(names)
+
+
+def find_model(roots: Sequence[str | os.PathLike], name: str) -> Path | None:
+    """The first ``root / name`` that exists (file or folder), refusing names that escape the root."""
+    from .io import safe_join
+
+    for root in roots:
+        try:
+            path = safe_join(root, name)
+        except ValueError:
+            raise ValueError(f"Invalid model name {name!r}: give a name inside the models folder.") from None
+        if path.exists():
+            return path
+    return None
+
+
+def _best(names: list[str], component: str) -> str | None:
+    """The preferred model among ``names``: catalogue order first (best quality), then alphabetical."""
+    if not names:
+        return None
+    order = [k for k, f in KNOWN_FILES.items() if f.component == component]
+    by_base = {Path(n).name: n for n in names}
+    for k in order:
+        if k in by_base:
+            return by_base[k]
+    return names[0]
+
+
+# ================================================================================= downloads
+
+def _progress_tqdm(callback: Callable[[int, int], None] | None):
+    """A tqdm class that also reports (done, total) bytes to ``callback`` (the ComfyUI progress bar)."""
+    from tqdm.auto import tqdm
+
+    if callback is None:
+        return tqdm
+
+    class _Tqdm(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                callback(int(self.n), int(self.total))
+            return out
+
+    return _Tqdm
+
+
+def download_model(name: str, folder: str | os.PathLike,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """Download the known file ``name`` into ``folder`` (created), with a progress bar; returns its path.
+
+    Only names in :data:`KNOWN_FILES` can be downloaded (no free-form URLs). The file is written under a
+    temporary name and renamed when complete, and its size is checked when it is published.
+    """
+    from .io import ModelFileError
+
+    known = KNOWN_FILES.get(Path(name).name)
+    if known is None:
+        raise ModelFileError(f"{name} is not a file SurgSora knows how to download; known files: "
+                             f"{', '.join(sorted(KNOWN_FILES))}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / known.name
+    if target.is_file():
+        return target
+    tqdm_cls = _progress_tqdm(progress)
+    try:
+        if known.url:
+            tmp = folder / f".{known.name}.partial"
+            with urllib.request.urlopen(known.url, timeout=60) as r:  # noqa: S310 (fixed https address)
+                total = int(r.headers.get("Content-Length") or 0) or known.size or 0
+                with open(tmp, "wb") as f, tqdm_cls(total=total, unit="B", unit_scale=True,
+                                                     desc=known.name) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if known.size and tmp.stat().st_size != known.size:
+                got = tmp.stat().st_size
+                tmp.unlink()
+                raise ModelFileError(f"The download of {known.name} is {got:,} bytes instead of {known.size:,}; "
+                                     "try again.")
+            os.replace(tmp, target)
+        else:
+            import inspect
+
+            from huggingface_hub import hf_hub_download
+
+            staging = Path(tempfile.mkdtemp(prefix=".surgsora-download-", dir=folder))
+            try:
+                kwargs = {}
+                if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+                    kwargs["tqdm_class"] = tqdm_cls
+                got = hf_hub_download(known.repo_id, known.repo_file, local_dir=staging, **kwargs)
+                os.replace(got, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except ModelFileError:
+        raise
+    except Exception as e:  # network, HTTP, auth: one sentence with the way out
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
+                 "first.") if known.gated else ""
+        raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
+                             f"Download it yourself and put it in {folder}.") from None
+    return target
+
+
+# ================================================================================= inputs
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"448x256"`` -> (448, 256); ``None``/``"auto"`` -> None."""
+    if text is None or text == "auto":
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size must look like 448x256 (width x height); got {text!r}.") from None
+    if w < 8 or h < 8:
+        raise SystemExit(f"--size must be at least 8x8; got {w}x{h}.")
+    return w, h
+
+
+def load_frame(path: str | os.PathLike, frame_index: int = 0):
+    """RGB uint8 [H, W, 3] from an image file, or frame ``frame_index`` of a video file."""
+    from .video_io import VIDEO_EXTENSIONS, read_image, read_video
+
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"--image: {path} does not exist.")
+    if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_dir():
+        try:
+            return read_video(path, start=frame_index, count=1)[0]
+        except ValueError as e:
+            raise SystemExit(f"--image: {e} (--frame-index {frame_index}).") from None
+    if frame_index:
+        raise SystemExit(f"--frame-index only applies to videos; {path} is an image.")
+    try:
+        return read_image(path)
+    except ValueError as e:
+        raise SystemExit(f"--image: {e}") from None
+
+
+def load_tracks_arg(text: str):
+    """The ``--tracks`` argument: a JSON file path, or inline JSON."""
+    p = Path(text)
+    if len(text) < 4096 and p.suffix.lower() == ".json":
+        if not p.is_file():
+            raise SystemExit(f"--tracks: {p} does not exist.")
+        return p.read_text()
+    if len(text) < 4096 and p.is_file():
+        return p.read_text()
+    return text
+
+
+def _auto_size(width: int, height: int, multiple: int, area: int) -> tuple[int, int]:
+    """A working size near ``area`` pixels with the frame's aspect ratio, both sides multiples of ``multiple``."""
+    scale = math.sqrt(area / (width * height))
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    return w, h
+
+
+def _resize(frame, size: tuple[int, int]):
+    import cv2
+
+    w, h = size
+    if frame.shape[1] == w and frame.shape[0] == h:
+        return frame
+    interp = cv2.INTER_AREA if w < frame.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(frame, (w, h), interpolation=interp)
+
+
+def _masks_arg(paths, size):
+    import numpy as np
+    import torch
+
+    from .video_io import read_image
+
+    if not paths:
+        return None
+    masks = []
+    for p in paths:
+        m = read_image(p).max(-1) > 0
+        masks.append(_resize(m.astype(np.float32), size) > 0.5)
+    return torch.from_numpy(np.stack(masks).astype(np.float32)).unsqueeze(0)
+
+
+class Timer:
+    """Wall-clock time per named stage, printed as a table and a JSON line."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[name] = timer.stages.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Stage()
+
+    def report(self, stream=sys.stdout) -> None:
+        total = sum(self.stages.values())
+        print("\nTiming:", file=stream)
+        for k, v in self.stages.items():
+            print(f"  {k:<22} {v:8.2f} s", file=stream)
+        print(f"  {'total':<22} {total:8.2f} s", file=stream)
+
+
+def _decoder(spec: str, device):
+    """``analytic`` (no weights) or a path to a CMP checkpoint."""
+    if spec == "analytic":
+        from .analytic_flow import AnalyticDecoder
+
+        return AnalyticDecoder()
+    from .cmp import load_cmp
+
+    return load_cmp(spec, device=device)
+
+
+def _tracks_to_flow(decoder, image_t, tracks, size, regions):
+    """tracks [N, T, 2] at the working size -> dense flow [1, T-1, 2, H, W]."""
+    from .tracks import rasterize
+
+    w, h = size
+    sparse, mask = rasterize(tracks, (h, w))
+    return decoder(image_t, sparse, mask, region_masks=regions)
+
+
+def _write_flow_video(path: Path, flow, fps: float):
+    import torch
+
+    from .flow_viz import flow_to_rgb
+    from .video_io import write_video
+
+    colours = flow_to_rgb(flow[0])  # [T-1, 3, H, W]
+    first = torch.ones_like(colours[:1])  # frame 0: no motion yet (white)
+    video = torch.cat([first, colours]).permute(0, 2, 3, 1).numpy()
+    return write_video(path, video, fps=fps)
+
+
+def _flow_video_path(out: Path, explicit: str | None) -> Path:
+    return Path(explicit) if explicit else out.with_name(f"{out.stem}_flow{out.suffix}")
+
+
+# ================================================================================= preview
+
+def run_preview(args) -> dict:
+    import numpy as np
+    import torch
+
+    from .flow_viz import draw_tracks
+    from .preview import motion_preview
+    from .tracks import TrackError, prepare_tracks
+    from .video_io import write_video
+
+    timer = Timer()
+    with timer("read inputs"):
+        frame = load_frame(args.image, args.frame_index)
+        H0, W0 = frame.shape[:2]
+        size = parse_size(args.size) or _auto_size(W0, H0, 8, 512 * 288)
+        frame_s = _resize(frame, size)
+        try:
+            tracks = prepare_tracks(load_tracks_arg(args.tracks), canvas_size=(W0, H0), size=size,
+                                    num_frames=args.frames)
+        except TrackError as e:
+            raise SystemExit(f"--tracks: {e}") from None
+        regions = _masks_arg(args.masks, size)
+        image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    with timer("load decoder"):
+        decoder = _decoder(args.decoder, "cpu")
+    with timer("tracks -> flow"):
+        flow = _tracks_to_flow(decoder, image_t, tracks, size, regions)
+    with timer("motion preview"):
+        video = motion_preview(image_t, flow)[0]  # [T, 3, H, W]
+        if args.draw_tracks:
+            # Each frame shows the tracks up to that frame.
+            video = torch.stack([draw_tracks(video[t], tracks[:, : t + 1]) for t in range(len(video))])
+    out = Path(args.out)
+    with timer("write videos"):
+        write_video(out, video.permute(0, 2, 3, 1).numpy(), fps=args.fps)
+        flow_path = _write_flow_video(_flow_video_path(out, args.flow_out), flow, args.fps)
+        if args.save_flow:
+            np.save(args.save_flow, flow[0].numpy())
+    print(f"Wrote {out} ({len(video)} frames, {size[0]}x{size[1]}) and {flow_path}.")
+    timer.report()
+    result = {"out": str(out), "flow_video": str(flow_path), "frames": int(len(video)), "width": size[0],
+              "height": size[1], "max_flow_px": float(flow.norm(dim=2).max()),
+              "timing_s": {k: round(v, 4) for k, v in timer.stages.items()}}
+    print(json.dumps(result))
+    return result
+
+
+# ================================================================================= generate
+
+class MissingModels(Exception):
+    """The list of missing files and where each goes (``main`` prints it and exits with code 2)."""
+
+
+def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | None, str]:
+    folders = COMPONENTS[component][0]
+    roots = [models_dir / f for f in folders]
+    if name:
+        p = Path(name)
+        if p.is_absolute() or p.exists():
+            return (p if p.exists() else None), str(p)
+        found = find_model(roots, name)
+        return found, str(roots[0] / name)
+    names = []
+    for root in roots:
+        names += [(root, n) for n in list_models([root], component)]
+    if component == "svd":  # prefer the catalogue's names, then diffusers folders
+        best = _best([n for _, n in names], component)
+        for root, n in names:
+            if n == best:
+                return root / n, str(root / n)
+        return None, str(roots[0])
+    best = _best([n for _, n in names], component)
+    if best is None:
+        return None, str(roots[0])
+    return find_model(roots, best), best
+
+
+def resolve_generate_models(models_dir: str | os.PathLike, sam=None, depth=None, svd=None, adapter=None,
+                            decoder="auto") -> dict[str, Path | str]:
+    """Paths of every model ``generate`` needs, or :class:`MissingModels` listing each missing one."""
+    models_dir = Path(models_dir)
+    found, missing = {}, []
+    for component, name in (("sam", sam), ("depth", depth), ("svd", svd), ("adapter", adapter)):
+        path, where = _pick(models_dir, component, name)
+        if path is None:
+            missing.append((component, name, where))
+        else:
+            found[component] = path
+    if decoder == "auto":
+        path, _ = _pick(models_dir, "cmp", None)
+        found["decoder"] = path if path is not None else "analytic"
+    elif decoder == "analytic":
+        found["decoder"] = "analytic"
+    else:
+        path, where = _pick(models_dir, "cmp", decoder)
+        if path is None:
+            missing.append(("cmp", decoder, where))
+        else:
+            found["decoder"] = path
+    if missing:
+        lines = [f"Missing model files under {models_dir}:"]
+        for component, name, where in missing:
+            folders, _, what = COMPONENTS[component]
+            target = " or ".join(str(models_dir / f) + "/" for f in folders)
+            lines.append(f"  - {what}" + (f" (asked for {name!r}, looked at {where})" if name else "")
+                         + f"\n      put it in {target}")
+            for k in KNOWN_FILES.values():
+                if k.component == component:
+                    gated = " (gated: accept the licence, then `huggingface-cli login`)" if k.gated else ""
+                    lines.append(f"      {k.name:<44} {k.source}{gated}")
+        lines.append("Known public files can be fetched with `python -m surgsora download NAME --models "
+                     f"{models_dir}`; the SurgSora adapter comes from `python -m train`.")
+        raise MissingModels("\n".join(lines))
+    return found
+
+
+def _device_and_dtype(device: str, dtype: str):
+    import torch
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dtype == "auto":
+        dt = torch.float16 if dev.type == "cuda" else torch.float32
+    else:
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return dev, dt
+
+
+def run_generate(args) -> dict:
+    import numpy as np
+    import torch
+
+    from .adapter import SurgSoraAdapter
+    from .depth import load_depth_anything
+    from .io import ModelFileError
+    from .pipeline import SurgSoraPipeline
+    from .sam import load_sam
+    from .svd_checkpoint import load_svd
+    from .tracks import TrackError, prepare_tracks
+    from .video_io import write_video
+
+    models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder)
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    timer = Timer()
+    with timer("read inputs"):
+        frame = load_frame(args.image, args.frame_index)
+        H0, W0 = frame.shape[:2]
+        size = parse_size(args.size) or _auto_size(W0, H0, 64, 448 * 256)
+        if size[0] % 64 or size[1] % 64:
+            raise SystemExit(f"--size {size[0]}x{size[1]}: SVD needs width and height that are multiples of 64 "
+                             "(e.g. 448x256, 512x320, 1024x576).")
+        frame_s = _resize(frame, size)
+        try:
+            tracks = prepare_tracks(load_tracks_arg(args.tracks), canvas_size=(W0, H0), size=size,
+                                    num_frames=args.frames)
+        except TrackError as e:
+            raise SystemExit(f"--tracks: {e}") from None
+        image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    print(f"Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
+    try:
+        with timer("SAM features"):
+            sam = load_sam(models["sam"], device=device)
+            seg = sam.encode(image_t)
+            regions = _masks_arg(args.masks, size)
+            if regions is None and not args.no_masks:
+                starts = tracks[:, 0]
+                masks = [sam.predict_masks(image_t, points=starts[i:i + 1])[0] for i in range(len(starts))]
+                regions = torch.cat(masks).float().unsqueeze(0).cpu()
+            del sam
+        with timer("depth"):
+            depth_model = load_depth_anything(models["depth"], device=device)
+            depth = depth_model(image_t)
+            del depth_model
+        with timer("tracks -> flow"):
+            decoder = _decoder(str(models["decoder"]), device)
+            flow = _tracks_to_flow(decoder, image_t.to(device) if models["decoder"] != "analytic" else image_t,
+                                   tracks, size, regions)
+            del decoder
+        with timer("load SVD + adapter"):
+            svd = load_svd(models["svd"], device=device, dtype=dtype)
+            adapter = SurgSoraAdapter.from_pretrained(str(models["adapter"]), torch_dtype=dtype).to(device).eval()
+            pipe = SurgSoraPipeline(adapter=adapter, **svd)
+        generator = torch.Generator("cpu").manual_seed(args.seed)
+        with timer("conditions (DSI+DFM+MSF)"):
+            first = pipe.encode_first_frame(image_t, size[1], size[0], args.noise_aug, generator)
+            conditions = pipe.prepare_conditions(image_t, depth, seg, flow)
+        from tqdm.auto import tqdm
+
+        with timer("denoise"), tqdm(total=args.steps, desc="denoise", unit="step") as bar:
+            latents = pipe.denoise(first, conditions, args.frames, args.steps, args.min_cfg, args.max_cfg, args.fps,
+                                   args.motion_bucket, args.control_scale, generator,
+                                   callback=lambda i, n, _: bar.update(1))
+        with timer("decode"):
+            video = pipe.decode(latents, args.decode_chunk)[0]  # [T, 3, H, W]
+    except ModelFileError as e:
+        raise SystemExit(str(e)) from None
+    out = Path(args.out)
+    with timer("write video"):
+        write_video(out, video.permute(0, 2, 3, 1).float().cpu().numpy(), fps=args.fps)
+        flow_path = _write_flow_video(_flow_video_path(out, args.flow_out), flow.float().cpu(), args.fps) \
+            if args.flow_out else None
+    print(f"Wrote {out} ({video.shape[0]} frames, {size[0]}x{size[1]}).")
+    timer.report()
+    result = {"out": str(out), "flow_video": str(flow_path) if flow_path else None, "frames": int(video.shape[0]),
+              "width": size[0], "height": size[1], "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+              "models": {k: str(v) for k, v in models.items()},
+              "timing_s": {k: round(v, 3) for k, v in timer.stages.items()}}
+    print(json.dumps(result))
+    return result
+
+
+# ================================================================================= models / download
+
+def run_models(args) -> None:
+    root = Path(args.models)
+    for component, (folders, _, what) in COMPONENTS.items():
+        names = [f"{f}/{n}" for f in folders for n in list_models([root / f], component)]
+        print(f"{component:<8} {what}")
+        print("         " + (", ".join(names) if names else f"(none in {' or '.join(str(root / f) for f in folders)})"))
+
+
+def run_download(args) -> None:
+    from .io import ModelFileError
+
+    known = KNOWN_FILES.get(args.name)
+    if known is None:
+        raise SystemExit(f"{args.name} is not a known file; choose one of: {', '.join(KNOWN_FILES)}.")
+    try:
+        path = download_model(args.name, Path(args.models) / known.folder)
+    except ModelFileError as e:
+        raise SystemExit(str(e)) from None
+    print(f"{path}")
+
+
+# ================================================================================= argument parsing
+
+def _common(p: argparse.ArgumentParser, frames_default: int) -> None:
+    p.add_argument("--image", required=True, help="the first frame: an image file, or a video (see --frame-index)")
+    p.add_argument("--frame-index", type=int, default=0, help="frame of --image to use when it is a video")
+    p.add_argument("--tracks", required=True,
+                   help="trajectories: a JSON file or inline JSON (editor, KJNodes, DragNUWA or TRACKS format), "
+                        "in pixels of the frame unless the JSON declares width/height")
+    p.add_argument("--frames", type=int, default=frames_default, help="number of video frames T (any >= 2)")
+    p.add_argument("--out", required=True, help="output video (.mp4)")
+    p.add_argument("--flow-out", default=None, help="flow-colour video path (default: OUT_flow.mp4 for preview)")
+    p.add_argument("--masks", nargs="+", default=None,
+                   help="region masks on the frame (images, > 0 = region) for the trajectory decoder")
+    p.add_argument("--fps", type=float, default=7.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m surgsora", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preview", help="motion preview from trajectories, no weights needed")
+    _common(p, 14)
+    p.add_argument("--size", default=None, help="working size WxH (default: about 512x288 with the frame's aspect)")
+    p.add_argument("--decoder", default="analytic", help="'analytic' (default, no weights) or a CMP checkpoint path")
+    p.add_argument("--draw-tracks", action="store_true", help="draw the trajectories on the preview")
+    p.add_argument("--save-flow", default=None, help="also save the flow [T-1, 2, H, W] as .npy")
+    p.set_defaults(func=run_preview)
+
+    g = sub.add_parser("generate", help="the full SurgSora pipeline with real weights")
+    _common(g, 14)
+    g.add_argument("--models", required=True, help="a ComfyUI-style models folder (sams/, depthanything/, "
+                                                   "checkpoints/ or diffusers/, surgsora/)")
+    g.add_argument("--size", default=None, help="working size WxH, multiples of 64 (default: ~448x256 by aspect)")
+    g.add_argument("--sam", default=None, help="file in models/sams (default: the best one present)")
+    g.add_argument("--depth", default=None, help="file or folder in models/depthanything")
+    g.add_argument("--svd", default=None, help="file in models/checkpoints or folder in models/diffusers")
+    g.add_argument("--adapter", default=None, help="adapter folder in models/surgsora")
+    g.add_argument("--decoder", default="auto", help="'auto' (CMP if present, else analytic), 'analytic', or a "
+                                                     "CMP file in models/surgsora")
+    g.add_argument("--no-masks", action="store_true", help="do not segment the tracked objects with SAM")
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--min-cfg", type=float, default=1.0)
+    g.add_argument("--max-cfg", type=float, default=3.0)
+    g.add_argument("--motion-bucket", type=int, default=127)
+    g.add_argument("--noise-aug", type=float, default=0.02)
+    g.add_argument("--control-scale", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--decode-chunk", type=int, default=8)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    g.set_defaults(func=run_generate)
+
+    d = sub.add_parser("download", help="download a known public weights file into its models sub-folder")
+    d.add_argument("name", help=f"one of: {', '.join(KNOWN_FILES)}")
+    d.add_argument("--models", required=True, help="the models folder (the file goes in its sub-folder)")
+    d.set_defaults(func=run_download)
+
+    m = sub.add_parser("models", help="list what a models folder holds")
+    m.add_argument("--models", required=True)
+    m.set_defaults(func=run_models)
+    return ap
+
+
+def _check_args(args) -> None:
+    if getattr(args, "frames", 2) < 2:
+        raise SystemExit(f"--frames must be at least 2; got {args.frames}.")
+    if getattr(args, "fps", 1) <= 0:
+        raise SystemExit(f"--fps must be positive; got {args.fps}.")
+    if args.command == "generate":
+        for name in ("steps", "decode_chunk"):
+            if getattr(args, name) < 1:
+                raise SystemExit(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
+        if args.min_cfg > args.max_cfg:
+            raise SystemExit(f"--min-cfg ({args.min_cfg}) must not exceed --max-cfg ({args.max_cfg}).")
+        if not Path(args.models).is_dir():
+            raise SystemExit(f"--models: {args.models} is not a folder; give a ComfyUI-style models folder "
+                             "(with sams/, depthanything/, checkpoints/ or diffusers/, surgsora/).")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    try:
+        args.func(args)
+    except MissingModels as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,332 @@
+"""The pack in a real ComfyUI: server start-up, /object_info, every shipped workflow run over /prompt,
+Cancel during sampling, and (with Chromium) the real frontend loading the UI workflows and the editor.
+
+Needs a ComfyUI checkout::
+
+    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/venv/bin/python \\
+        python -m pytest -q tests/integration
+
+``COMFYUI_PYTHON`` (default: this interpreter) must have ComfyUI's requirements and this pack's
+dependencies. The server runs with ``--cpu`` and ``--base-directory`` set to a temporary folder holding
+a ``custom_nodes`` link to this checkout and the input files; models are tiny random checkpoints in the
+real file formats, saved under the real names, in a temporary folder given through
+``--extra-model-paths-config``. Nothing in the ComfyUI checkout is modified. The frontend checks run when
+a Chromium is found (``CHROMIUM``, ``chromium`` ...) and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+if not COMFYUI:
+    pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its Python) to run "
+                "the real-server tests", allow_module_level=True)
+
+from .env import write_inputs  # noqa: E402
+from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
+from .tiny_models import SVD_FOLDER, write_tiny_models  # noqa: E402
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+WF = REPO / "workflows"
+NAMES = ["surgsora_motion_preview", "surgsora_trajectory_to_video", "surgsora_flow_from_video"]
+PACK = "ComfyUI-SurgSora"
+EXPECTED_OUTPUTS = {"surgsora_trajectory_to_video": {"motion_preview": 21, "video": 21},
+                    "surgsora_motion_preview": {"motion_preview": 21, "flow": 21},
+                    "surgsora_flow_from_video": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path):
+        self.root = root
+        self.base = root / "base"
+        (self.base / "custom_nodes").mkdir(parents=True)
+        os.symlink(REPO, self.base / "custom_nodes" / PACK)
+        write_inputs(self.base / "input")
+        self.models = root / "models"
+        write_tiny_models(self.models, frames=21)
+        yaml = root / "extra_model_paths.yaml"
+        yaml.write_text("surgsora_test:\n  base_path: " + str(self.models) + "\n" + "".join(
+            f"  {k}: {k}\n" for k in ("sams", "depthanything", "surgsora", "checkpoints", "diffusers")))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / "server.log", "w")
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        self.proc = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+             "--base-directory", str(self.base), "--extra-model-paths-config", str(yaml)],
+            cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.get("/object_info/SurgSoraTrajectories")
+                return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"ComfyUI did not start within 300 s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 60) -> str:
+        self.log.flush()
+        return "\n".join((self.root / "server.log").read_text(errors="replace").splitlines()[-n:])
+
+    def get(self, path: str):
+        return json.loads(urllib.request.urlopen(self.url + path, timeout=30).read())
+
+    def post(self, path: str, body: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            raw = urllib.request.urlopen(req, timeout=60).read()
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"POST {path}: {e.code} {e.read().decode(errors='replace')[:3000]}") from None
+        return json.loads(raw) if raw.strip() else {}
+
+    def queue(self, prompt: dict, client_id: str | None = None) -> str:
+        return self.post("/prompt", {"prompt": prompt, "client_id": client_id or str(uuid.uuid4())})["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 900) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(1)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s:\n{self.log_tail()}")
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("comfyui"))
+    yield s
+    s.close()
+
+
+def _api(name: str, steps: int = 2) -> dict:
+    """The shipped API twin, with the tiny SVD folder (a single file needs full-size configs) and few steps."""
+    prompt = json.loads((WF / "api" / f"{name}.json").read_text())
+    for node in prompt.values():
+        if node["class_type"] == "SurgSoraLoadSVD":
+            node["inputs"]["ckpt_name"] = f"[diffusers] {SVD_FOLDER}"
+        if node["class_type"] == "SurgSoraSampler":
+            node["inputs"]["steps"] = steps
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+def test_object_info_lists_every_node(server):
+    from nodes import NODE_CLASS_MAPPINGS  # this pack (ComfyUI is not imported in the test process)
+
+    info = server.get("/object_info")
+    spec = json.loads((WF / "spec" / "core_object_info.json").read_text())
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        assert name in info, f"{name} missing from /object_info:\n{server.log_tail()}"
+        assert info[name]["output"] == list(cls.RETURN_TYPES)
+        assert info[name]["input_order"]["required"] == list(cls.INPUT_TYPES()["required"])
+    # the core-node snapshot the workflow generator uses is this ComfyUI's
+    for name, entry in spec.items():
+        assert info[name]["input_order"] == entry["input_order"], name
+        assert info[name]["output"] == entry["output"], name
+    assert "sam_vit_b_01ec64.pth" in info["SurgSoraLoadSAM"]["input"]["required"]["model_name"][0]
+    assert f"[diffusers] {SVD_FOLDER}" in info["SurgSoraLoadSVD"]["input"]["required"]["ckpt_name"][0]
+
+
+def test_workflows_are_served_as_templates(server):
+    assert sorted(server.get("/workflow_templates")[PACK]) == sorted(NAMES)
+    for name in NAMES:
+        assert server.get(f"/api/workflow_templates/{PACK}/{name}.json") == json.loads((WF / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_runs(server, name):
+    from surgsora.video_io import video_info
+
+    t0 = time.time()
+    entry = server.wait(server.queue(_api(name)))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.log_tail()
+    saved = {}
+    for out in entry["outputs"].values():
+        for item in out.get("images", []):
+            path = server.base / "output" / item["subfolder"] / item["filename"]
+            assert path.is_file(), path
+            saved[item["filename"].rsplit("_", 2)[0]] = video_info(path)
+    assert {k: v["frames"] for k, v in saved.items()} == EXPECTED_OUTPUTS[name]
+    assert all((v["width"], v["height"]) == (448, 256) for v in saved.values())
+    print(f"{name}: {time.time() - t0:.1f} s")
+
+
+def test_cancel_stops_sampling_within_one_step(server):
+    """Queue a long sampling, press Cancel (/interrupt) after its first step, watch the progress messages."""
+    client = str(uuid.uuid4())
+    ws = WebSocket(f"ws://127.0.0.1:{server.port}/ws?clientId={client}")
+    full = _api("surgsora_trajectory_to_video", steps=400)  # perception and flow come from ComfyUI's cache
+    sampler = next(k for k, n in full.items() if n["class_type"] == "SurgSoraSampler")
+    prompt_id = server.queue(full, client)
+    steps_seen, interrupted_at, ended = [], None, None
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline and ended is None:
+            msg = ws.recv()
+            if isinstance(msg, bytes):
+                continue
+            msg = json.loads(msg)
+            kind, data = msg.get("type"), msg.get("data", {})
+            if kind == "progress" and data.get("node") == sampler and data.get("prompt_id") == prompt_id:
+                steps_seen.append(data["value"])
+                if interrupted_at is None:
+                    interrupted_at = data["value"]
+                    server.post("/interrupt", {})
+            elif kind in ("execution_interrupted", "execution_error", "execution_success") \
+                    and data.get("prompt_id") == prompt_id:
+                ended = kind
+    finally:
+        ws.close()
+    assert ended == "execution_interrupted", (ended, steps_seen, server.log_tail())
+    assert interrupted_at is not None and max(steps_seen) <= interrupted_at + 1, steps_seen
+    assert server.wait(prompt_id)["status"]["status_str"] == "error"
+
+
+# ---------------------------------------------------------------------------------------------- frontend
+
+@pytest.fixture(scope="module")
+def browser(server):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (set CHROMIUM): the frontend checks need a headless browser")
+    # A fresh user would get the first-run template browser on top of the canvas.
+    server.post("/settings", {"Comfy.TutorialCompleted": True})
+    b = Browser(chromium)
+    b.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+    b.goto(server.url + "/")
+    b.wait_for("!!(window.comfyAPI?.app?.app?.graph && window.LiteGraph?.registered_node_types"
+               "['SurgSoraTrajectories'] && window.comfyAPI.app.app.extensions.some("
+               "e => e.name === 'SurgSora.TrajectoryEditor'))", timeout=180)
+    yield b
+    b.close()
+
+
+LOAD = """
+(async () => {
+  const app = window.comfyAPI.app.app;
+  const wf = await (await fetch('/api/workflow_templates/PACK/NAME.json')).json();
+  await app.loadGraphData(wf, true, true, 'NAME');
+  await new Promise(r => setTimeout(r, 500));
+  const missing = app.graph.nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type);
+  const links = app.graph.links.values ? [...app.graph.links.values()] : Object.values(app.graph.links);
+  const bad = [];
+  for (const l of links) {
+    if (!l) continue;
+    const o = app.graph.getNodeById(l.origin_id), t = app.graph.getNodeById(l.target_id);
+    const ot = o?.outputs[l.origin_slot]?.type, it = t?.inputs[l.target_slot]?.type;
+    if (!ot || !it || !LiteGraph.isValidConnection(ot, it)) bad.push([l.id, ot, it]);
+  }
+  const p = await app.graphToPrompt();
+  return {missing, bad, prompt: p.output, ui: app.graph.serialize()};
+})()
+"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ui_workflow_loads_in_the_real_frontend(browser, name):
+    r = browser.evaluate(LOAD.replace("PACK", PACK).replace("NAME", name))
+    assert r["missing"] == [] and r["bad"] == []
+    assert r["prompt"] == json.loads((WF / "api" / f"{name}.json").read_text())  # graphToPrompt == API twin
+    ui = json.loads((WF / f"{name}.json").read_text())
+    loaded = {n["id"]: n for n in r["ui"]["nodes"]}
+    for node in ui["nodes"]:  # the frontend writes the file back as it is
+        for key in ("type", "inputs", "outputs", "widgets_values", "properties", "mode"):
+            assert loaded[node["id"]].get(key) == node.get(key), (node["id"], node["type"], key)
+    assert r["ui"]["links"] == ui["links"] and r["ui"]["groups"] == ui["groups"]
+
+
+def test_editor_draws_tracks_with_the_mouse(browser, server):
+    setup = """
+    (async () => {
+      const app = window.comfyAPI.app.app;
+      app.graph.clear();
+      const li = LiteGraph.createNode("LoadImage"); app.graph.add(li); li.pos = [20, 40];
+      li.widgets[0].value = "surgsora_endovis_frame6.png";
+      const tr = LiteGraph.createNode("SurgSoraTrajectories"); app.graph.add(tr); tr.pos = [380, 40];
+      tr.setSize([640, 760]);
+      li.connect(0, tr, 0);
+      app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1; app.graph.setDirtyCanvas(true, true);
+      window.__tr = tr;
+      await new Promise(r => setTimeout(r, 2500));
+      const c = tr.surgsoraEditor.canvas.getBoundingClientRect();
+      const b = [...tr.surgsoraEditor.root.querySelectorAll('button')].map(x => {
+        const r = x.getBoundingClientRect(); return [x.textContent, r.x + r.width / 2, r.y + r.height / 2]; });
+      return {canvas: [c.x, c.y, c.width, c.height], buttons: b, hasImage: !!tr.surgsoraEditor.image,
+              size: [tr.surgsoraEditor.state.width, tr.surgsoraEditor.state.height]};
+    })()
+    """
+    r = browser.evaluate(setup)
+    assert r["hasImage"] and r["size"] == [1920, 1080]  # the upstream Load Image is the background
+    x0, y0, w, h = r["canvas"]
+    scale = min(w / 1920, h / 1080)
+    ox, oy = x0 + (w - 1920 * scale) / 2, y0 + (h - 1080 * scale) / 2
+
+    def at(px, py):  # picture pixels -> page coordinates
+        return ox + px * scale, oy + py * scale
+
+    def mouse(kind, x, y, buttons=1):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=buttons, clickCount=1)
+
+    hit = browser.evaluate(f"document.elementFromPoint({at(500, 560)[0]}, {at(500, 560)[1]}) === "
+                           "window.__tr.surgsoraEditor.canvas")
+    assert hit, "something covers the editor canvas"
+
+    def click(x, y):
+        mouse("mousePressed", x, y)
+        mouse("mouseReleased", x, y, 0)
+
+    click(*at(500, 560))  # track 1: click, click
+    click(*at(540, 720))
+    end = next(b for b in r["buttons"] if b[0] == "End track")
+    click(end[1], end[2])
+    x, y = at(1250, 560)  # track 2: drag
+    mouse("mousePressed", x, y)
+    for k in range(1, 11):
+        mouse("mouseMoved", *at(1250 + 20 * k, 560 - 10 * k))
+    mouse("mouseReleased", *at(1450, 460), 0)
+    text = browser.evaluate("window.__tr.widgets.find(w => w.name === 'tracks').value")
+    data = json.loads(text)
+    assert (data["width"], data["height"]) == (1920, 1080) and len(data["tracks"]) == 2
+    t1, t2 = data["tracks"]
+    assert len(t1) == 2 and abs(t1[0][0] - 500) < 3 and abs(t1[1][1] - 720) < 3
+    assert len(t2) >= 4 and t2[-1][0] > t2[0][0] + 150  # points added along the drag
+    undo = next(b for b in r["buttons"] if b[0] == "Undo")
+    click(undo[1], undo[2])
+    after = json.loads(browser.evaluate("window.__tr.widgets.find(w => w.name === 'tracks').value"))
+    assert len(after["tracks"][1]) == len(t2) - 1
+    # the drawn JSON is what the node runs on
+    prompt = browser.evaluate("window.comfyAPI.app.app.graphToPrompt().then(p => p.output)")
+    node = next(n for n in prompt.values() if n["class_type"] == "SurgSoraTrajectories")
+    assert json.loads(node["inputs"]["tracks"]) == after
