@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from surgsora.dfm import warp_scales
 from surgsora.splat import resize_flow
 
 from .models import model_choices, resolve_model
@@ -155,8 +154,7 @@ class SurgSoraDSIEncode:
         with on_device(adapter) as device:
             dtype = adapter.dtype
             pixels = (x * 2 - 1).to(device, dtype)
-            rgb = adapter.rgb_encoder(adapter.rgb_processor(pixels, seg.to(device, dtype)))
-            dep = adapter.depth_encoder(adapter.depth_processor(d.to(device, dtype), seg.to(device, dtype)))
+            rgb, dep = adapter.encode_dsi(pixels, d.to(device, dtype), seg.to(device, dtype))
             out = DSIFeatures([r.cpu() for r in rgb], [q.cpu() for q in dep], x)
         return (out,)
 
@@ -184,9 +182,9 @@ class SurgSoraDFMFuse:
         f = resize_flow(f, (h, w)).expand(b, *f.shape[1:])
         with on_device(adapter) as device:
             dtype = adapter.dtype
-            rgb = warp_scales([r.to(device, dtype) for r in feats.rgb], f.to(device))
-            dep = warp_scales([q.to(device, dtype) for q in feats.depth], f.to(device))
-            scales = [fuse(r, q).cpu() for fuse, r, q in zip(adapter.fusion, rgb, dep)]
+            scales = adapter.fuse_conditions([r.to(device, dtype) for r in feats.rgb],
+                                             [q.to(device, dtype) for q in feats.depth], f.to(device))
+            scales = [c.cpu() for c in scales]
         return (Conditions(scales, feats.image),)
 
 

@@ -25,17 +25,6 @@ DEPTH_MODEL_TYPE = "SURGSORA_DEPTH_MODEL"
 SEG_TYPE = "SURGSORA_SEG_FEATURES"
 
 
-def _move_segmenter(seg, device: torch.device) -> None:
-    """Move a SamSegmenter (model and its embedding cache) to ``device``."""
-    if seg.device == device:
-        return
-    seg.model.to(device)
-    seg.device = device
-    # Cached embeddings must follow the model, or a later mask query would mix devices.
-    for entry in seg._cache.values():
-        entry.embedding = entry.embedding.to(device)
-
-
 class SurgSoraLoadSAM:
     """Load a Segment Anything v1 checkpoint (vit_b/l/h detected from its tensor shapes) from models/sams."""
 
@@ -55,7 +44,7 @@ class SurgSoraLoadSAM:
     def load(self, model_name, download=False):
         path = resolve_model("sam", model_name, download)
         seg = load_sam(path, device=torch_device())
-        _move_segmenter(seg, offload_device())
+        seg.to(offload_device())
         return (seg,)
 
 
@@ -120,7 +109,7 @@ class SurgSoraSAMSegment:
         x = image_to_bchw(image, "image")
         bar = Progress(x.shape[0])
         with on_device() as device:
-            _move_segmenter(sam, device)
+            sam.to(device)
             try:
                 feats = []
                 for i in range(x.shape[0]):
@@ -128,7 +117,7 @@ class SurgSoraSAMSegment:
                     feats.append(sam.encode(x[i:i + 1]).cpu())
                     bar.update()
             finally:
-                _move_segmenter(sam, offload_device())
+                sam.to(offload_device())
         return (torch.cat(feats),)
 
 
@@ -166,7 +155,7 @@ class SurgSoraSAMMasks:
         bar = Progress(len(pts))
         masks = []
         with on_device() as device:
-            _move_segmenter(sam, device)
+            sam.to(device)
             try:
                 for p in pts:
                     check_interrupted()
@@ -174,7 +163,7 @@ class SurgSoraSAMMasks:
                     masks.append(m[:1].float().cpu())
                     bar.update()
             finally:
-                _move_segmenter(sam, offload_device())
+                sam.to(offload_device())
         masks = torch.cat(masks)
         return (masks, bchw_to_image(_overlay(x[0], masks).unsqueeze(0)))
 

@@ -31,7 +31,6 @@ from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, ge
 
 from .dfm import FusionBlock, warp_scales
 from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
-from .splat import resize_flow
 from .unet import time_embedding
 
 __all__ = ["SurgSoraAdapter"]
@@ -168,9 +167,9 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
 
         Returns one fused condition per scale, [B, T, C_s, H/s, W/s] with s = 8, 16, 32, 64 for SVD.
         """
-        b, c, h, w = image.shape
-        if image.ndim != 4 or c != 3:
+        if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B,3,H,W] RGB in [-1,1]; got {tuple(image.shape)}")
+        b, _, h, w = image.shape
         if h % self.image_downscale or w % self.image_downscale:
             raise ValueError(f"image height and width must be multiples of {self.image_downscale}; got {h}x{w}")
         if depth.ndim != 4 or depth.shape[:2] != (b, 1):
@@ -182,16 +181,28 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         if flow.ndim != 5 or flow.shape[0] != b or flow.shape[2] != 2:
             raise ValueError(f"flow must be [B,T-1,2,H,W] with B={b}; got {tuple(flow.shape)}")
 
+        rgb, dep = self.encode_dsi(image, depth, seg)
+        return self.fuse_conditions(rgb, dep, flow)
+
+    def encode_dsi(self, image: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Dual Semantic Injector alone: frame-0 RGB and depth features at every scale ([B, C_s, h_s, w_s] each).
+
+        Same inputs as :meth:`encode_conditions` minus the flow; depth is resized to the image if needed.
+        """
+        h, w = image.shape[-2:]
         dtype = self.dtype
-        image = image.to(dtype)
         if depth.shape[-2:] != (h, w):
             depth = F.interpolate(depth.float(), size=(h, w), mode="bilinear", align_corners=False)
-        depth = depth.to(dtype)
         seg = seg.to(dtype)
-        flow = resize_flow(flow, (h, w))
+        rgb = self.rgb_encoder(self.rgb_processor(image.to(dtype), seg))
+        dep = self.depth_encoder(self.depth_processor(depth.to(dtype), seg))
+        return rgb, dep
 
-        rgb = self.rgb_encoder(self.rgb_processor(image, seg))
-        dep = self.depth_encoder(self.depth_processor(depth, seg))
+    def fuse_conditions(self, rgb: Sequence[torch.Tensor], dep: Sequence[torch.Tensor], flow: torch.Tensor
+                        ) -> list[torch.Tensor]:
+        """Decoupled Flow Mapper + Multi-Scale Fusion: warp both DSI streams by ``flow`` [B, T-1, 2, H, W]
+        (resized per scale, any size) and fuse them into the per-scale conditions [B, T, C_s, h_s, w_s]."""
         rgb = warp_scales(rgb, flow)
         dep = warp_scales(dep, flow)
         return [fuse(r, d) for fuse, r, d in zip(self.fusion, rgb, dep)]
