@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from surgsora.cli import COMPONENTS, KNOWN_FILES, download_model, list_models
-from surgsora.io import ModelFileError, safe_join
+from surgsora.cli import COMPONENTS, KNOWN_FILES, download_model, find_model, list_models
+from surgsora.io import ModelFileError
 
 from .runtime import Progress, comfy_module
 
@@ -81,14 +81,9 @@ def resolve_model(component: str, name: str, download: bool = False) -> Path:
     if name.startswith(DIFFUSERS_PREFIX):
         name, folders = name[len(DIFFUSERS_PREFIX):], ("diffusers",)
     for folder in folders:
-        roots = folder_roots(folder)
-        for root in roots:
-            try:
-                path = safe_join(root, name)
-            except ValueError:
-                raise ValueError(f"Invalid model name {name!r}: choose a file inside {root}.") from None
-            if path.exists():
-                return path
+        path = find_model(folder_roots(folder), name)
+        if path is not None:
+            return path
     known = KNOWN_FILES.get(name)
     if known is not None and known.component == component:
         target = folder_roots(known.folder)[0]

@@ -417,6 +417,32 @@ def _flow_video_path(out: Path, explicit: str | None) -> Path:
     return Path(explicit) if explicit else out.with_name(f"{out.stem}_flow{out.suffix}")
 
 
+def _frame_and_tracks(args, multiple: int, area: int):
+    """The frame resized to the working size and the tracks prepared for it (shared by preview and generate).
+
+    Returns (frame uint8 [H, W, 3] at the working size, image tensor [1, 3, H, W] in [0, 1], tracks [N, T, 2],
+    (width, height)).
+    """
+    import torch
+
+    from .tracks import TrackError, prepare_tracks
+
+    frame = load_frame(args.image, args.frame_index)
+    H0, W0 = frame.shape[:2]
+    size = parse_size(args.size) or _auto_size(W0, H0, multiple, area)
+    if size[0] % multiple or size[1] % multiple:
+        raise SystemExit(f"--size {size[0]}x{size[1]}: width and height must be multiples of {multiple}"
+                         + (" for SVD (e.g. 448x256, 512x320, 1024x576)." if multiple == 64 else "."))
+    frame_s = _resize(frame, size)
+    try:
+        tracks = prepare_tracks(load_tracks_arg(args.tracks), canvas_size=(W0, H0), size=size,
+                                num_frames=args.frames)
+    except TrackError as e:
+        raise SystemExit(f"--tracks: {e}") from None
+    image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    return frame_s, image_t, tracks, size
+
+
 # ================================================================================= preview
 
 def run_preview(args) -> dict:
@@ -425,22 +451,12 @@ def run_preview(args) -> dict:
 
     from .flow_viz import draw_tracks
     from .preview import motion_preview
-    from .tracks import TrackError, prepare_tracks
     from .video_io import write_video
 
     timer = Timer()
     with timer("read inputs"):
-        frame = load_frame(args.image, args.frame_index)
-        H0, W0 = frame.shape[:2]
-        size = parse_size(args.size) or _auto_size(W0, H0, 8, 512 * 288)
-        frame_s = _resize(frame, size)
-        try:
-            tracks = prepare_tracks(load_tracks_arg(args.tracks), canvas_size=(W0, H0), size=size,
-                                    num_frames=args.frames)
-        except TrackError as e:
-            raise SystemExit(f"--tracks: {e}") from None
+        frame_s, image_t, tracks, size = _frame_and_tracks(args, 8, 512 * 288)
         regions = _masks_arg(args.masks, size)
-        image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
     with timer("load decoder"):
         decoder = _decoder(args.decoder, "cpu")
     with timer("tracks -> flow"):
@@ -547,7 +563,6 @@ def _device_and_dtype(device: str, dtype: str):
 
 
 def run_generate(args) -> dict:
-    import numpy as np
     import torch
 
     from .adapter import SurgSoraAdapter
@@ -556,27 +571,14 @@ def run_generate(args) -> dict:
     from .pipeline import SurgSoraPipeline
     from .sam import load_sam
     from .svd_checkpoint import load_svd
-    from .tracks import TrackError, prepare_tracks
     from .video_io import write_video
 
     models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     timer = Timer()
     with timer("read inputs"):
-        frame = load_frame(args.image, args.frame_index)
-        H0, W0 = frame.shape[:2]
-        size = parse_size(args.size) or _auto_size(W0, H0, 64, 448 * 256)
-        if size[0] % 64 or size[1] % 64:
-            raise SystemExit(f"--size {size[0]}x{size[1]}: SVD needs width and height that are multiples of 64 "
-                             "(e.g. 448x256, 512x320, 1024x576).")
-        frame_s = _resize(frame, size)
-        try:
-            tracks = prepare_tracks(load_tracks_arg(args.tracks), canvas_size=(W0, H0), size=size,
-                                    num_frames=args.frames)
-        except TrackError as e:
-            raise SystemExit(f"--tracks: {e}") from None
-        image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    print(f"Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
+        frame_s, image_t, tracks, size = _frame_and_tracks(args, 64, 448 * 256)
+    print("Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
     try:
         with timer("SAM features"):
             sam = load_sam(models["sam"], device=device)

@@ -135,7 +135,6 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         height = height or image.shape[-2]
         width = width or image.shape[-1]
         self.check_inputs(image, height, width)
-        device = self._execution_device
         image_embeddings = self.encode_clip_image(image)
 
         latents = self.encode_conditioning_latent(self._pixels(image, height, width), noise_aug_strength, generator)

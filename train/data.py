@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
