@@ -14,22 +14,12 @@ from surgsora.eval.networks import FIDInceptionV3
 from surgsora.eval.weights import SPECS
 from surgsora.optical_flow import estimate_flow
 from surgsora.video_io import read_video, write_video
+from eval_fakes import TinyTorchScriptI3D as _TinyTorchScriptI3D
 
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-class _TinyTorchScriptI3D(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(3, 8)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        v = x.float()
-        if rescale:
-            v = v / 127.5 - 1
-        return self.proj(v.mean(dim=(2, 3, 4)))
 
 
 def _shift(frame, dx, dy):

@@ -10,6 +10,7 @@ import torchvision
 from surgsora.io import ModelFileError
 from surgsora.eval import networks as N
 from surgsora.eval.weights import SPECS, MissingWeightsError, resolve_weights
+from eval_fakes import TinyTorchScriptI3D as _TinyTorchScriptI3D
 
 
 @pytest.fixture(scope="session")
@@ -173,19 +174,6 @@ def test_i3d_state_dict_loads_with_weights_only_and_gives_400_features(tmp_path)
     assert feats.shape == (1, 400) and np.isfinite(feats).all() and feats.std() > 0
 
 
-class _TinyTorchScriptI3D(nn.Module):
-    """Stands in for StyleGAN-V's i3d_torchscript.pt (same call signature)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(3, 8)
-
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        v = x.float()
-        if rescale:
-            v = v / 127.5 - 1
-        return self.proj(v.mean(dim=(2, 3, 4)))
 
 
 def test_i3d_torchscript_needs_explicit_opt_in(tmp_path):
