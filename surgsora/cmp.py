@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import ModelFileError, load_state_dict
+from .io import ModelFileError, describe_key_mismatch, load_state_dict
 from .splat import resize_flow
 
 __all__ = ["CMPConfig", "CMPNet", "CMPDecoder", "build_cmp", "load_cmp", "infer_cmp_config", "check_cmp_state_dict",
@@ -362,14 +362,8 @@ def check_cmp_state_dict(net: CMPNet, state_dict: Mapping[str, torch.Tensor], na
     wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
              for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with wrong shapes (e.g. {wrong[0]})")
-        raise ModelFileError(f"{name} is not a MOFA-Video CMP checkpoint: {'; '.join(parts)}. Use "
+        raise ModelFileError(f"{name} is not a MOFA-Video CMP checkpoint: "
+                             f"{describe_key_mismatch(missing, unexpected, wrong, examples=1)}. Use "
                              "ckpt_iter_42000.pth.tar from MOFA-Video (models/cmp/experiments/semiauto_annot/"
                              f"resnet50_vip+mpii_liteflow/checkpoints) and put it in `{CMP_FOLDER}`.")
 

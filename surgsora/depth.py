@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import ModelFileError, load_state_dict, safe_join
+from .io import ModelFileError, describe_key_mismatch, load_state_dict, safe_join
 
 __all__ = [
     "DEPTH_FOLDER",
@@ -368,12 +368,8 @@ def _resolve_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
 def _materialise(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str, folder: str) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors are missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} are unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise ModelFileError(f"{where} does not match the model it describes: {'; '.join(parts)}. "
+        raise ModelFileError(f"{where} does not match the model it describes: "
+                             f"{describe_key_mismatch(missing, unexpected)}. "
                              f"It may be a different model version; use the released files in {folder}.")
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_meta:

@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join", "SafetensorsReader"]
+__all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join", "SafetensorsReader", "describe_key_mismatch"]
 
 
 class ModelFileError(RuntimeError):
@@ -175,3 +175,17 @@ class SafetensorsReader:
 
     def close(self) -> None:
         self._f = None
+
+
+def describe_key_mismatch(missing, unexpected, wrong_shapes=(), examples: int = 3) -> str:
+    """One clause per problem of a state dict against a model, e.g. ``"2 tensors missing (e.g. a, b)"``.
+
+    Empty when there is nothing wrong; loaders put it in their one-sentence ``ModelFileError``.
+    """
+    parts = []
+    for items, label in ((missing, "tensors missing"), (unexpected, "unexpected tensors"),
+                         (wrong_shapes, "with wrong shapes")):
+        items = list(items)
+        if items:
+            parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:examples])})")
+    return "; ".join(parts)

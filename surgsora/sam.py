@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import ModelFileError, load_state_dict
+from .io import ModelFileError, describe_key_mismatch, load_state_dict
 
 __all__ = [
     "SAM_FOLDER",
@@ -215,12 +215,8 @@ def build_sam_from_state_dict(sd: Mapping[str, torch.Tensor], where: str = "This
     model = build_sam(config, device="meta")
     missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
     if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise ModelFileError(f"{where} is not a standard SAM v1 checkpoint: {'; '.join(parts)}. "
+        raise ModelFileError(f"{where} is not a standard SAM v1 checkpoint: "
+                             f"{describe_key_mismatch(missing, unexpected)}. "
                              f"Use the released sam_vit_{{b,l,h}}_*.pth in {SAM_FOLDER}.")
     # pixel_mean/std are non-persistent (not in the file), so the meta build left them empty.
     model.pixel_mean = torch.tensor(_PIXEL_MEAN).view(-1, 1, 1)
