@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
 
 from surgsora import SurgSoraAdapter  # noqa: E402
-from surgsora.unet import unet_forward  # noqa: E402
+from surgsora.model.unet import unet_forward  # noqa: E402
 
 
 def peak_rss_gb() -> float:

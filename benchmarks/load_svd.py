@@ -7,7 +7,7 @@
    else from the package's own export layout), streaming one tensor at a time.
 2. Converts it once into a diffusers folder (unet/, vae/, image_encoder/, fp16) with the same weights.
 3. In separate fresh subprocesses, measures wall time and peak RSS (ru_maxrss) of
-   ``surgsora.svd_checkpoint.load_svd(file, dtype=float16)`` and of ``from_pretrained`` of the three
+   ``surgsora.loading.svd_checkpoint.load_svd(file, dtype=float16)`` and of ``from_pretrained`` of the three
    diffusers/transformers models, and checks both loads give identical weights.
 
 Target: single-file peak RSS within 1.3x of the diffusers load. Temporary files are deleted unless
@@ -35,7 +35,9 @@ TARGET_RSS_RATIO = 1.3
 def _single_file_layout() -> dict[str, list[int]]:
     if MANIFEST.is_file():
         return json.loads(MANIFEST.read_text())["tensors"]
-    from surgsora.svd_checkpoint import build_empty_models, to_single_file_state_dict
+    sys.path.insert(0, str(REPO / "tests"))
+    from svd_export import to_single_file_state_dict
+    from surgsora.loading.svd_checkpoint import build_empty_models
 
     return {k: list(v.shape) for k, v in to_single_file_state_dict(**build_empty_models()).items()}
 
@@ -68,7 +70,7 @@ def write_random_single_file(path: Path, seed: int = 0) -> int:
 def _child_convert(single: str, folder: str) -> None:
     import torch
 
-    from surgsora.svd_checkpoint import CONFIG_DIR, load_svd
+    from surgsora.loading.svd_checkpoint import CONFIG_DIR, load_svd
 
     parts = load_svd(single, dtype=torch.float16)
     folder = Path(folder)
@@ -87,7 +89,7 @@ def _child_measure(mode: str, path: str, result_out: str) -> None:
 
     torch.set_num_threads(2)
     if mode == "single":
-        from surgsora.svd_checkpoint import load_svd
+        from surgsora.loading.svd_checkpoint import load_svd
     else:
         from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
         from transformers import CLIPVisionModelWithProjection

@@ -50,7 +50,7 @@ def _cached_calls(fn, n: int = 5) -> tuple[float, float]:
 def run_sam(tmp: Path) -> dict:
     import torch
 
-    from surgsora.sam import SAM_VARIANTS, build_sam, load_sam
+    from surgsora.perception.sam import SAM_VARIANTS, build_sam, load_sam
 
     torch.manual_seed(0)
     path = tmp / "sam_vit_b_random.pth"
@@ -70,7 +70,7 @@ def run_sam(tmp: Path) -> dict:
 def run_depth(tmp: Path) -> dict:
     import torch
 
-    from surgsora.depth import build_depth_model, convert_transformers_to_original, depth_config, load_depth_anything
+    from surgsora.perception.depth import build_depth_model, convert_transformers_to_original, depth_config, load_depth_anything
 
     torch.manual_seed(0)
     path = tmp / "depth_anything_v2_vits_random.pth"  # the original layout, converted on load

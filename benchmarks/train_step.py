@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from surgsora.depth import DepthEstimator, build_depth_model, depth_config  # noqa: E402
-from surgsora.sam import SAM_VARIANTS, SamSegmenter, build_sam  # noqa: E402
+from surgsora.perception.depth import DepthEstimator, build_depth_model, depth_config  # noqa: E402
+from surgsora.perception.sam import SAM_VARIANTS, SamSegmenter, build_sam  # noqa: E402
 from train.data import ClipDataset, Preprocessor, discover_clips  # noqa: E402
 from train.fit import FitConfig, run  # noqa: E402
 

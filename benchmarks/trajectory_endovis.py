@@ -3,7 +3,7 @@
     python benchmarks/trajectory_endovis.py [--clip ../shared/data/endovis17_clip/clip.mp4] [--size 256]
 
 Frames 6..19 of the EndoVis 2017 clip are resized to 256x256. Ground-truth flow 0 -> t comes from the
-real frames (OpenCV DIS, chained frame to frame and composed: ``surgsora.optical_flow.estimate_flow``).
+real frames (OpenCV DIS, chained frame to frame and composed: ``surgsora.motion.optical_flow.estimate_flow``).
 A few tracks are picked on each instrument from that ground truth (k-means centres of the instrument
 mask at frame 6, each following the median ground-truth motion of a 9x9 patch), rasterised, and decoded by the
 mask-aware analytic decoder with the ground-truth instrument masks. Reported, as end-point error
@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from surgsora.analytic_flow import AnalyticDecoder  # noqa: E402
-from surgsora.optical_flow import estimate_flow  # noqa: E402
-from surgsora.preview import motion_preview  # noqa: E402
-from surgsora.tracks import rasterize, resample_track  # noqa: E402
+from surgsora.motion.analytic_flow import AnalyticDecoder  # noqa: E402
+from surgsora.motion.optical_flow import estimate_flow  # noqa: E402
+from surgsora.motion.preview import motion_preview  # noqa: E402
+from surgsora.motion.tracks import rasterize, resample_track  # noqa: E402
 from surgsora.video_io import read_image, read_video  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "endovis17_clip"

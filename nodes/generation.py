@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from surgsora.splat import resize_flow
+from surgsora.motion.splat import resize_flow
 
 from .models import model_choices, resolve_model
 from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth,
@@ -64,7 +64,7 @@ class SVDModels:
 
     def pipeline(self, adapter=None):
         """A SurgSoraPipeline over these modules with a fresh scheduler (sampling state never leaks between runs)."""
-        from surgsora.pipeline import SurgSoraPipeline
+        from surgsora.sampling.pipeline import SurgSoraPipeline
 
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         return SurgSoraPipeline(vae=self.vae, image_encoder=self.image_encoder, unet=self.unet, scheduler=scheduler,
@@ -99,8 +99,8 @@ class SurgSoraLoadAdapter:
     CATEGORY = f"{CATEGORY}/loaders"
 
     def load(self, adapter_name, precision="auto"):
-        from surgsora.adapter import SurgSoraAdapter
-        from surgsora.io import ModelFileError
+        from surgsora.model.adapter import SurgSoraAdapter
+        from surgsora.loading.io import ModelFileError
 
         path = resolve_model("adapter", adapter_name)
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -210,7 +210,7 @@ class SurgSoraLoadSVD:
     CATEGORY = f"{CATEGORY}/loaders"
 
     def load(self, ckpt_name, precision="auto", download=False):
-        from surgsora.svd_checkpoint import load_svd
+        from surgsora.loading.svd_checkpoint import load_svd
 
         path = resolve_model("svd", ckpt_name, download)
         parts = load_svd(path, device=offload_device(), dtype=resolve_dtype(precision, torch_device()))

@@ -6,7 +6,7 @@ ComfyUI's own ``checkpoints`` / ``diffusers`` for SVD. Registration only adds pa
 never touches the disk beyond that and never loads or downloads a model.
 
 A loader's list is the files (or model folders) found there plus the catalogue's known public files
-(:data:`surgsora.cli.KNOWN_FILES`), so a shipped workflow validates on any machine. Choosing a known
+(:data:`surgsora.loading.catalogue.KNOWN_FILES`), so a shipped workflow validates on any machine. Choosing a known
 file that is not there fails with a sentence naming the folders to put it in, unless the loader's
 ``download`` switch is on: then exactly that file is fetched into the first folder, with a progress bar.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from surgsora.cli import COMPONENTS, KNOWN_FILES, download_model, find_model, list_models
-from surgsora.io import ModelFileError
+from surgsora.loading.catalogue import COMPONENTS, KNOWN_FILES, download_model, find_model, list_models
+from surgsora.loading.io import ModelFileError
 
 from .runtime import Progress, comfy_module
 

@@ -13,8 +13,8 @@ import json
 import numpy as np
 import torch
 
-from surgsora.depth import depth_to_rgb, load_depth_anything
-from surgsora.sam import load_sam
+from surgsora.perception.depth import depth_to_rgb, load_depth_anything
+from surgsora.perception.sam import load_sam
 
 from .models import model_choices, resolve_model
 from .runtime import (CATEGORY, PRECISIONS, Progress, bchw_to_image, check_interrupted, image_to_bchw,
@@ -50,7 +50,7 @@ class SurgSoraLoadSAM:
 
 def _clicks(clicks: str, tracks, size: tuple[int, int]) -> np.ndarray:
     """Clicks (x, y) in pixels of the image of ``size = (W, H)``, from the track starts and/or a JSON list."""
-    from surgsora.tracks import TrackError, parse_track_data
+    from surgsora.motion.tracks import TrackError, parse_track_data
 
     w, h = size
     points = []
@@ -79,7 +79,7 @@ def _clicks(clicks: str, tracks, size: tuple[int, int]) -> np.ndarray:
 
 def _overlay(image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """image [3, H, W], masks [M, H, W] -> image with each mask tinted in its own colour."""
-    from surgsora.flow_viz import TRACK_COLOURS
+    from surgsora.motion.flow_viz import TRACK_COLOURS
 
     out = image.clone()
     for k, m in enumerate(masks):

@@ -13,10 +13,10 @@ import os
 import numpy as np
 import torch
 
-from surgsora.flow_viz import draw_tracks, flow_to_rgb
-from surgsora.preview import motion_preview
-from surgsora.splat import resize_flow
-from surgsora.tracks import TrackError, parse_track_data, prepare_tracks, rasterize
+from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb
+from surgsora.motion.preview import motion_preview
+from surgsora.motion.splat import resize_flow
+from surgsora.motion.tracks import TrackError, parse_track_data, prepare_tracks, rasterize
 
 from .models import model_choices, resolve_model
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, mask_to_regions,
@@ -164,10 +164,10 @@ class SurgSoraLoadTrajectoryDecoder:
 
     def load(self, decoder, region_motion="smooth", download=False):
         if decoder == "analytic":
-            from surgsora.analytic_flow import AnalyticDecoder
+            from surgsora.motion.analytic_flow import AnalyticDecoder
 
             return (AnalyticDecoder(region_motion=region_motion),)
-        from surgsora.cmp import load_cmp
+        from surgsora.motion.cmp import load_cmp
 
         path = resolve_model("cmp", decoder, download)
         return (load_cmp(path, device=torch_device()).to(offload_device()),)
@@ -229,7 +229,7 @@ class SurgSoraVideoFlow:
     CATEGORY = f"{CATEGORY}/trajectory"
 
     def estimate(self, frames, method="dis", raft_weights="none", start=0, num_frames=14, stride=1):
-        from surgsora.optical_flow import estimate_flow
+        from surgsora.motion.optical_flow import estimate_flow
 
         x = image_to_bchw(frames, "frames")
         stop = x.shape[0] if num_frames == 0 else start + num_frames * stride

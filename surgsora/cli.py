@@ -11,17 +11,10 @@
 * ``download`` -- fetch one of the known public files into the right sub-folder (explicit, never implicit).
 * ``models``   -- show what a models folder holds and what is missing.
 
-The models folder follows ComfyUI's layout (so ``ComfyUI/models`` works as is)::
-
-    sams/            sam_vit_{b,l,h}_*.pth                     Segment Anything v1
-    depthanything/   depth_anything_v2_vit{s,b,l}.pth, *_fp16.safetensors, or a Hugging Face folder
-    checkpoints/     svd_xt.safetensors (single file)   -- or --   diffusers/<folder with model_index.json>
-    surgsora/        <adapter folder written by `python -m train`>, ckpt_iter_42000.pth.tar (optional CMP)
-
-The catalogue of known files (:data:`KNOWN_FILES`) and the folder search (:func:`find_model`) are also
-used by the ComfyUI nodes, so both front ends name the same files and folders in their messages.
+The models folder follows ComfyUI's layout; the catalogue of known files, the folder search and the
+downloads live in :mod:`surgsora.loading.catalogue` (shared with the ComfyUI nodes).
 Frames: an image file, or a video plus ``--frame-index``. Trajectories: a JSON file or inline JSON in
-any format :mod:`surgsora.tracks` accepts, drawn on the frame at its own resolution unless the JSON
+any format :mod:`surgsora.motion.tracks` accepts, drawn on the frame at its own resolution unless the JSON
 declares its canvas (``width``/``height``).
 """
 
@@ -31,248 +24,15 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-__all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "download_model",
-           "MissingModels", "resolve_generate_models", "load_frame", "load_tracks_arg", "parse_size",
+from .loading.catalogue import COMPONENTS, KNOWN_FILES, best_model, download_model, find_model, list_models
+
+__all__ = ["MissingModels", "resolve_generate_models", "load_frame", "load_tracks_arg", "parse_size",
            "run_preview", "run_generate", "main"]
-
-
-# ================================================================================= model catalogue
-
-@dataclass(frozen=True)
-class KnownFile:
-    """A public weights file users bring, where it goes, and where it can be fetched from."""
-
-    name: str
-    component: str
-    folder: str  # ComfyUI models sub-folder
-    repo_id: str | None = None  # Hugging Face repository
-    repo_file: str | None = None  # path inside it
-    url: str | None = None  # a direct https address (SAM is hosted by Meta, not on Hugging Face)
-    size: int | None = None  # exact size in bytes when published
-    gated: bool = False  # needs `huggingface-cli login` and accepting the licence on the model page
-
-    @property
-    def source(self) -> str:
-        if self.url:
-            return self.url
-        return f"https://huggingface.co/{self.repo_id}/blob/main/{self.repo_file}"
-
-
-def _sam(name, size):
-    return KnownFile(name, "sam", "sams", url=f"https://dl.fbaipublicfiles.com/segment_anything/{name}", size=size)
-
-
-def _dav2(name, repo, repo_file=None):
-    return KnownFile(name, "depth", "depthanything", repo_id=repo, repo_file=repo_file or name)
-
-
-_DAV2_REPOS = {"s": "Small", "b": "Base", "l": "Large"}
-
-# Preferred first within each component (best quality first).
-KNOWN_FILES: dict[str, KnownFile] = {f.name: f for f in [
-    _sam("sam_vit_h_4b8939.pth", 2_564_550_879),
-    _sam("sam_vit_l_0b3195.pth", 1_249_524_607),
-    _sam("sam_vit_b_01ec64.pth", 375_042_383),
-    *[_dav2(f"depth_anything_v2_vit{k}.pth", f"depth-anything/Depth-Anything-V2-{v}") for k, v in
-      (("l", "Large"), ("b", "Base"), ("s", "Small"))],
-    *[_dav2(f"depth_anything_v2_vit{k}_{p}.safetensors", "Kijai/DepthAnythingV2-safetensors")
-      for k in "lbs" for p in ("fp16", "fp32")],
-    KnownFile("svd_xt.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt",
-              "svd_xt.safetensors", gated=True),
-    KnownFile("svd_xt_1_1.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt-1-1",
-              "svd_xt_1_1.safetensors", gated=True),
-    KnownFile("svd.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid",
-              "svd.safetensors", gated=True),
-    KnownFile("ckpt_iter_42000.pth.tar", "cmp", "surgsora", "MyNiuuu/MOFA-Video-Traj",
-              "models/cmp/experiments/semiauto_annot/resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar"),
-]}
-
-# component -> (models sub-folders searched, file extensions, what to put there)
-COMPONENTS = {
-    "sam": (("sams",), (".pth", ".pt", ".safetensors"),
-            "a Segment Anything v1 checkpoint (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth)"),
-    "depth": (("depthanything",), (".pth", ".pt", ".safetensors", ".bin"),
-              "Depth Anything V2 (depth_anything_v2_vitl.pth, a *_fp16.safetensors, or a Hugging Face folder)"),
-    "svd": (("checkpoints", "diffusers"), (".safetensors", ".ckpt", ".pt", ".pth"),
-            "Stable Video Diffusion: svd_xt.safetensors in checkpoints/, or a diffusers folder in diffusers/"),
-    "adapter": (("surgsora",), (), "a SurgSora adapter folder (config.json + diffusion_pytorch_model.safetensors) "
-                                   "written by `python -m train`"),
-    "cmp": (("surgsora",), (".tar", ".pth", ".pt", ".safetensors"),
-            "the MOFA-Video CMP trajectory decoder ckpt_iter_42000.pth.tar (optional: the analytic decoder needs "
-            "no weights)"),
-    "raft": (("optical_flow",), (".pth", ".pt"), "torchvision RAFT-Large weights (raft_large_C_T_SKHT_V2-ff5fadd5.pth)"),
-}
-
-
-def _is_adapter_folder(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("_class_name") == "SurgSoraAdapter"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def _is_svd_folder(path: Path) -> bool:
-    return (path / "model_index.json").is_file()
-
-
-def _is_hf_depth_folder(path: Path) -> bool:
-    return (path / "config.json").is_file()
-
-
-_FOLDER_TEST = {"adapter": _is_adapter_folder, "svd": _is_svd_folder, "depth": _is_hf_depth_folder}
-
-
-def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]:
-    """Names (relative to a root, ``/`` separated) of the files or model folders of ``component`` in ``roots``.
-
-    Model folders (adapter, diffusers SVD, Hugging Face depth) are listed as folders and not descended
-    into; everything else is a file with one of the component's extensions. Hidden entries are skipped.
-    """
-    exts = COMPONENTS[component][1]
-    is_folder = _FOLDER_TEST.get(component)
-    names: set[str] = set()
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            here = Path(dirpath)
-            rel = here.relative_to(root)
-            if len(rel.parts) > 4:
-                dirnames[:] = []
-                continue
-            keep = []
-            for d in sorted(dirnames):
-                if d.startswith("."):
-                    continue
-                if is_folder is not None and is_folder(here / d):
-                    names.add((rel / d).as_posix())
-                elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
-                    keep.append(d)  # never look inside another kind of model folder
-            dirnames[:] = keep
-            if component == "adapter":
-                continue
-            for f in filenames:
-                if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
-                    names.add((rel / f).as_posix())
-    return sorted(names)
-
-
-def find_model(roots: Sequence[str | os.PathLike], name: str) -> Path | None:
-    """The first ``root / name`` that exists (file or folder), refusing names that escape the root."""
-    from .io import safe_join
-
-    for root in roots:
-        try:
-            path = safe_join(root, name)
-        except ValueError:
-            raise ValueError(f"Invalid model name {name!r}: give a name inside the models folder.") from None
-        if path.exists():
-            return path
-    return None
-
-
-def _best(names: list[str], component: str) -> str | None:
-    """The preferred model among ``names``: catalogue order first (best quality), then alphabetical."""
-    if not names:
-        return None
-    order = [k for k, f in KNOWN_FILES.items() if f.component == component]
-    by_base = {Path(n).name: n for n in names}
-    for k in order:
-        if k in by_base:
-            return by_base[k]
-    return names[0]
-
-
-# ================================================================================= downloads
-
-def _progress_tqdm(callback: Callable[[int, int], None] | None):
-    """A tqdm class that also reports (done, total) bytes to ``callback`` (the ComfyUI progress bar)."""
-    from tqdm.auto import tqdm
-
-    if callback is None:
-        return tqdm
-
-    class _Tqdm(tqdm):
-        def update(self, n=1):
-            out = super().update(n)
-            if self.total:
-                callback(int(self.n), int(self.total))
-            return out
-
-    return _Tqdm
-
-
-def download_model(name: str, folder: str | os.PathLike,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
-    """Download the known file ``name`` into ``folder`` (created), with a progress bar; returns its path.
-
-    Only names in :data:`KNOWN_FILES` can be downloaded (no free-form URLs). The file is written under a
-    temporary name and renamed when complete, and its size is checked when it is published.
-    """
-    from .io import ModelFileError
-
-    known = KNOWN_FILES.get(Path(name).name)
-    if known is None:
-        raise ModelFileError(f"{name} is not a file SurgSora knows how to download; known files: "
-                             f"{', '.join(sorted(KNOWN_FILES))}.")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / known.name
-    if target.is_file():
-        return target
-    tqdm_cls = _progress_tqdm(progress)
-    try:
-        if known.url:
-            tmp = folder / f".{known.name}.partial"
-            with urllib.request.urlopen(known.url, timeout=60) as r:  # noqa: S310 (fixed https address)
-                total = int(r.headers.get("Content-Length") or 0) or known.size or 0
-                with open(tmp, "wb") as f, tqdm_cls(total=total, unit="B", unit_scale=True,
-                                                     desc=known.name) as bar:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if known.size and tmp.stat().st_size != known.size:
-                got = tmp.stat().st_size
-                tmp.unlink()
-                raise ModelFileError(f"The download of {known.name} is {got:,} bytes instead of {known.size:,}; "
-                                     "try again.")
-            os.replace(tmp, target)
-        else:
-            import inspect
-
-            from huggingface_hub import hf_hub_download
-
-            staging = Path(tempfile.mkdtemp(prefix=".surgsora-download-", dir=folder))
-            try:
-                kwargs = {}
-                if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
-                    kwargs["tqdm_class"] = tqdm_cls
-                got = hf_hub_download(known.repo_id, known.repo_file, local_dir=staging, **kwargs)
-                os.replace(got, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    except ModelFileError:
-        raise
-    except Exception as e:  # network, HTTP, auth: one sentence with the way out
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
-                 "first.") if known.gated else ""
-        raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
-                             f"Download it yourself and put it in {folder}.") from None
-    return target
 
 
 # ================================================================================= inputs
@@ -384,17 +144,17 @@ class Timer:
 def _decoder(spec: str, device):
     """``analytic`` (no weights) or a path to a CMP checkpoint."""
     if spec == "analytic":
-        from .analytic_flow import AnalyticDecoder
+        from .motion.analytic_flow import AnalyticDecoder
 
         return AnalyticDecoder()
-    from .cmp import load_cmp
+    from .motion.cmp import load_cmp
 
     return load_cmp(spec, device=device)
 
 
 def _tracks_to_flow(decoder, image_t, tracks, size, regions):
     """tracks [N, T, 2] at the working size -> dense flow [1, T-1, 2, H, W]."""
-    from .tracks import rasterize
+    from .motion.tracks import rasterize
 
     w, h = size
     sparse, mask = rasterize(tracks, (h, w))
@@ -404,7 +164,7 @@ def _tracks_to_flow(decoder, image_t, tracks, size, regions):
 def _write_flow_video(path: Path, flow, fps: float):
     import torch
 
-    from .flow_viz import flow_to_rgb
+    from .motion.flow_viz import flow_to_rgb
     from .video_io import write_video
 
     colours = flow_to_rgb(flow[0])  # [T-1, 3, H, W]
@@ -425,7 +185,7 @@ def _frame_and_tracks(args, multiple: int, area: int):
     """
     import torch
 
-    from .tracks import TrackError, prepare_tracks
+    from .motion.tracks import TrackError, prepare_tracks
 
     frame = load_frame(args.image, args.frame_index)
     H0, W0 = frame.shape[:2]
@@ -449,8 +209,8 @@ def run_preview(args) -> dict:
     import numpy as np
     import torch
 
-    from .flow_viz import draw_tracks
-    from .preview import motion_preview
+    from .motion.flow_viz import draw_tracks
+    from .motion.preview import motion_preview
     from .video_io import write_video
 
     timer = Timer()
@@ -500,12 +260,12 @@ def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | No
     for root in roots:
         names += [(root, n) for n in list_models([root], component)]
     if component == "svd":  # prefer the catalogue's names, then diffusers folders
-        best = _best([n for _, n in names], component)
+        best = best_model([n for _, n in names], component)
         for root, n in names:
             if n == best:
                 return root / n, str(root / n)
         return None, str(roots[0])
-    best = _best([n for _, n in names], component)
+    best = best_model([n for _, n in names], component)
     if best is None:
         return None, str(roots[0])
     return find_model(roots, best), best
@@ -565,12 +325,12 @@ def _device_and_dtype(device: str, dtype: str):
 def run_generate(args) -> dict:
     import torch
 
-    from .adapter import SurgSoraAdapter
-    from .depth import load_depth_anything
-    from .io import ModelFileError
-    from .pipeline import SurgSoraPipeline
-    from .sam import load_sam
-    from .svd_checkpoint import load_svd
+    from .model.adapter import SurgSoraAdapter
+    from .perception.depth import load_depth_anything
+    from .loading.io import ModelFileError
+    from .sampling.pipeline import SurgSoraPipeline
+    from .perception.sam import load_sam
+    from .loading.svd_checkpoint import load_svd
     from .video_io import write_video
 
     models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder)
@@ -642,7 +402,7 @@ def run_models(args) -> None:
 
 
 def run_download(args) -> None:
-    from .io import ModelFileError
+    from .loading.io import ModelFileError
 
     known = KNOWN_FILES.get(args.name)
     if known is None:

@@ -58,7 +58,7 @@ def tiny_svd_components(seed: int = 0, num_frames: int = 14) -> dict:
 
 def tiny_adapter(unet, seed: int = 0, randomize: bool = False):
     """A SurgSoraAdapter for a tiny UNet; ``randomize`` re-draws the zero-initialised layers so it acts."""
-    from .adapter import SurgSoraAdapter
+    from .model.adapter import SurgSoraAdapter
 
     torch.manual_seed(seed)
     adapter = SurgSoraAdapter.from_unet(unet, **tiny_adapter_options())
@@ -73,7 +73,7 @@ def tiny_adapter(unet, seed: int = 0, randomize: bool = False):
 
 def tiny_sam(seed: int = 0):
     """A SamSegmenter with a tiny random SAM (real modules, real [256, 64, 64] embedding)."""
-    from .sam import SamSegmenter, build_sam, tiny_sam_config
+    from .perception.sam import SamSegmenter, build_sam, tiny_sam_config
 
     torch.manual_seed(seed)
     config = tiny_sam_config()
@@ -82,7 +82,7 @@ def tiny_sam(seed: int = 0):
 
 def tiny_depth(seed: int = 0):
     """A DepthEstimator with a tiny random Depth Anything V2 (transformers classes)."""
-    from .depth import DepthEstimator, build_depth_model, depth_config
+    from .perception.depth import DepthEstimator, build_depth_model, depth_config
 
     torch.manual_seed(seed)
     model = build_depth_model(depth_config(

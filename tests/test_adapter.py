@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from surgsora import SurgSoraAdapter
-from surgsora.dfm import FusionBlock
-from surgsora.dsi import align_seg_features
+from surgsora.model.dfm import FusionBlock
+from surgsora.model.dsi import align_seg_features
 from surgsora.tiny import tiny_adapter, tiny_adapter_options, tiny_svd_components
-from surgsora.unet import unet_forward
+from surgsora.model.unet import unet_forward
 
 
 @pytest.fixture(scope="module")

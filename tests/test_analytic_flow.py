@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from surgsora.analytic_flow import AnalyticDecoder, decode_points, region_weights
-from surgsora.tracks import rasterize
+from surgsora.motion.analytic_flow import AnalyticDecoder, decode_points, region_weights
+from surgsora.motion.tracks import rasterize
 from surgsora.video_io import read_image
 
 REPO = Path(__file__).resolve().parents[1]

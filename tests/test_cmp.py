@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from surgsora.cmp import (CMPConfig, CMPDecoder, CMPNet, build_cmp, flow_from_bins, infer_cmp_config, load_cmp,
+from surgsora.motion.cmp import (CMPConfig, CMPDecoder, CMPNet, build_cmp, flow_from_bins, infer_cmp_config, load_cmp,
                           resample_sparse)
-from surgsora.io import ModelFileError
-from surgsora.tracks import rasterize
+from surgsora.loading.io import ModelFileError
+from surgsora.motion.tracks import rasterize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MANIFEST = SHARED / "fixtures" / "checkpoint_manifests" / "mofa_cmp_ckpt_iter_42000.json"
@@ -54,7 +54,7 @@ def test_architecture_matches_the_real_checkpoint_manifest_on_meta():
     # the loader's own check accepts the manifest layout (shapes only, on meta) and infers the full config
     meta_sd = {k[len("module."):]: torch.empty(s, device="meta") for k, s in manifest["tensors"].items()}
     assert infer_cmp_config(meta_sd) == CMPConfig()
-    from surgsora.cmp import check_cmp_state_dict
+    from surgsora.motion.cmp import check_cmp_state_dict
     check_cmp_state_dict(net, meta_sd)
 
 
@@ -128,7 +128,7 @@ def test_tiny_cmp_end_to_end_matches_the_published_t_minus_1_copies_batch():
     logits = dec.net(img.repeat(T - 1, 1, 1, 1) * 2 - 1, torch.cat([sp, mk, mk], 1))
     ref = flow_from_bins(logits, TINY.nbins, TINY.fmax)
     ref = torch.nn.functional.interpolate(ref, size=(64, 64), mode="bilinear", align_corners=True)
-    from surgsora.splat import resize_flow
+    from surgsora.motion.splat import resize_flow
     assert torch.allclose(flow[0], resize_flow(ref, (h, w)), atol=1e-5)
     # frames see different sparse input, so they decode to different flows
     assert not torch.allclose(flow[0, 0], flow[0, 2])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from surgsora.depth import (
+from surgsora.perception.depth import (
     DEPTH_VARIANTS,
     build_depth_model,
     checkpoint_layout,
@@ -21,7 +21,7 @@ from surgsora.depth import (
     load_depth_anything,
     target_size,
 )
-from surgsora.io import ModelFileError
+from surgsora.loading.io import ModelFileError
 from surgsora.video_io import read_video
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -262,7 +262,7 @@ def test_bad_input_size(tiny_est):
 
 
 def test_sam_checkpoint_given_to_depth_loader(tmp_path):
-    from surgsora.sam import build_sam, tiny_sam_config
+    from surgsora.perception.sam import build_sam, tiny_sam_config
 
     torch.save(build_sam(tiny_sam_config(img_size=256)).state_dict(), tmp_path / "depth_anything_v2_vitb.pth")
     with pytest.raises(ModelFileError, match="Segment Anything.*models/sams.*models/depthanything"):

@@ -12,7 +12,7 @@ import torch.nn as nn
 from surgsora.eval.cli import main
 from surgsora.eval.networks import FIDInceptionV3
 from surgsora.eval.weights import SPECS
-from surgsora.optical_flow import estimate_flow
+from surgsora.motion.optical_flow import estimate_flow
 from surgsora.video_io import read_video, write_video
 from eval_fakes import TinyTorchScriptI3D as _TinyTorchScriptI3D
 

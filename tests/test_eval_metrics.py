@@ -8,7 +8,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from surgsora.eval import metrics as M
-from surgsora.optical_flow import estimate_flow
+from surgsora.motion.optical_flow import estimate_flow
 from surgsora.video_io import read_video
 
 CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from surgsora.io import ModelFileError
+from surgsora.loading.io import ModelFileError
 from surgsora.eval import networks as N
 from surgsora.eval.weights import SPECS, MissingWeightsError, resolve_weights
 from eval_fakes import TinyTorchScriptI3D as _TinyTorchScriptI3D

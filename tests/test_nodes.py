@@ -128,7 +128,7 @@ def test_model_folders_are_registered_next_to_extra_model_paths(env):
 
 
 def test_loader_lists_and_clear_errors(nodes, env, tmp_path):
-    from surgsora.io import ModelFileError
+    from surgsora.loading.io import ModelFileError
 
     sam_list = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadSAM"].INPUT_TYPES()["required"]["model_name"][0]
     assert sam_list[0] == SAM_NAME and "sam_vit_h_4b8939.pth" in sam_list  # local first, then known files
@@ -174,7 +174,7 @@ def test_download_goes_to_exactly_the_folder_when_asked(nodes, env, monkeypatch)
     moved = target.with_name("moved.tar")
     target.rename(moved)
     try:
-        from surgsora.io import ModelFileError
+        from surgsora.loading.io import ModelFileError
 
         with pytest.raises(ModelFileError, match="download"):
             run(nodes, "SurgSoraLoadTrajectoryDecoder", decoder=CMP_NAME)  # not asked: no network
@@ -192,7 +192,7 @@ def test_download_goes_to_exactly_the_folder_when_asked(nodes, env, monkeypatch)
 # ------------------------------------------------------------------------------------ perception
 
 def test_sam_features_and_masks_match_the_library(nodes, env, frame):
-    from surgsora.sam import load_sam
+    from surgsora.perception.sam import load_sam
 
     (sam,) = run(nodes, "SurgSoraLoadSAM", model_name=SAM_NAME)
     (seg,) = run(nodes, "SurgSoraSAMSegment", sam=sam, image=frame)
@@ -215,7 +215,7 @@ def test_sam_features_and_masks_match_the_library(nodes, env, frame):
 
 
 def test_depth_outputs_standard_image_and_mask(nodes, env, frame):
-    from surgsora.depth import load_depth_anything
+    from surgsora.perception.depth import load_depth_anything
 
     (model,) = run(nodes, "SurgSoraLoadDepthAnything", model_name=DEPTH_NAME)
     depth, depth_map, colour = run(nodes, "SurgSoraDepth", depth_model=model, image=frame, input_size=70)
@@ -290,8 +290,8 @@ def test_flow_from_a_track_on_a_region_is_its_exact_translation(nodes, frame):
 
 
 def test_cmp_decoder_node_matches_the_library(nodes, env, frame):
-    from surgsora.cmp import load_cmp
-    from surgsora.tracks import rasterize
+    from surgsora.motion.cmp import load_cmp
+    from surgsora.motion.tracks import rasterize
 
     (decoder,) = run(nodes, "SurgSoraLoadTrajectoryDecoder", decoder=CMP_NAME)
     tracks = {"track_path": torch.tensor([[[40.0, 20.0]], [[50.0, 30.0]]]), "track_visibility": torch.ones(2, 1).bool(),
@@ -305,7 +305,7 @@ def test_cmp_decoder_node_matches_the_library(nodes, env, frame):
 def test_optical_flow_from_a_real_clip(nodes, endovis_clip):
     import cv2
 
-    from surgsora.optical_flow import estimate_flow
+    from surgsora.motion.optical_flow import estimate_flow
     from surgsora.video_io import read_video
 
     clip = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in read_video(endovis_clip, 0, 10)])
@@ -349,7 +349,7 @@ def test_dsi_and_dfm_nodes_equal_the_adapters_condition_branch(generation, frame
 
 
 def test_sampler_and_decoder_equal_the_pipeline(nodes, generation, frame):
-    from surgsora.pipeline import SurgSoraPipeline
+    from surgsora.sampling.pipeline import SurgSoraPipeline
 
     g = generation
     kw = dict(steps=2, min_cfg=1.0, max_cfg=2.5, fps=7, motion_bucket_id=100, noise_aug_strength=0.02,
@@ -416,8 +416,8 @@ def test_svd_single_file_loads_like_the_diffusers_folder(nodes, env, monkeypatch
     """svd_xt.safetensors in models/checkpoints (ComfyUI's usual file) gives the same model as the folder."""
     import shutil
 
-    import surgsora.svd_checkpoint as svdc
-    from surgsora.svd_checkpoint import save_svd_single_file
+    import surgsora.loading.svd_checkpoint as svdc
+    from svd_export import save_svd_single_file
 
     (folder,) = run(nodes, "SurgSoraLoadSVD", ckpt_name=f"[diffusers] {SVD_FOLDER}")
     configs = tmp_path / "configs"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from surgsora.optical_flow import compose_flows, estimate_flow
+from surgsora.motion.optical_flow import compose_flows, estimate_flow
 
 
 def _textured(h=96, w=128, seed=0):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from surgsora.flow_viz import TRACK_COLOURS, colour_wheel, draw_tracks, flow_to_rgb
-from surgsora.preview import motion_preview
+from surgsora.motion.flow_viz import TRACK_COLOURS, colour_wheel, draw_tracks, flow_to_rgb
+from surgsora.motion.preview import motion_preview
 
 
 def test_preview_of_uniform_flow_is_the_shifted_image_with_holes_from_the_first_frame():

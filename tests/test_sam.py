@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from surgsora.io import ModelFileError
-from surgsora.sam import (
+from surgsora.loading.io import ModelFileError
+from surgsora.perception.sam import (
     SAM_VARIANTS,
     SamSegmenter,
     build_sam,

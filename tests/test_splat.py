@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from surgsora.splat import forward_splat, forward_splat_video, resize_flow
+from surgsora.motion.splat import forward_splat, forward_splat_video, resize_flow
 
 
 def _uniform(n, h, w, dx, dy, dtype=torch.float32):

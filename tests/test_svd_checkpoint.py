@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from surgsora.svd_checkpoint import (
+from surgsora.loading.svd_checkpoint import (
     CLIP_PREFIX,
     IGNORED_KEYS,
     IGNORED_PREFIXES,
@@ -21,9 +21,8 @@ from surgsora.svd_checkpoint import (
     inspect_svd_checkpoint,
     load_svd,
     plan_rules,
-    save_svd_single_file,
-    to_single_file_state_dict,
 )
+from svd_export import save_svd_single_file, to_single_file_state_dict
 
 MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "checkpoint_manifests"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from surgsora.tracks import (TrackError, TrackSet, parse_track_data, parse_tracks, prepare_tracks, rasterize,
+from surgsora.motion.tracks import (TrackError, TrackSet, parse_track_data, parse_tracks, prepare_tracks, rasterize,
                              resample_track, tracks_to_editor_json)
 
 TWO_TRACKS = [np.array([[10.0, 20.0], [30.0, 25.0], [50.0, 40.0]]), np.array([[5.0, 6.0]])]

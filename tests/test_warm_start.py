@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from surgsora.adapter import SurgSoraAdapter
-from surgsora.warm_start import WarmStartError, init_from_mofa, plan_warm_start
+from surgsora.model.adapter import SurgSoraAdapter
+from surgsora.loading.warm_start import WarmStartError, init_from_mofa, plan_warm_start
 
 MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "checkpoint_manifests"
 NEW_GROUPS = ("rgb_processor.seg_proj.", "depth_processor.", "depth_encoder.", "fusion.")

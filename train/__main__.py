@@ -64,8 +64,8 @@ def preprocess_main(argv: list[str]) -> int:
         if not (args.sam and args.depth):
             ap.error("give --sam PATH and --depth PATH (put the files in models/sams and models/depthanything), "
                      "or --tiny-models for a smoke run")
-        from surgsora.depth import load_depth_anything
-        from surgsora.sam import load_sam
+        from surgsora.perception.depth import load_depth_anything
+        from surgsora.perception.sam import load_sam
 
         sam, depth = load_sam(args.sam, device=args.device), load_depth_anything(args.depth, device=args.device)
         names = {"sam": Path(args.sam).name, "depth": Path(args.depth).name}

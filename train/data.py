@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from surgsora.io import ModelFileError, read_safetensors_header
+from surgsora.loading.io import ModelFileError, read_safetensors_header
 from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video, video_info
 
 __all__ = ["CACHE_VERSION", "ClipSpec", "discover_clips", "fit_frames", "Preprocessor", "ClipDataset",
@@ -239,7 +239,7 @@ class Preprocessor:
         return self.clips_dir / f"{spec.clip_id}.safetensors"
 
     def compute(self, spec: ClipSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        from surgsora.optical_flow import estimate_flow
+        from surgsora.motion.optical_flow import estimate_flow
 
         from .sparse import sparse_samples
 

@@ -97,7 +97,7 @@ def _build_components(cfg: FitConfig, device):
     else:
         if not cfg.svd:
             raise SystemExit("give --svd PATH (a diffusers SVD folder or svd_xt.safetensors), or --config tiny")
-        from surgsora.svd_checkpoint import load_svd
+        from surgsora.loading.svd_checkpoint import load_svd
 
         components = load_svd(cfg.svd, device="cpu")
         condition_options = {}
@@ -117,7 +117,7 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
         condition_options = {**condition_options, "num_attention_heads": (5, 10, 10, 20)}
     adapter = SurgSoraAdapter.from_unet(unet, **condition_options)
     if cfg.init_from_mofa:
-        from surgsora.warm_start import init_from_mofa
+        from surgsora.loading.warm_start import init_from_mofa
 
         print(init_from_mofa(adapter, cfg.init_from_mofa))
     return adapter
@@ -125,10 +125,10 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
 
 def _flow_decoder(cfg: FitConfig, device):
     if cfg.flow_decoder == "analytic":
-        from surgsora.analytic_flow import AnalyticDecoder
+        from surgsora.motion.analytic_flow import AnalyticDecoder
 
         return AnalyticDecoder()
-    from surgsora.cmp import load_cmp
+    from surgsora.motion.cmp import load_cmp
 
     return load_cmp(cfg.flow_decoder, device=device)
 
@@ -154,7 +154,7 @@ def _batch_indices(step: int, n: int, batch_size: int, rank: int, world: int, se
 
 def _dense_flow_stage2(decoder, frames01: torch.Tensor, points, disp, size) -> torch.Tensor:
     """Trajectory-decoded flow [B, T-1, 2, H, W] from cached guide points (stage 2)."""
-    from surgsora.tracks import rasterize
+    from surgsora.motion.tracks import rasterize
 
     flows = []
     for b in range(frames01.shape[0]):
@@ -174,7 +174,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
     from accelerate import Accelerator
 
     from surgsora import SurgSoraPipeline
-    from surgsora.unet import unet_forward
+    from surgsora.model.unet import unet_forward
 
     from .checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
     from .data import ClipDataset
@@ -375,7 +375,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
 @torch.no_grad()
 def _validate(pipe, adapter, dataset, index: int, folder: Path, step: int, cfg: FitConfig, decoder) -> Path:
     """Generate the held-out clip from its first frame with the current adapter; save mp4 + flow video."""
-    from surgsora.flow_viz import flow_to_rgb
+    from surgsora.motion.flow_viz import flow_to_rgb
     from surgsora.video_io import write_video
 
     was_training = adapter.training

@@ -21,8 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..io import ModelFileError
-from ..optical_flow import estimate_flow
+from ..loading.io import ModelFileError
+from ..motion.optical_flow import estimate_flow
 from ..video_io import read_video
 from . import metrics as M
 from .data import find_flow, list_videos, load_flow, load_frames, pair_videos, resize_frames
@@ -394,7 +394,7 @@ class _Evaluator:
         }
 
     def flow(self) -> dict:
-        from ..splat import resize_flow
+        from ..motion.splat import resize_flow
 
         cfg = self.cfg
         if cfg.flows is None:

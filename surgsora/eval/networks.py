@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import inception as tv_inception
 
-from ..io import ModelFileError, load_state_dict
+from ..loading.io import ModelFileError, load_state_dict
 from .weights import SPECS
 
 __all__ = [

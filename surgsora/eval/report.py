@@ -179,7 +179,7 @@ def make_plots(result, folder: Path) -> dict:
     # The object-oriented API renders with Agg without touching pyplot's global backend (safe inside GUIs).
     from matplotlib.figure import Figure
 
-    from ..flow_viz import flow_to_rgb
+    from ..motion.flow_viz import flow_to_rgb
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ def write_tiny_models(root: str | Path, frames: int = 14, seed: int = 0) -> dict
     """Write every model the workflows use into ``root`` (ComfyUI ``models`` layout); returns the paths."""
     from diffusers import StableVideoDiffusionPipeline
 
-    from surgsora.cmp import CMPConfig, build_cmp
-    from surgsora.depth import build_depth_model, convert_transformers_to_original, depth_config
-    from surgsora.sam import build_sam, tiny_sam_config
+    from surgsora.motion.cmp import CMPConfig, build_cmp
+    from surgsora.perception.depth import build_depth_model, convert_transformers_to_original, depth_config
+    from surgsora.perception.sam import build_sam, tiny_sam_config
     from surgsora.tiny import tiny_adapter, tiny_svd_components
 
     root = Path(root)

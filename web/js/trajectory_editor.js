@@ -14,7 +14,7 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE_TYPE = "SurgSoraTrajectories";
-// Same palette as surgsora.flow_viz.TRACK_COLOURS, so the editor and the node's preview agree.
+// Same palette as surgsora.motion.flow_viz.TRACK_COLOURS, so the editor and the node's preview agree.
 const COLOURS = ["#00ffff", "#ffff00", "#00ff00", "#ff8000", "#40a0ff", "#ff00ff", "#ffffff", "#a0ffa0"];
 const DRAG_SPACING = 12; // canvas pixels between points added while dragging (in picture pixels / zoom)
 const MIN_HEIGHT = 260;

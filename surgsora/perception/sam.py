@@ -25,7 +25,7 @@ by image content (a hash of the pixels), so the segment features and any number 
 same frame run the heavy encoder once.
 
 :func:`as_rgb_batch` is the shared input check for the perception front-ends (also used by
-:mod:`surgsora.depth`): float tensors are channels-first ``[B,3,H,W]``/``[3,H,W]`` in [0,1]; numpy arrays
+:mod:`surgsora.perception.depth`): float tensors are channels-first ``[B,3,H,W]``/``[3,H,W]`` in [0,1]; numpy arrays
 are channels-last ``[B,H,W,3]``/``[H,W,3]`` (uint8 0..255 or float in [0,1]).
 """
 
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import ModelFileError, describe_key_mismatch, load_state_dict
+from ..loading.io import ModelFileError, describe_key_mismatch, load_state_dict
 
 __all__ = [
     "SAM_FOLDER",

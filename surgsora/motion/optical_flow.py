@@ -64,7 +64,7 @@ def _raft(weights: str, device: str):
     """RAFT-Large from a local file, loaded once per (file, device) and kept for the next videos."""
     from torchvision.models.optical_flow import raft_large
 
-    from .io import load_state_dict
+    from ..loading.io import load_state_dict
 
     model = raft_large(weights=None, progress=False)
     model.load_state_dict(load_state_dict(weights, folder_hint="models/optical_flow"))

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import ModelFileError, describe_key_mismatch, load_state_dict, safe_join
+from ..loading.io import ModelFileError, describe_key_mismatch, load_state_dict, safe_join
 
 __all__ = [
     "DEPTH_FOLDER",

@@ -1,6 +1,6 @@
 """Motion preview: the first frame pushed along the dense flow, before any diffusion is run.
 
-Each frame t is the first frame forward-warped (average splatting, :func:`surgsora.splat.forward_splat`)
+Each frame t is the first frame forward-warped (average splatting, :func:`surgsora.motion.splat.forward_splat`)
 by the flow 0 -> t. Pixels that nothing lands on (disocclusions, the trailing edge of a moving
 instrument) are filled from the first frame itself, blended by how much splatted weight they got, so
 the preview shows the motion a user asked for in a fraction of a second.

@@ -3,7 +3,7 @@
 The Trajectory Controller starts from a few paths a user draws on the first frame. This module turns
 any of the formats users already have into one array ``[N, T, 2]`` (x, y pixel positions of N
 tracks over T frames at the working resolution) and then into the sparse flow + mask that the
-dense-flow decoders (:mod:`surgsora.cmp`, :mod:`surgsora.analytic_flow`) take.
+dense-flow decoders (:mod:`surgsora.motion.cmp`, :mod:`surgsora.motion.analytic_flow`) take.
 
 Accepted inputs (a JSON string or the already-parsed object), see :func:`parse_track_data`:
 

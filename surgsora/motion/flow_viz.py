@@ -10,7 +10,7 @@ and anything beyond (only with a fixed ``max_flow``) is shown darkened (x 0.75).
 
 :func:`draw_tracks` draws tracks on an image: the path as a line, a dot at the start, an arrow head at
 the end; a static anchor (no motion) is drawn as a ring. One colour per track. Coordinates follow
-:mod:`surgsora.tracks` (pixel i spans [i, i + 1), so (i + 0.5, j + 0.5) is the centre of pixel (i, j)).
+:mod:`surgsora.motion.tracks` (pixel i spans [i, i + 1), so (i + 0.5, j + 0.5) is the centre of pixel (i, j)).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Design:
   diffusers models (built from their configs on the ``meta`` device) and names, for each, the
   single-file key it comes from and the transform: a plain copy, a 1x1 conv <-> linear reshape (VAE
   attention), one third of OpenCLIP's fused ``in_proj`` (CLIP q/k/v) or a transpose (CLIP
-  projection). The same rules run backwards for :func:`save_svd_single_file`.
+  projection). The same rules run backwards in the tests' exporter (``tests/svd_export.py``).
 * **Every tensor accounted for.** Before any data is read, the rules are checked against the file
   header: a missing key, an unknown extra key or a shape mismatch raises :class:`SVDCheckpointError`
   naming the keys. Only these are skipped on purpose, as ComfyUI does: the six OpenCLIP text-tower
@@ -25,15 +25,14 @@ Design:
   uses to encode the conditioning frame; SVD in ComfyUI and here encodes it with the main VAE).
 * **VAE quant_conv.** The diffusers VAE has a 1x1 ``quant_conv`` after its encoder; sgm's
   ``first_stage_model`` has none. It is loaded as the identity, which reproduces exactly what sgm
-  and ComfyUI compute with this file. Exporting folds a non-identity ``quant_conv`` into the
-  encoder's ``conv_out`` (exact algebra, done in float64), so any diffusers VAE can be written out.
+  and ComfyUI compute with this file.
 * **Streaming, one copy in memory.** Tensors are read one at a time with safetensors ``safe_open``,
   converted to the requested dtype and assigned straight into the meta-built modules
   (``load_state_dict(assign=True)``). The file is re-opened every few hundred MB so pages of the
   memory map that were already copied are released; peak memory stays near one copy of the model.
 * **SVD vs SVD-xt, fp16.** Both files have the same tensors; only the UNet's default frame count
   differs (14 vs 25). It comes from ``num_frames=``, else the file's metadata (files written by
-  :func:`save_svd_single_file` record it), else the file name (``xt`` -> 25, otherwise ``svd`` ->
+  the tests' exporter record it), else the file name (``xt`` -> 25, otherwise ``svd`` ->
   14), else 25. The stored dtype (``svd_xt_1_1`` is fp16) is read from the header;
   ``dtype=None`` keeps it.
 * **Configs ship with the package** (``surgsora/configs/svd``, no hub access). Provenance:
@@ -49,7 +48,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +69,9 @@ __all__ = [
     "build_empty_models",
     "plan_rules",
     "check_rules",
-    "to_single_file_state_dict",
-    "save_svd_single_file",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "svd"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "svd"
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_ENCODER_PREFIX = "first_stage_model.encoder."
@@ -480,7 +476,7 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
 
 
 class _SafetensorsSource(SafetensorsReader):
-    """Tensors of a .safetensors file, read one at a time (see :class:`surgsora.io.SafetensorsReader`)."""
+    """Tensors of a .safetensors file, read one at a time (see :class:`surgsora.loading.io.SafetensorsReader`)."""
 
     def __init__(self, path: Path):
         try:
@@ -493,7 +489,7 @@ class _SafetensorsSource(SafetensorsReader):
 
 
 class _DictSource:
-    """Tensors already in memory (a .ckpt/.pth file loaded through surgsora.io)."""
+    """Tensors already in memory (a .ckpt/.pth file loaded through surgsora.loading.io)."""
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None):
         self._sd = state_dict
@@ -760,81 +756,3 @@ def _load_diffusers_folder(path: Path, device, dtype, num_frames):
     scheduler, feature_extractor = _scheduler_and_feature_extractor(folder)
     return dict(unet=unet.to(device).eval(), vae=vae.to(device).eval(), image_encoder=image_encoder.to(device).eval(),
                 scheduler=scheduler, feature_extractor=feature_extractor)
-
-
-# ----------------------------------------------------------------------------------------- export
-@torch.no_grad()
-def to_single_file_state_dict(unet, vae, image_encoder, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The Stability single-file state dict of diffusers SVD modules (inverse of :func:`load_svd`).
-
-    The OpenCLIP text remnants and ``conditioner.embedders.3`` are not written (nothing reads them).
-    A non-identity VAE ``quant_conv`` is folded into ``first_stage_model.encoder.conv_out``.
-    """
-    models = dict(unet=unet, vae=vae, image_encoder=image_encoder)
-    rules = plan_rules(models)
-    states = {c: m.state_dict() for c, m in models.items()}
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[str, list] = defaultdict(lambda: [None, None, None])
-    for r in rules:
-        t = states[r.component][r.target]
-        if r.kind == COPY:
-            out[r.source] = t
-        elif r.kind == CONV1X1:
-            out[r.source] = t.reshape(*t.shape, 1, 1)
-        elif r.kind == TRANSPOSE:
-            out[r.source] = t.t()
-        elif r.kind == QKV:
-            qkv[r.source][r.part] = t
-    for key, parts in qkv.items():
-        out[key] = torch.cat(parts, dim=0)
-
-    # fold quant_conv (1x1) into the encoder's last 3x3 conv: W' = Q W, b' = Q b + b_q
-    vs = states["vae"]
-    q = vs["quant_conv.weight"][:, :, 0, 0].double()
-    w_key, b_key = VAE_ENCODER_PREFIX + "conv_out.weight", VAE_ENCODER_PREFIX + "conv_out.bias"
-    w, b = out[w_key], out[b_key]
-    out[w_key] = torch.einsum("oc,cikl->oikl", q, w.double()).to(w.dtype)
-    out[b_key] = (q @ b.double() + vs["quant_conv.bias"].double()).to(b.dtype)
-
-    result = {}
-    for k, v in out.items():
-        v = v.detach()
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        result[k] = v.contiguous()
-    return result
-
-
-def save_svd_single_file(
-    path: str | os.PathLike,
-    unet,
-    vae,
-    image_encoder,
-    *,
-    dtype: torch.dtype | None = None,
-    num_frames: int | None = None,
-) -> Path:
-    """Write diffusers SVD modules as one Stability-format .safetensors file (loadable by ComfyUI and :func:`load_svd`).
-
-    Typical use: load a base model with :func:`load_svd`, swap in a fine-tuned UNet, save. The file
-    records ``num_frames`` (default: the UNet config's) in its metadata. Written atomically.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: the single file must end in .safetensors")
-    from safetensors.torch import save_file
-
-    state = {k: v.cpu() for k, v in to_single_file_state_dict(unet, vae, image_encoder, dtype=dtype).items()}
-    frames = int(num_frames if num_frames is not None else unet.config.num_frames)
-    metadata = {"format": "pt", "surgsora.num_frames": str(frames)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path

@@ -33,8 +33,8 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from .adapter import SurgSoraAdapter
-from .unet import unet_forward
+from ..model.adapter import SurgSoraAdapter
+from ..model.unet import unet_forward
 
 __all__ = ["SurgSoraPipeline", "FirstFrame", "to_image_tensor"]
 

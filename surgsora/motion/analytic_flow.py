@@ -1,13 +1,13 @@
 """Mask-aware analytic dense-flow decoder: tracks (+ region masks) -> dense flow, no weights.
 
-It has the same interface as the CMP network (:class:`surgsora.cmp.CMPDecoder`), so the two are
+It has the same interface as the CMP network (:class:`surgsora.motion.cmp.CMPDecoder`), so the two are
 swappable::
 
     flow = decoder(image, sparse_flow, mask, region_masks=None)   # -> [B, T-1, 2, H, W]
 
 The control points are read back from the sparse input: every pixel where ``mask`` is set is a
 track start, its value in ``sparse_flow`` the track's displacement from frame 0 (exactly what
-:func:`surgsora.tracks.rasterize` writes). ``image`` is accepted for the common interface and not used.
+:func:`surgsora.motion.tracks.rasterize` writes). ``image`` is accepted for the common interface and not used.
 :meth:`AnalyticDecoder.decode_tracks` takes the ``[N, T, 2]`` tracks directly (sub-pixel starts).
 
 The model, per video:
@@ -111,7 +111,7 @@ def region_weights(mask: np.ndarray, feather_px: float) -> np.ndarray:
 
 def _grid(y0: int, y1: int, x0: int, x1: int, dtype=torch.float64) -> torch.Tensor:
     """Pixel-centre coordinates [(y1-y0)*(x1-x0), 2] (x, y) of a box, in the continuous convention of
-    surgsora.tracks (pixel i spans [i, i+1), so its centre is i + 0.5)."""
+    surgsora.motion.tracks (pixel i spans [i, i+1), so its centre is i + 0.5)."""
     ys, xs = torch.meshgrid(torch.arange(y0, y1, dtype=dtype) + 0.5, torch.arange(x0, x1, dtype=dtype) + 0.5,
                             indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .dsi import zero_module
-from .splat import forward_splat_video, resize_flow
+from ..motion.splat import forward_splat_video, resize_flow
 
 __all__ = ["FusionBlock", "warp_to_frames", "warp_scales"]
 

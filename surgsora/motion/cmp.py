@@ -28,7 +28,7 @@ Input normalisation: MOFA-Video and SurgSora feed ``image * 2 - 1`` (``input_nor
 what the SurgSora adapter is trained against); the CMP authors normalised 0-255 RGB with ImageNet
 mean/std (``input_norm="imagenet"``).
 
-:func:`load_cmp` loads the real file with ``torch.load(weights_only=True)`` (via :mod:`surgsora.io`),
+:func:`load_cmp` loads the real file with ``torch.load(weights_only=True)`` (via :mod:`surgsora.loading.io`),
 strips ``module.``, accepts the 72 BatchNorm ``num_batches_tracked`` buffers the released file lacks,
 and rejects anything else that does not match. :class:`CMPConfig` builds tiny widths for tests; the
 config of a checkpoint is inferred from its tensor shapes.
@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .io import ModelFileError, describe_key_mismatch, load_state_dict
+from ..loading.io import ModelFileError, describe_key_mismatch, load_state_dict
 from .splat import resize_flow
 
 __all__ = ["CMPConfig", "CMPNet", "CMPDecoder", "build_cmp", "load_cmp", "infer_cmp_config", "check_cmp_state_dict",

@@ -1,0 +1,256 @@
+"""The model catalogue: which public files SurgSora uses, which ComfyUI models sub-folder each goes in,
+how to find them in a models folder, and how to download the known ones (only when asked).
+
+The models folder follows ComfyUI's layout (so ``ComfyUI/models`` works as is)::
+
+    sams/            sam_vit_{b,l,h}_*.pth                     Segment Anything v1
+    depthanything/   depth_anything_v2_vit{s,b,l}.pth, *_fp16.safetensors, or a Hugging Face folder
+    checkpoints/     svd_xt.safetensors (single file)   -- or --   diffusers/<folder with model_index.json>
+    surgsora/        <adapter folder written by `python -m train`>, ckpt_iter_42000.pth.tar (optional CMP)
+
+The CLI and the ComfyUI nodes both use :data:`KNOWN_FILES` and :func:`find_model`, so both front ends
+name the same files and folders in their messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "best_model", "download_model"]
+
+
+# ================================================================================= model catalogue
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A public weights file users bring, where it goes, and where it can be fetched from."""
+
+    name: str
+    component: str
+    folder: str  # ComfyUI models sub-folder
+    repo_id: str | None = None  # Hugging Face repository
+    repo_file: str | None = None  # path inside it
+    url: str | None = None  # a direct https address (SAM is hosted by Meta, not on Hugging Face)
+    size: int | None = None  # exact size in bytes when published
+    gated: bool = False  # needs `huggingface-cli login` and accepting the licence on the model page
+
+    @property
+    def source(self) -> str:
+        if self.url:
+            return self.url
+        return f"https://huggingface.co/{self.repo_id}/blob/main/{self.repo_file}"
+
+
+def _sam(name, size):
+    return KnownFile(name, "sam", "sams", url=f"https://dl.fbaipublicfiles.com/segment_anything/{name}", size=size)
+
+
+def _dav2(name, repo, repo_file=None):
+    return KnownFile(name, "depth", "depthanything", repo_id=repo, repo_file=repo_file or name)
+
+
+_DAV2_REPOS = {"s": "Small", "b": "Base", "l": "Large"}
+
+# Preferred first within each component (best quality first).
+KNOWN_FILES: dict[str, KnownFile] = {f.name: f for f in [
+    _sam("sam_vit_h_4b8939.pth", 2_564_550_879),
+    _sam("sam_vit_l_0b3195.pth", 1_249_524_607),
+    _sam("sam_vit_b_01ec64.pth", 375_042_383),
+    *[_dav2(f"depth_anything_v2_vit{k}.pth", f"depth-anything/Depth-Anything-V2-{v}") for k, v in
+      (("l", "Large"), ("b", "Base"), ("s", "Small"))],
+    *[_dav2(f"depth_anything_v2_vit{k}_{p}.safetensors", "Kijai/DepthAnythingV2-safetensors")
+      for k in "lbs" for p in ("fp16", "fp32")],
+    KnownFile("svd_xt.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt",
+              "svd_xt.safetensors", gated=True),
+    KnownFile("svd_xt_1_1.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid-xt-1-1",
+              "svd_xt_1_1.safetensors", gated=True),
+    KnownFile("svd.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid",
+              "svd.safetensors", gated=True),
+    KnownFile("ckpt_iter_42000.pth.tar", "cmp", "surgsora", "MyNiuuu/MOFA-Video-Traj",
+              "models/cmp/experiments/semiauto_annot/resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar"),
+]}
+
+# component -> (models sub-folders searched, file extensions, what to put there)
+COMPONENTS = {
+    "sam": (("sams",), (".pth", ".pt", ".safetensors"),
+            "a Segment Anything v1 checkpoint (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth)"),
+    "depth": (("depthanything",), (".pth", ".pt", ".safetensors", ".bin"),
+              "Depth Anything V2 (depth_anything_v2_vitl.pth, a *_fp16.safetensors, or a Hugging Face folder)"),
+    "svd": (("checkpoints", "diffusers"), (".safetensors", ".ckpt", ".pt", ".pth"),
+            "Stable Video Diffusion: svd_xt.safetensors in checkpoints/, or a diffusers folder in diffusers/"),
+    "adapter": (("surgsora",), (), "a SurgSora adapter folder (config.json + diffusion_pytorch_model.safetensors) "
+                                   "written by `python -m train`"),
+    "cmp": (("surgsora",), (".tar", ".pth", ".pt", ".safetensors"),
+            "the MOFA-Video CMP trajectory decoder ckpt_iter_42000.pth.tar (optional: the analytic decoder needs "
+            "no weights)"),
+    "raft": (("optical_flow",), (".pth", ".pt"), "torchvision RAFT-Large weights (raft_large_C_T_SKHT_V2-ff5fadd5.pth)"),
+}
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("_class_name") == "SurgSoraAdapter"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _is_svd_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def _is_hf_depth_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+_FOLDER_TEST = {"adapter": _is_adapter_folder, "svd": _is_svd_folder, "depth": _is_hf_depth_folder}
+
+
+def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]:
+    """Names (relative to a root, ``/`` separated) of the files or model folders of ``component`` in ``roots``.
+
+    Model folders (adapter, diffusers SVD, Hugging Face depth) are listed as folders and not descended
+    into; everything else is a file with one of the component's extensions. Hidden entries are skipped.
+    """
+    exts = COMPONENTS[component][1]
+    is_folder = _FOLDER_TEST.get(component)
+    names: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            here = Path(dirpath)
+            rel = here.relative_to(root)
+            if len(rel.parts) > 4:
+                dirnames[:] = []
+                continue
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                if is_folder is not None and is_folder(here / d):
+                    names.add((rel / d).as_posix())
+                elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
+                    keep.append(d)  # never look inside another kind of model folder
+            dirnames[:] = keep
+            if component == "adapter":
+                continue
+            for f in filenames:
+                if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
+                    names.add((rel / f).as_posix())
+    return sorted(names)
+
+
+def find_model(roots: Sequence[str | os.PathLike], name: str) -> Path | None:
+    """The first ``root / name`` that exists (file or folder), refusing names that escape the root."""
+    from .io import safe_join
+
+    for root in roots:
+        try:
+            path = safe_join(root, name)
+        except ValueError:
+            raise ValueError(f"Invalid model name {name!r}: give a name inside the models folder.") from None
+        if path.exists():
+            return path
+    return None
+
+
+def best_model(names: list[str], component: str) -> str | None:
+    """The preferred model among ``names``: catalogue order first (best quality), then alphabetical."""
+    if not names:
+        return None
+    order = [k for k, f in KNOWN_FILES.items() if f.component == component]
+    by_base = {Path(n).name: n for n in names}
+    for k in order:
+        if k in by_base:
+            return by_base[k]
+    return names[0]
+
+
+# ================================================================================= downloads
+
+def _progress_tqdm(callback: Callable[[int, int], None] | None):
+    """A tqdm class that also reports (done, total) bytes to ``callback`` (the ComfyUI progress bar)."""
+    from tqdm.auto import tqdm
+
+    if callback is None:
+        return tqdm
+
+    class _Tqdm(tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            if self.total:
+                callback(int(self.n), int(self.total))
+            return out
+
+    return _Tqdm
+
+
+def download_model(name: str, folder: str | os.PathLike,
+                   progress: Callable[[int, int], None] | None = None) -> Path:
+    """Download the known file ``name`` into ``folder`` (created), with a progress bar; returns its path.
+
+    Only names in :data:`KNOWN_FILES` can be downloaded (no free-form URLs). The file is written under a
+    temporary name and renamed when complete, and its size is checked when it is published.
+    """
+    from .io import ModelFileError
+
+    known = KNOWN_FILES.get(Path(name).name)
+    if known is None:
+        raise ModelFileError(f"{name} is not a file SurgSora knows how to download; known files: "
+                             f"{', '.join(sorted(KNOWN_FILES))}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / known.name
+    if target.is_file():
+        return target
+    tqdm_cls = _progress_tqdm(progress)
+    try:
+        if known.url:
+            tmp = folder / f".{known.name}.partial"
+            with urllib.request.urlopen(known.url, timeout=60) as r:  # noqa: S310 (fixed https address)
+                total = int(r.headers.get("Content-Length") or 0) or known.size or 0
+                with open(tmp, "wb") as f, tqdm_cls(total=total, unit="B", unit_scale=True,
+                                                     desc=known.name) as bar:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            if known.size and tmp.stat().st_size != known.size:
+                got = tmp.stat().st_size
+                tmp.unlink()
+                raise ModelFileError(f"The download of {known.name} is {got:,} bytes instead of {known.size:,}; "
+                                     "try again.")
+            os.replace(tmp, target)
+        else:
+            import inspect
+
+            from huggingface_hub import hf_hub_download
+
+            staging = Path(tempfile.mkdtemp(prefix=".surgsora-download-", dir=folder))
+            try:
+                kwargs = {}
+                if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+                    kwargs["tqdm_class"] = tqdm_cls
+                got = hf_hub_download(known.repo_id, known.repo_file, local_dir=staging, **kwargs)
+                os.replace(got, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except ModelFileError:
+        raise
+    except Exception as e:  # network, HTTP, auth: one sentence with the way out
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
+                 "first.") if known.gated else ""
+        raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
+                             f"Download it yourself and put it in {folder}.") from None
+    return target
