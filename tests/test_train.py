@@ -216,7 +216,7 @@ def test_sigkill_during_checkpoint_write_then_resume_is_exact(cache, tmp_path):
     subprocess.run(_fit_cmd(data, ref, 4), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
 
     run_dir = tmp_path / "killed"
-    slow = {**env, "SURGSORA_CKPT_WRITE_DELAY": "30"}
+    slow = {**env, "SURGSORA_CKPT_WRITE_DELAY": "30@4"}  # only the step-4 write pauses
     proc = subprocess.Popen(_fit_cmd(data, run_dir, 4), cwd=REPO, env=slow, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     partial = run_dir / "checkpoints" / ".tmp-step_00000004"

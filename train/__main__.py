@@ -103,11 +103,18 @@ def fit_main(argv: list[str]) -> int:
         ap.error("--data CACHE_DIR is required (made by `python -m train preprocess --out CACHE_DIR ...`)")
     if cfg.stage not in (1, 2):
         ap.error("--stage must be 1 or 2")
+    from .checkpoint import CheckpointError
     from .data import CacheError
+    from .objective import check_sigma_args
 
     try:
+        check_sigma_args(cfg.sigma_scheme, cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.image_d,
+                         cfg.noise_d_low, cfg.noise_d_high)
+    except ValueError as e:
+        ap.error(str(e))
+    try:
         summary = run(cfg)
-    except CacheError as e:
+    except (CacheError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done: step {summary['step']}, last loss {summary['last_loss']}, adapter in {Path(summary['out']) / 'adapter'}")

@@ -21,7 +21,6 @@ never read. ``index.json`` lists the complete shards and is rewritten only when 
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from filelock import FileLock
 
 from surgsora.loading.io import ModelFileError, read_safetensors_header
 from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video, video_info
@@ -177,6 +177,17 @@ def validate_shard(path: Path, num_frames: int | None = None) -> tuple[dict | No
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -316,8 +327,8 @@ class Preprocessor:
     def write_index(self) -> Path:
         """Rewrite ``index.json`` from the complete shards on disk (under a file lock; only if it changed)."""
         index_path = self.cache / "index.json"
-        with open(self.cache / "index.lock", "w") as lockf:
-            fcntl.flock(lockf, fcntl.LOCK_EX)
+        # filelock rather than fcntl: the same code locks on Windows.
+        with FileLock(str(self.cache / "index.lock")):
             clips = []
             for path in sorted(self.clips_dir.glob("*.safetensors")):
                 meta, _ = validate_shard(path, self.num_frames)

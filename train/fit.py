@@ -14,9 +14,10 @@
    precision and multi-GPU through ``accelerate``; crash-safe checkpoints with exact resume
    (``train/checkpoint.py``); TensorBoard + CSV logs; periodic validation videos.
 
-All randomness (data order, noise, sigmas, dropout) comes from one ``torch.Generator`` per process
-whose state is checkpointed, and the data order is a function of the step, so ``--resume latest``
-continues exactly where an uninterrupted run would be.
+All randomness (data order, noise, sigmas, dropout) comes from one ``torch.Generator`` per process;
+every process checkpoints its own generator state (and, with fp16, its GradScaler), and the data order
+is a function of the step, so ``--resume latest`` continues exactly where an uninterrupted run would be,
+on one process or many (the same number as wrote the checkpoint).
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ class FitConfig:
     adam8bit: bool = False
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     gradient_checkpointing: bool = False
-    sigma_scheme: str = "lognormal"  # lognormal | cosine
-    p_mean: float = 0.7
-    p_std: float = 1.6
+    sigma_scheme: str = "lognormal"  # lognormal | cosine (k-diffusion's rand_cosine_interpolated, as published)
+    p_mean: float = 0.7  # lognormal
+    p_std: float = 1.6  # lognormal
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    sigma_data: float = 0.5  # cosine; the published arguments follow
+    image_d: float = 64.0
+    noise_d_low: float = 32.0
+    noise_d_high: float = 64.0
     noise_aug_mean: float = -3.0
     noise_aug_std: float = 0.5
     drop_clip_prob: float = 0.1
@@ -178,8 +185,11 @@ def run(cfg: FitConfig, dataset=None) -> dict:
 
     from .checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
     from .data import ClipDataset
-    from .objective import edm_loss, preconditioning, sample_noise_aug, sample_sigmas
+    from .objective import check_sigma_args, edm_loss, preconditioning, sample_noise_aug, sample_sigmas
 
+    sigma_args = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data,
+                      image_d=cfg.image_d, noise_d_low=cfg.noise_d_low, noise_d_high=cfg.noise_d_high)
+    check_sigma_args(cfg.sigma_scheme, **sigma_args)  # before minutes of model loading
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     device = accelerator.device
     out = Path(cfg.out)
@@ -230,6 +240,8 @@ def run(cfg: FitConfig, dataset=None) -> dict:
     adapter, optimizer = accelerator.prepare(adapter, optimizer)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + accelerator.process_index)
     generators = {f"rank{accelerator.process_index}": generator}
+    # Every process saves and restores its own generator and GradScaler (fp16; None otherwise).
+    ckpt_args = dict(scaler=accelerator.scaler, rank=accelerator.process_index, world=accelerator.num_processes)
 
     step = 0
     if cfg.resume:
@@ -237,9 +249,11 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         if ckpt is None:
             print(f"--resume latest: no complete checkpoint in {ckpt_dir}; starting from step 0")
         else:
-            state = load_checkpoint(ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, generators)
+            state = load_checkpoint(ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, generators,
+                                    **ckpt_args)
             step = state["step"]
-            print(f"resumed from {ckpt} at step {step}")
+            if accelerator.is_main_process:
+                print(f"resumed from {ckpt} at step {step}")
 
     # ---- logs (CSV rows past the resumed step belong to the interrupted run: drop them)
     log_path = out / "train_log.csv"
@@ -297,7 +311,7 @@ def run(cfg: FitConfig, dataset=None) -> dict:
                 flow = _dense_flow_stage2(decoder, frames[:, 0], batch["points"], batch["disp"],
                                           (height, width)).to(device)
 
-        sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std).to(device)
+        sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std, **sigma_args).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
         noisy = latents + sigma.view(-1, 1, 1, 1, 1) * noise
         _, _, c_in, c_noise = preconditioning(sigma)
@@ -357,9 +371,10 @@ def run(cfg: FitConfig, dataset=None) -> dict:
                 # Loss per noise-level decade (sigma 1e-3 .. 1e2+): where the adapter still struggles.
                 bucket = min(max(int(math.floor(math.log10(max(sigmas[-1], 1e-3)))), -3), 2)
                 writer.add_scalar(f"train/loss_sigma_1e{bucket}", loss_value, step)
-        if accelerator.is_main_process and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps):
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:  # collective: every rank writes its file
             save_checkpoint(ckpt_dir, step, raw_adapter, optimizer, lr_scheduler, generators,
-                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints)
+                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints,
+                            barrier=accelerator.wait_for_everyone, **ckpt_args)
         if accelerator.is_main_process and cfg.validate_every and step % cfg.validate_every == 0:
             _validate(pipe, raw_adapter, dataset, val_index, out / "validation", step, cfg, decoder)
         accelerator.wait_for_everyone()

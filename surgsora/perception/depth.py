@@ -12,7 +12,10 @@ DPT neck/head). The three file layouts users bring are mapped onto it at load ti
 
 :func:`convert_original_to_transformers` is a pure function on state dicts (it only renames and splits
 the fused ``qkv`` projection), so it runs on ``meta`` tensors and is checked against the full-size
-manifests without weights. The model size (vits/vitb/vitl) is read from tensor shapes, never from the
+manifests without weights. It emits transformers 5.x names; transformers 4.x calls DINOv2's attention
+projections ``attention.attention.{query,key,value}`` / ``attention.output.dense``, so the loader renames
+to whatever the instantiated model's ``state_dict`` uses (:func:`match_model_key_names`), and the same
+files load under transformers 4.45+ and 5.x. The model size (vits/vitb/vitl) is read from tensor shapes, never from the
 file name: width from the class token, depth from the number of blocks, neck/fusion widths from the DPT
 convolutions. Two things cannot be read from shapes and follow DINOv2/DAv2 conventions: attention heads
 (head dim 64: 6/12/16 heads) and which blocks feed the DPT neck (the published ``[2,5,8,11]`` for 12
@@ -60,6 +63,7 @@ __all__ = [
     "depth_to_rgb",
     "infer_depth_config",
     "load_depth_anything",
+    "match_model_key_names",
     "target_size",
     "upgrade_legacy_transformers_keys",
 ]
@@ -245,6 +249,23 @@ def upgrade_legacy_transformers_keys(sd: Mapping[str, torch.Tensor]) -> dict[str
     return out
 
 
+def match_model_key_names(sd: Mapping[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
+    """Rename the DINOv2 attention keys of ``sd`` (4.x or 5.x names) to the names in ``model_keys``.
+
+    ``model_keys`` are the keys of the instantiated model's ``state_dict``: they, not a version number,
+    say which naming the installed transformers uses.
+    """
+    sd = upgrade_legacy_transformers_keys(sd)
+    if not any(old in k for k in model_keys for old, _ in _LEGACY_RULES):
+        return sd
+    out = {}
+    for key, value in sd.items():
+        for old, new in _LEGACY_RULES:
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # configs and model building
 # --------------------------------------------------------------------------------------------------
@@ -423,7 +444,7 @@ def load_depth_anything(path: str | os.PathLike, device: str | torch.device = "c
             )
         config, variant = infer_depth_config(sd)
     model = build_depth_model(config, device="meta")
-    _materialise(model, sd, str(path), DEPTH_FOLDER)
+    _materialise(model, match_model_key_names(sd, model.state_dict().keys()), str(path), DEPTH_FOLDER)
     return DepthEstimator(model, variant=variant, device=device, dtype=dtype)
 
 
