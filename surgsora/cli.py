@@ -2,7 +2,8 @@
 
 * ``preview``  -- the motion a set of trajectories asks for, with no weights at all: the tracks are
   decoded into dense flow (the mask-aware analytic decoder, or a CMP checkpoint if given) and the
-  frame is forward-splatted along it; writes the preview video and a flow-colour video.
+  frame is warped along it (nearer wins, disocclusions filled from the background); writes the preview
+  video, a flow-colour video and the mask video of the moved content.
 * ``generate`` -- the whole SurgSora pipeline (SAM features, Depth Anything V2 depth, trajectory
   decoding, DSI + DFM + MSF conditions, SVD sampling with the adapter, chunked decoding) with real
   weights from a ComfyUI-style models folder, with a progress bar and a timing breakdown per stage.
@@ -210,19 +211,29 @@ def run_preview(args) -> dict:
     import torch
 
     from .motion.flow_viz import draw_tracks
-    from .motion.preview import motion_preview
-    from .video_io import write_video
+    from .motion.preview import motion_preview, motion_signal
+    from .video_io import read_image, write_video
 
     timer = Timer()
     with timer("read inputs"):
         frame_s, image_t, tracks, size = _frame_and_tracks(args, 8, 512 * 288)
         regions = _masks_arg(args.masks, size)
+        depth = None
+        if args.depth:
+            # A disparity image (brighter = nearer), normalised per image like Depth Anything's output.
+            d = _resize(read_image(args.depth).max(-1).astype(np.float32), size)
+            d = (d - d.min()) / max(float(d.max() - d.min()), 1e-6)
+            depth = torch.from_numpy(d)[None, None]
     with timer("load decoder"):
         decoder = _decoder(args.decoder, "cpu")
     with timer("tracks -> flow"):
         flow = _tracks_to_flow(decoder, image_t, tracks, size, regions)
+    mask = None
     with timer("motion preview"):
-        video = motion_preview(image_t, flow)[0]  # [T, 3, H, W]
+        if args.warp == "average":
+            video = motion_preview(image_t, flow)[0]  # [T, 3, H, W]
+        else:
+            video, mask = (x[0] for x in motion_signal(image_t, flow, depth=depth, regions=regions, fill=args.fill))
         if args.draw_tracks:
             # Each frame shows the tracks up to that frame.
             video = torch.stack([draw_tracks(video[t], tracks[:, : t + 1]) for t in range(len(video))])
@@ -230,11 +241,17 @@ def run_preview(args) -> dict:
     with timer("write videos"):
         write_video(out, video.permute(0, 2, 3, 1).numpy(), fps=args.fps)
         flow_path = _write_flow_video(_flow_video_path(out, args.flow_out), flow, args.fps)
+        mask_path = None
+        if mask is not None:  # the dual-clock sampler's anchor region, white = anchored
+            mask_path = Path(args.mask_out) if args.mask_out else out.with_name(f"{out.stem}_mask{out.suffix}")
+            write_video(mask_path, mask.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy(), fps=args.fps)
         if args.save_flow:
             np.save(args.save_flow, flow[0].numpy())
-    print(f"Wrote {out} ({len(video)} frames, {size[0]}x{size[1]}) and {flow_path}.")
+    print(f"Wrote {out} ({len(video)} frames, {size[0]}x{size[1]}), {flow_path}"
+          + (f" and {mask_path}." if mask_path else "."))
     timer.report()
-    result = {"out": str(out), "flow_video": str(flow_path), "frames": int(len(video)), "width": size[0],
+    result = {"out": str(out), "flow_video": str(flow_path), "mask_video": str(mask_path) if mask_path else None,
+              "warp": args.warp, "frames": int(len(video)), "width": size[0],
               "height": size[1], "max_flow_px": float(flow.norm(dim=2).max()),
               "timing_s": {k: round(v, 4) for k, v in timer.stages.items()}}
     print(json.dumps(result))
@@ -440,6 +457,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default="analytic", help="'analytic' (default, no weights) or a CMP checkpoint path")
     p.add_argument("--draw-tracks", action="store_true", help="draw the trajectories on the preview")
     p.add_argument("--save-flow", default=None, help="also save the flow [T-1, 2, H, W] as .npy")
+    p.add_argument("--warp", default="occlusion", choices=["occlusion", "average"],
+                   help="occlusion (default): softmax splatting, nearer wins (order from --depth, else --masks: "
+                        "smaller in front), disocclusions filled from the background, plus a mask video; "
+                        "average: the old preview (average splatting, holes keep the first frame), for comparison")
+    p.add_argument("--depth", default=None,
+                   help="disparity image of the frame (brighter = nearer, e.g. saved from Depth Anything) for --warp "
+                        "occlusion")
+    p.add_argument("--fill", default="pushpull", choices=["pushpull", "telea"],
+                   help="how the background behind moved regions is inpainted (--warp occlusion)")
+    p.add_argument("--mask-out", default=None,
+                   help="mask video path for --warp occlusion (default: OUT_mask.mp4; white = moved content)")
     p.set_defaults(func=run_preview)
 
     g = sub.add_parser("generate", help="the full SurgSora pipeline with real weights")

@@ -1,9 +1,9 @@
-"""Forward splatting and flow resizing: known answers, a slow reference, gradients."""
+"""Forward splatting (average, summation, softmax) and flow resizing: known answers, a slow reference, gradients."""
 
 import pytest
 import torch
 
-from surgsora.motion.splat import forward_splat, forward_splat_video, resize_flow
+from surgsora.motion.splat import forward_splat, forward_splat_video, resize_flow, softmax_splat, sum_splat
 
 
 def _uniform(n, h, w, dx, dy, dtype=torch.float32):
@@ -154,3 +154,136 @@ def test_uniform_flow_at_full_resolution_shifts_features_by_scaled_amount():
     video = forward_splat_video(f, resize_flow(flow, (8, 8)))
     assert torch.equal(video[0, 1, :, :, 2:], f[0, :, :, :6])
     assert torch.equal(video[0, 1, :, :, :2], torch.zeros(6, 8, 2))
+
+
+# ------------------------------------------------------------------------- softmax and summation splatting
+
+def _softmax_reference(features, flow, metric):
+    """Per-pixel Python loop of Niklaus & Liu's softmax splatting (float64, no stabilisation needed)."""
+    n, c, h, w = features.shape
+    num = torch.zeros(n, c, h, w, dtype=torch.float64)
+    den = torch.zeros(n, 1, h, w, dtype=torch.float64)
+    cov = torch.zeros(n, 1, h, w, dtype=torch.float64)
+    for b in range(n):
+        for y in range(h):
+            for x in range(w):
+                tx = x + float(flow[b, 0, y, x])
+                ty = y + float(flow[b, 1, y, x])
+                x0, y0 = int(torch.floor(torch.tensor(tx))), int(torch.floor(torch.tensor(ty)))
+                e = float(torch.exp(metric[b, 0, y, x].double()))
+                for xi, yi in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+                    wt = (1 - abs(tx - xi)) * (1 - abs(ty - yi))
+                    if 0 <= xi < w and 0 <= yi < h and wt > 0:
+                        num[b, :, yi, xi] += wt * e * features[b, :, y, x].double()
+                        den[b, 0, yi, xi] += wt * e
+                        cov[b, 0, yi, xi] += wt
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num)), cov
+
+
+def test_softmax_splat_matches_slow_reference_and_reports_coverage():
+    torch.manual_seed(5)
+    f = torch.randn(2, 3, 7, 9)
+    flow = torch.randn(2, 2, 7, 9) * 2.5
+    metric = torch.randn(2, 1, 7, 9) * 3
+    out, cov = softmax_splat(f, flow, metric, return_coverage=True)
+    ref, ref_cov = _softmax_reference(f, flow, metric)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    assert torch.allclose(cov.double(), ref_cov, atol=1e-5)
+    assert torch.allclose(sum_splat(torch.ones(2, 1, 7, 9), flow).double(), ref_cov, atol=1e-5)
+
+
+def test_constant_metric_is_average_splatting():
+    torch.manual_seed(6)
+    f = torch.randn(1, 4, 10, 12)
+    flow = torch.randn(1, 2, 10, 12) * 2
+    out, cov = softmax_splat(f, flow, torch.full((1, 1, 10, 12), 7.0), return_coverage=True)
+    covered = (cov > 1e-3).expand_as(f)  # average splatting fades pixels below its eps; compare the rest
+    assert covered.float().mean() > 0.5
+    assert torch.allclose(out[covered], forward_splat(f, flow)[covered], atol=1e-5)
+    assert torch.equal(out[~(cov > 0).expand_as(f)], torch.zeros_like(out[~(cov > 0).expand_as(f)]))
+
+
+def test_nearer_source_wins_where_two_land_on_one_pixel():
+    """Pixel (2, 1) moves right by 2 onto pixel (2, 3), which stays: a tie decided by the metric alone."""
+    f = torch.zeros(1, 1, 5, 6)
+    f[0, 0, 2, 1] = 1.0
+    f[0, 0, 2, 3] = -1.0
+    flow = torch.zeros(1, 2, 5, 6)
+    flow[0, 0, 2, 1] = 2.0
+    metric = torch.zeros(1, 1, 5, 6)
+    metric[0, 0, 2, 1] = 30.0  # the mover is nearer
+    assert softmax_splat(f, flow, metric)[0, 0, 2, 3].item() == pytest.approx(1.0, abs=1e-9)
+    metric[0, 0, 2, 1] = -30.0  # now it passes behind
+    assert softmax_splat(f, flow, metric)[0, 0, 2, 3].item() == pytest.approx(-1.0, abs=1e-9)
+    assert softmax_splat(f, flow, torch.zeros_like(metric))[0, 0, 2, 3].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e6, 1e30])
+def test_huge_metrics_stay_finite_and_do_not_punch_holes(scale):
+    """exp(1e3) overflows and exp(-1e3) underflows; the per-target shift keeps every covered pixel."""
+    torch.manual_seed(7)
+    f = torch.rand(2, 3, 9, 9)
+    flow = torch.randn(2, 2, 9, 9) * 1.5
+    metric = torch.randn(2, 1, 9, 9) * scale
+    out, cov = softmax_splat(f, flow, metric, return_coverage=True)
+    assert torch.isfinite(out).all()
+    covered = cov[:, 0] > 0
+    # Every covered pixel shows one of the source colours (a convex combination stays in [0, 1]) ...
+    assert out.min() >= 0 and out.max() <= 1 + 1e-6
+    # ... and is not left empty even when only far (tiny-metric) sources reach it.
+    assert (out.sum(1)[covered] > 0).all()
+
+
+def test_softmax_splat_gradients_reach_features_flow_and_metric():
+    torch.manual_seed(8)
+    f = torch.randn(1, 2, 6, 6, requires_grad=True)
+    flow = (torch.randn(1, 2, 6, 6) * 0.7).requires_grad_()
+    metric = torch.randn(1, 1, 6, 6, requires_grad=True)
+    weights = torch.randn(1, 2, 6, 6)
+    (softmax_splat(f, flow, metric) * weights).sum().backward()
+    for t in (f, flow, metric):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+    with torch.no_grad():
+        e = 1e-3
+        mp = metric.clone(); mp[0, 0, 2, 3] += e
+        mm = metric.clone(); mm[0, 0, 2, 3] -= e
+        num = ((softmax_splat(f, flow, mp) - softmax_splat(f, flow, mm)) * weights).sum() / (2 * e)
+    assert metric.grad[0, 0, 2, 3].item() == pytest.approx(num.item(), rel=2e-2, abs=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_softmax_and_sum_splat_dtypes(dtype):
+    f = torch.rand(2, 3, 8, 8).to(dtype)
+    flow = _uniform(2, 8, 8, 1, 1, dtype)
+    metric = torch.rand(2, 1, 8, 8).to(dtype)
+    out, cov = softmax_splat(f, flow, metric, return_coverage=True)
+    assert out.dtype == dtype and cov.dtype == dtype
+    assert torch.equal(out[:, :, 1:, 1:], f[:, :, :-1, :-1])
+    assert torch.equal(cov[:, :, 0], torch.zeros_like(cov[:, :, 0]))
+    assert sum_splat(f, flow).dtype == dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_softmax_splat_on_cuda_matches_cpu():
+    torch.manual_seed(9)
+    f, flow, metric = torch.randn(3, 4, 16, 20), torch.randn(3, 2, 16, 20) * 3, torch.randn(3, 1, 16, 20) * 40
+    cpu = softmax_splat(f, flow, metric)
+    gpu = softmax_splat(f.cuda(), flow.cuda(), metric.cuda())
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), cpu, atol=1e-4)
+
+
+def test_softmax_splat_rejects_non_finite_and_misshaped_input():
+    f = torch.zeros(1, 3, 4, 4)
+    flow = torch.zeros(1, 2, 4, 4)
+    metric = torch.zeros(1, 1, 4, 4)
+    for bad in (float("nan"), float("inf")):
+        broken = flow.clone(); broken[0, 1, 2, 2] = bad
+        with pytest.raises(ValueError, match="flow contains NaN or infinite"):
+            softmax_splat(f, broken, metric)
+        broken = metric.clone(); broken[0, 0, 1, 1] = bad
+        with pytest.raises(ValueError, match="metric contains NaN or infinite"):
+            softmax_splat(f, flow, broken)
+    with pytest.raises(ValueError, match=r"metric must be \[N,1,H,W\] = \[1,1,4,4\]"):
+        softmax_splat(f, flow, torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="same N, H, W"):
+        sum_splat(f, torch.zeros(1, 2, 4, 5))
