@@ -6,7 +6,9 @@ real-size SurgSoraAdapter, then times, interleaved in one process:
   (a) one bare UNet step;
   (b) one SurgSora step with cached conditions (adapter trunk + UNet with residuals);
   (c) one SurgSora step that recomputes the condition branch (DSI + DFM + MSF) every step, as the
-      published code does.
+      published code does;
+  (d) one MOFA-mode step (MOFA-Video-Traj's ControlNet configuration: RGB stream only, deepest feature
+      injected three times, residual multiplicity folded in), conditions cached.
 
 Prints medians, the ratios b/a and c/a, the condition branch alone, peak RSS, and one JSON line at the end.
 Target: cached_over_bare <= 1.55 and cached_over_bare < recompute_over_bare.
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
 
 from surgsora import SurgSoraAdapter  # noqa: E402
+from surgsora.loading.warm_start import mofa_adapter_config  # noqa: E402
 from surgsora.model.unet import unet_forward  # noqa: E402
 
 
@@ -51,9 +54,10 @@ def main() -> None:
     t0 = time.perf_counter()
     unet = UNetSpatioTemporalConditionModel().eval().requires_grad_(False)
     adapter = SurgSoraAdapter.from_unet(unet).eval().requires_grad_(False)
-    # Give the zero-initialised layers values so the adapter does real work (as after training).
+    mofa = SurgSoraAdapter(**mofa_adapter_config({}, 320)).eval().requires_grad_(False)  # MOFA's real widths
+    # Give the zero-initialised layers values so the adapters do real work (as after training).
     with torch.no_grad():
-        for p in adapter.parameters():
+        for p in list(adapter.parameters()) + list(mofa.parameters()):
             if not p.any():
                 p.normal_(0, 0.02)
     print(f"built real-size UNet ({sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B params) and adapter "
@@ -73,6 +77,7 @@ def main() -> None:
 
     with torch.no_grad():
         cached = adapter.encode_conditions(image, depth, seg, flow)
+        mofa_cached = mofa.encode_conditions(image, None, None, flow)
 
         def bare():
             return unet_forward(unet, sample, timestep, ehs, time_ids)
@@ -86,11 +91,15 @@ def main() -> None:
             down, mid = adapter(sample, timestep, ehs, time_ids, conds)
             return unet_forward(unet, sample, timestep, ehs, time_ids, down, mid)
 
+        def mofa_cached_step():
+            down, mid = mofa(sample, timestep, ehs, time_ids, mofa_cached)
+            return unet_forward(unet, sample, timestep, ehs, time_ids, down, mid)
+
         def condition_branch():
             return adapter.encode_conditions(image, depth, seg, flow)
 
         variants = {"bare": bare, "cached": surgsora_cached, "recompute": surgsora_recompute,
-                    "condition": condition_branch}
+                    "mofa": mofa_cached_step, "condition": condition_branch}
         times = {k: [] for k in variants}
         for r in range(args.repeats + 1):  # round 0 is a warm-up
             for name, fn in variants.items():
@@ -108,6 +117,8 @@ def main() -> None:
         "recompute_s": round(med["recompute"], 3),
         "cached_over_bare": round(med["cached"] / med["bare"], 3),
         "recompute_over_bare": round(med["recompute"] / med["bare"], 3),
+        "mofa_s": round(med["mofa"], 3),
+        "mofa_over_bare": round(med["mofa"] / med["bare"], 3),
         "condition_branch_s": round(med["condition"], 3),
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
@@ -115,6 +126,7 @@ def main() -> None:
     print(f"  bare UNet step          {med['bare']:.2f} s")
     print(f"  SurgSora, cached conds  {med['cached']:.2f} s  ({result['cached_over_bare']:.2f}x)")
     print(f"  SurgSora, recomputed    {med['recompute']:.2f} s  ({result['recompute_over_bare']:.2f}x)")
+    print(f"  MOFA mode, cached conds {med['mofa']:.2f} s  ({result['mofa_over_bare']:.2f}x)")
     print(f"  condition branch alone  {med['condition']:.2f} s  (saved per step by caching; x2 with CFG in the "
           "published code)")
     print(f"  peak RSS                {result['peak_rss_gb']:.2f} GB")

@@ -37,7 +37,7 @@ class DSIFeatures:
     """Frame-0 features of both DSI streams, one map per UNet scale, plus the frame they came from."""
 
     rgb: list[torch.Tensor]  # [B, C_s, H/s, W/s]
-    depth: list[torch.Tensor]
+    depth: list[torch.Tensor] | None  # None for adapters without a depth branch (MOFA)
     image: torch.Tensor  # [B, 3, H, W] in [0, 1]
 
 
@@ -83,14 +83,20 @@ def _check_size(h: int, w: int, what: str) -> None:
 # ---------------------------------------------------------------------------------------- adapter
 
 class SurgSoraLoadAdapter:
-    """Load a trained SurgSora adapter folder (config.json + weights, as `python -m train` writes it)."""
+    """Load an adapter from models/surgsora: a trained SurgSora adapter folder (as `python -m train` writes
+    it) or MOFA-Video-Traj's released ControlNet (its controlnet folder or safetensors file), which then runs
+    exactly as published (no depth or SAM inputs needed)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "adapter_name": (model_choices("adapter", extra=(DEFAULT_ADAPTER,)),
-                             {"tooltip": "An adapter folder in models/surgsora."}),
+                             {"tooltip": "A SurgSora adapter folder, or MOFA-Video-Traj's ControlNet "
+                                         "(mofa_traj_controlnet.safetensors or its controlnet folder), in "
+                                         "models/surgsora."}),
             "precision": (PRECISIONS, {"default": "auto"}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file (MOFA's ControlNet) if it "
+                                                                   "is missing."}),
         }}
 
     RETURN_TYPES = (ADAPTER_TYPE,)
@@ -98,34 +104,30 @@ class SurgSoraLoadAdapter:
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
 
-    def load(self, adapter_name, precision="auto"):
-        from surgsora.model.adapter import SurgSoraAdapter
-        from surgsora.loading.io import ModelFileError
+    def load(self, adapter_name, precision="auto", download=False):
+        from surgsora.loading.adapters import describe_adapter, load_adapter
 
-        path = resolve_model("adapter", adapter_name)
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelFileError(f"{path} is not a SurgSora adapter folder: it needs config.json and "
-                                 "diffusion_pytorch_model.safetensors (what `python -m train` writes). Put the "
-                                 "folder in models/surgsora.")
-        dtype = resolve_dtype(precision, torch_device())
-        try:
-            adapter = SurgSoraAdapter.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, RuntimeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ModelFileError(f"The adapter folder {path} could not be loaded: {first}") from None
-        return (adapter.eval().requires_grad_(False).to(offload_device()),)
+        path = resolve_model("adapter", adapter_name, download)
+        adapter = load_adapter(path, dtype=resolve_dtype(precision, torch_device()))
+        print(f"[SurgSora] {path.name}: {describe_adapter(adapter)}")
+        return (adapter.requires_grad_(False).to(offload_device()),)
 
 
 class SurgSoraDSIEncode:
-    """Dual Semantic Injector: RGB + SAM and depth + SAM streams of the first frame, at every UNet scale."""
+    """Dual Semantic Injector: RGB + SAM and depth + SAM streams of the first frame, at every UNet scale.
+
+    ``depth`` and ``seg_features`` are needed only by adapters that use them (not by MOFA's ControlNet)."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "adapter": (ADAPTER_TYPE,),
             "image": ("IMAGE", {"tooltip": "The first frame at the working size (multiples of 64)."}),
-            "depth": ("IMAGE", {"tooltip": "Its depth map, near = bright (any depth node's IMAGE output)."}),
-            "seg_features": (SEG_TYPE,),
+        }, "optional": {
+            "depth": ("IMAGE", {"tooltip": "Its depth map, near = bright (any depth node's IMAGE output). Needed "
+                                           "by SurgSora adapters with a depth branch; MOFA's ControlNet has none."}),
+            "seg_features": (SEG_TYPE, {"tooltip": "SAM image features of the frame. Needed by SurgSora adapters "
+                                                   "that use them; MOFA's ControlNet does not."}),
         }}
 
     RETURN_TYPES = (DSI_TYPE,)
@@ -134,28 +136,38 @@ class SurgSoraDSIEncode:
     CATEGORY = f"{CATEGORY}/conditioning"
 
     @torch.no_grad()
-    def encode(self, adapter, image, depth, seg_features):
+    def encode(self, adapter, image, depth=None, seg_features=None):
         x = image_to_bchw(image, "image")
         b, _, h, w = x.shape
         _check_size(h, w, "The first frame")
-        d = image_to_depth(depth)
-        if d.shape[0] not in (1, b):
-            raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
-        seg = seg_features
-        channels = adapter.config.seg_channels
-        if not isinstance(seg, torch.Tensor) or seg.ndim != 4 or seg.shape[1] != channels:
-            shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else type(seg).__name__
-            raise ValueError(f"seg_features must be SAM image embeddings [B, {channels}, 64, 64]; got {shape}.")
-        if seg.shape[0] not in (1, b):
-            raise ValueError(f"seg_features has {seg.shape[0]} images but the frame batch has {b}.")
-        d, seg = d.expand(b, *d.shape[1:]), seg.expand(b, *seg.shape[1:])
-        if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
-            d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+        d = seg = None
+        if adapter.needs_depth:
+            if depth is None:
+                raise ValueError("This adapter has a depth branch: connect a depth map (SurgSora Depth) to the "
+                                 "depth input.")
+            d = image_to_depth(depth)
+            if d.shape[0] not in (1, b):
+                raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
+            d = d.expand(b, *d.shape[1:])
+            if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
+                d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+        if adapter.needs_seg:
+            seg = seg_features
+            channels = adapter.config.seg_channels
+            if seg is None:
+                raise ValueError("This adapter uses SAM features: connect SurgSora SAM Segment's seg_features.")
+            if not isinstance(seg, torch.Tensor) or seg.ndim != 4 or seg.shape[1] != channels:
+                shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else type(seg).__name__
+                raise ValueError(f"seg_features must be SAM image embeddings [B, {channels}, 64, 64]; got {shape}.")
+            if seg.shape[0] not in (1, b):
+                raise ValueError(f"seg_features has {seg.shape[0]} images but the frame batch has {b}.")
+            seg = seg.expand(b, *seg.shape[1:])
         with on_device(adapter) as device:
             dtype = adapter.dtype
             pixels = (x * 2 - 1).to(device, dtype)
-            rgb, dep = adapter.encode_dsi(pixels, d.to(device, dtype), seg.to(device, dtype))
-            out = DSIFeatures([r.cpu() for r in rgb], [q.cpu() for q in dep], x)
+            rgb, dep = adapter.encode_dsi(pixels, None if d is None else d.to(device, dtype),
+                                          None if seg is None else seg.to(device, dtype))
+            out = DSIFeatures([r.cpu() for r in rgb], None if dep is None else [q.cpu() for q in dep], x)
         return (out,)
 
 
@@ -182,8 +194,11 @@ class SurgSoraDFMFuse:
         f = resize_flow(f, (h, w)).expand(b, *f.shape[1:])
         with on_device(adapter) as device:
             dtype = adapter.dtype
-            scales = adapter.fuse_conditions([r.to(device, dtype) for r in feats.rgb],
-                                             [q.to(device, dtype) for q in feats.depth], f.to(device))
+            dep = None if feats.depth is None else [q.to(device, dtype) for q in feats.depth]
+            if adapter.needs_depth and dep is None:
+                raise ValueError("These DSI features have no depth stream but the adapter needs one: encode them "
+                                 "with the same adapter.")
+            scales = adapter.fuse_conditions([r.to(device, dtype) for r in feats.rgb], dep, f.to(device))
             scales = [c.cpu() for c in scales]
         return (Conditions(scales, feats.image),)
 
@@ -220,10 +235,12 @@ class SurgSoraLoadSVD:
 
 
 class SurgSoraSampler:
-    """SVD image-to-video sampling steered by the SurgSora adapter; returns the video latents.
+    """SVD image-to-video sampling steered by the SurgSora adapter (or MOFA's ControlNet) and/or by a motion
+    signal (dual-clock, training-free: plain SVD follows the warped animation inside its mask until t_strong);
+    returns the video latents.
 
-    Without ``adapter``/``conditions`` it is plain SVD. The frame count and size come from the conditions
-    (``frames`` 0 = that count, or the UNet's default without conditions).
+    Without ``adapter``/``conditions`` and without a motion signal it is plain SVD. The frame count and size
+    come from the conditions or the motion signal (``frames`` 0 = that count, or the UNet's default).
     """
 
     @classmethod
@@ -244,8 +261,20 @@ class SurgSoraSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": 512,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
+                "t_weak": ("FLOAT", {"default": 0.32, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "Dual-clock: sampling starts from the motion signal noised to this "
+                                                "point of the schedule (fraction of the steps; TTM: 16 of 50)."}),
+                "t_strong": ("FLOAT", {"default": 0.42, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Dual-clock: inside the mask the latents follow the signal until "
+                                                  "this point, then denoise freely (TTM: 21 of 50)."}),
             },
-            "optional": {"adapter": (ADAPTER_TYPE,), "conditions": (CONDITIONS_TYPE,)},
+            "optional": {
+                "adapter": (ADAPTER_TYPE,), "conditions": (CONDITIONS_TYPE,),
+                "motion_signal": ("IMAGE", {"tooltip": "Dual-clock: the crude animation (SurgSora Motion Signal), one "
+                                                       "image per frame."}),
+                "motion_mask": ("MASK", {"tooltip": "Dual-clock: where the video follows the signal, one mask per "
+                                                    "frame."}),
+            },
         }
 
     RETURN_TYPES = ("LATENT",)
@@ -253,9 +282,19 @@ class SurgSoraSampler:
     FUNCTION = "sample"
     CATEGORY = f"{CATEGORY}/generation"
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, min_cfg=None, max_cfg=None, t_weak=None, t_strong=None):
+        # cross-widget rules, checked before the graph runs (links are not resolved yet: values may be None)
+        if min_cfg is not None and max_cfg is not None and min_cfg > max_cfg:
+            return f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg})."
+        if t_weak is not None and t_strong is not None and not t_weak < t_strong:
+            return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong})."
+        return True
+
     @torch.no_grad()
     def sample(self, svd, image, steps=25, min_cfg=1.0, max_cfg=3.0, fps=7, motion_bucket_id=127,
-               noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, adapter=None, conditions=None):
+               noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, t_weak=0.32, t_strong=0.42,
+               adapter=None, conditions=None, motion_signal=None, motion_mask=None):
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}.")
         if min_cfg > max_cfg:
@@ -266,7 +305,18 @@ class SurgSoraSampler:
             missing = "conditions (from SurgSora DFM + MSF)" if conditions is None else "adapter"
             raise ValueError(f"Connect both the adapter and the conditions, or neither (plain SVD); the {missing} "
                              "input is missing.")
+        if (motion_signal is None) != (motion_mask is None):
+            missing = "motion_mask" if motion_mask is None else "motion_signal"
+            raise ValueError(f"Dual-clock sampling needs both the motion signal and its mask; connect {missing} "
+                             "(SurgSora Motion Signal gives both).")
         x = image_to_bchw(image, "image")
+        if motion_signal is not None:
+            signal, mask = _signal_and_mask(motion_signal, motion_mask, x.shape[0])
+            if frames not in (0, signal.shape[1]):
+                raise ValueError(f"frames is {frames} but the motion signal has {signal.shape[1]} frames; set frames "
+                                 f"to 0 or {signal.shape[1]}.")
+            frames = signal.shape[1]
+            weak, strong = _dual_clock_indices(t_weak, t_strong, steps)
         if conditions is not None:
             num_frames = conditions.num_frames
             if frames not in (0, num_frames):
@@ -296,11 +346,47 @@ class SurgSoraSampler:
             generator = torch.Generator("cpu").manual_seed(int(seed))
             first = pipe.encode_first_frame(x, int(h), int(w), float(noise_aug_strength), generator)
             conds = [c.to(device) for c in conditions.scales] if conditions is not None else None
+            anchor = None
+            if motion_signal is not None:
+                if signal.shape[1] != num_frames:
+                    raise ValueError(f"The motion signal has {signal.shape[1]} frames but the conditions "
+                                     f"{num_frames}; make both from the same trajectories.")
+                anchor = pipe.encode_motion_signal(signal, mask, weak, strong, int(h), int(w))
             latents = pipe.denoise(first, conds, num_frames, int(steps), float(min_cfg), float(max_cfg), int(fps),
-                                   int(motion_bucket_id), float(control_scale), generator, callback=on_step)
+                                   int(motion_bucket_id), float(control_scale), generator, callback=on_step,
+                                   anchor=anchor)
             scale = svd.vae.config.scaling_factor
             samples = (latents.float() / scale).flatten(0, 1).cpu()
         return ({"samples": samples, "surgsora_frames": num_frames},)
+
+
+def _signal_and_mask(signal, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [B*T, H, W, 3] and MASK [B*T, H, W] (or [H, W]) -> [B, T, 3, H, W] and [B, T, 1, H, W]."""
+    s = image_to_bchw(signal, "motion_signal")
+    m = mask if isinstance(mask, torch.Tensor) and mask.ndim == 3 else \
+        (mask.unsqueeze(0) if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None)
+    if m is None:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"motion_mask must be a MASK batch [frames, H, W]; got {shape}.")
+    if s.shape[0] % batch:
+        raise ValueError(f"The motion signal has {s.shape[0]} images, not a whole number of frames for the image "
+                         f"batch of {batch}.")
+    if m.shape[0] == 1:
+        m = m.expand(s.shape[0], *m.shape[1:])
+    if m.shape[0] != s.shape[0] or m.shape[-2:] != s.shape[-2:]:
+        raise ValueError(f"motion_mask is {tuple(m.shape)} but the motion signal has {s.shape[0]} frames of "
+                         f"{s.shape[-2]}x{s.shape[-1]}; give one mask per frame at the signal's size.")
+    t = s.shape[0] // batch
+    return s.unflatten(0, (batch, t)), m.float().unsqueeze(1).unflatten(0, (batch, t))
+
+
+def _dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int, int]:
+    """Fractions of the schedule -> step indices for any step count (TTM's 0.32 / 0.42 of 50 = 16 / 21);
+    with few steps t_strong is kept at least one step after t_weak."""
+    if not 0 <= t_weak < t_strong <= 1:
+        raise ValueError(f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong}), both in [0, 1].")
+    weak = min(round(t_weak * steps), steps - 1)
+    return weak, min(max(round(t_strong * steps), weak + 1), steps)
 
 
 class SurgSoraDecode:

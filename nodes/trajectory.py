@@ -19,8 +19,8 @@ from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, parse_track_data, prepare_tracks, rasterize
 
 from .models import model_choices, resolve_model
-from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, mask_to_regions,
-                      offload_device, on_device, torch_device, video_to_image)
+from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
+                      mask_to_regions, offload_device, on_device, torch_device, video_to_image)
 
 FLOW_TYPE = "SURGSORA_FLOW"
 DECODER_TYPE = "SURGSORA_FLOW_DECODER"
@@ -284,6 +284,48 @@ class SurgSoraMotionPreview:
         return (video_to_image(video),)
 
 
+class SurgSoraMotionSignal:
+    """The crude animation the trajectories ask for and the mask of what moves, for dual-clock (Time-to-Move)
+    sampling on plain SVD: occlusion-aware forward warping (the nearer of two things wins), disocclusions
+    filled from the inpainted background, each moved region's mask carried along its own flow."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"image": ("IMAGE", {"tooltip": "The first frame."}),
+                         "flow": (FLOW_TYPE, {"tooltip": "Flow frame 0 -> t from SurgSora Tracks -> Flow."})},
+            "optional": {
+                "depth": ("IMAGE", {"tooltip": "Optional depth (near = bright): decides what is in front."}),
+                "region_masks": ("MASK", {"tooltip": "Optional masks of the moved objects (e.g. SAM masks of "
+                                                     "the track starts): smaller regions are in front."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("motion_signal", "motion_mask")
+    OUTPUT_TOOLTIPS = ("The warped animation, one IMAGE per frame.", "Where the sampler follows it, one MASK per frame.")
+    FUNCTION = "build"
+    CATEGORY = f"{CATEGORY}/trajectory"
+
+    @torch.no_grad()
+    def build(self, image, flow, depth=None, region_masks=None):
+        from surgsora.motion.preview import motion_signal
+
+        x = image_to_bchw(image, "image")
+        b, _, h, w = x.shape
+        f = _check_flow(flow)
+        if f.shape[0] not in (1, b):
+            raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
+        f = (resize_flow(f, (h, w)) if f.shape[-2:] != (h, w) else f).expand(b, *f.shape[1:])
+        d = None
+        if depth is not None:
+            d = image_to_depth(depth)
+            if d.shape[-2:] != (h, w):
+                d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+        video, mask = motion_signal(x, f, depth=d, regions=mask_to_regions(region_masks, (h, w)))
+        return (video_to_image(video), mask.flatten(0, 2).float())
+
+
 def _check_flow(flow) -> torch.Tensor:
     if not isinstance(flow, torch.Tensor) or flow.ndim != 5 or flow.shape[2] != 2:
         shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
@@ -297,6 +339,7 @@ NODE_CLASS_MAPPINGS = {
     "SurgSoraTracksToFlow": SurgSoraTracksToFlow,
     "SurgSoraVideoFlow": SurgSoraVideoFlow,
     "SurgSoraMotionPreview": SurgSoraMotionPreview,
+    "SurgSoraMotionSignal": SurgSoraMotionSignal,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SurgSoraTrajectories": "SurgSora Trajectories (editor)",
@@ -304,4 +347,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SurgSoraTracksToFlow": "SurgSora Trajectories to Flow",
     "SurgSoraVideoFlow": "SurgSora Optical Flow from Clip",
     "SurgSoraMotionPreview": "SurgSora Motion Preview",
+    "SurgSoraMotionSignal": "SurgSora Motion Signal (dual-clock)",
 }

@@ -276,6 +276,11 @@ def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | No
     names = []
     for root in roots:
         names += [(root, n) for n in list_models([root], component)]
+    if component == "adapter":  # a trained SurgSora adapter first, else MOFA's released ControlNet
+        from .loading.adapters import SURGSORA, adapter_kind
+
+        names.sort(key=lambda rn: adapter_kind(rn[0] / rn[1]) != SURGSORA)
+        return (names[0][0] / names[0][1], names[0][1]) if names else (None, str(roots[0]))
     if component == "svd":  # prefer the catalogue's names, then diffusers folders
         best = best_model([n for _, n in names], component)
         for root, n in names:
@@ -290,13 +295,24 @@ def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | No
 
 def resolve_generate_models(models_dir: str | os.PathLike, sam=None, depth=None, svd=None, adapter=None,
                             decoder="auto") -> dict[str, Path | str]:
-    """Paths of every model ``generate`` needs, or :class:`MissingModels` listing each missing one."""
+    """Paths of every model ``generate`` needs, or :class:`MissingModels` listing each missing one.
+
+    With MOFA-Video-Traj's ControlNet as the adapter, SAM is optional (used for region masks when
+    present) and Depth Anything is not used.
+    """
+    from .loading.adapters import MOFA, adapter_kind
+
     models_dir = Path(models_dir)
     found, missing = {}, []
+    path, where = _pick(models_dir, "adapter", adapter)
+    mofa = path is not None and adapter_kind(path) == MOFA
     for component, name in (("sam", sam), ("depth", depth), ("svd", svd), ("adapter", adapter)):
+        if mofa and component == "depth" and not name:
+            continue
         path, where = _pick(models_dir, component, name)
         if path is None:
-            missing.append((component, name, where))
+            if not (mofa and component == "sam" and not name):
+                missing.append((component, name, where))
         else:
             found[component] = path
     if decoder == "auto":
@@ -322,7 +338,8 @@ def resolve_generate_models(models_dir: str | os.PathLike, sam=None, depth=None,
                     gated = " (gated: accept the licence, then `huggingface-cli login`)" if k.gated else ""
                     lines.append(f"      {k.name:<44} {k.source}{gated}")
         lines.append("Known public files can be fetched with `python -m surgsora download NAME --models "
-                     f"{models_dir}`; the SurgSora adapter comes from `python -m train`.")
+                     f"{models_dir}`; a SurgSora adapter comes from `python -m train`, and MOFA-Video-Traj's "
+                     "released ControlNet (mofa_traj_controlnet.safetensors) generates without one.")
         raise MissingModels("\n".join(lines))
     return found
 
@@ -342,7 +359,7 @@ def _device_and_dtype(device: str, dtype: str):
 def run_generate(args) -> dict:
     import torch
 
-    from .model.adapter import SurgSoraAdapter
+    from .loading.adapters import describe_adapter, load_adapter
     from .perception.depth import load_depth_anything
     from .loading.io import ModelFileError
     from .sampling.pipeline import SurgSoraPipeline
@@ -357,28 +374,39 @@ def run_generate(args) -> dict:
         frame_s, image_t, tracks, size = _frame_and_tracks(args, 64, 448 * 256)
     print("Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
     try:
-        with timer("SAM features"):
-            sam = load_sam(models["sam"], device=device)
-            seg = sam.encode(image_t)
-            regions = _masks_arg(args.masks, size)
-            if regions is None and not args.no_masks:
-                starts = tracks[:, 0]
-                masks = [sam.predict_masks(image_t, points=starts[i:i + 1])[0] for i in range(len(starts))]
-                regions = torch.cat(masks).float().unsqueeze(0).cpu()
-            del sam
-        with timer("depth"):
-            depth_model = load_depth_anything(models["depth"], device=device)
-            depth = depth_model(image_t)
-            del depth_model
+        with timer("load adapter"):
+            adapter = load_adapter(models["adapter"], dtype=dtype).to(device)
+        print(f"Adapter: {describe_adapter(adapter)}.")
+        if adapter.config.get("fixed_time_ids") is not None and (args.fps != 7 or args.motion_bucket != 127):
+            print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
+                  "--motion-bucket is not used.")
+        seg = depth = regions = None
+        regions = _masks_arg(args.masks, size)
+        if "sam" in models:
+            with timer("SAM features"):
+                sam = load_sam(models["sam"], device=device)
+                seg = sam.encode(image_t) if adapter.needs_seg else None
+                if regions is None and not args.no_masks:
+                    starts = tracks[:, 0]
+                    masks = [sam.predict_masks(image_t, points=starts[i:i + 1])[0] for i in range(len(starts))]
+                    regions = torch.cat(masks).float().unsqueeze(0).cpu()
+                del sam
+        if adapter.needs_depth:
+            with timer("depth"):
+                depth_model = load_depth_anything(models["depth"], device=device)
+                depth = depth_model(image_t)
+                del depth_model
         with timer("tracks -> flow"):
             decoder = _decoder(str(models["decoder"]), device)
             flow = _tracks_to_flow(decoder, image_t.to(device) if models["decoder"] != "analytic" else image_t,
                                    tracks, size, regions)
             del decoder
-        with timer("load SVD + adapter"):
+        with timer("load SVD"):
             svd = load_svd(models["svd"], device=device, dtype=dtype)
-            adapter = SurgSoraAdapter.from_pretrained(str(models["adapter"]), torch_dtype=dtype).to(device).eval()
-            pipe = SurgSoraPipeline(adapter=adapter, **svd)
+            try:
+                pipe = SurgSoraPipeline(adapter=adapter, **svd)
+            except ValueError as e:  # an adapter made for another SVD
+                raise SystemExit(f"{e}.") from None
         generator = torch.Generator("cpu").manual_seed(args.seed)
         with timer("conditions (DSI+DFM+MSF)"):
             first = pipe.encode_first_frame(image_t, size[1], size[0], args.noise_aug, generator)

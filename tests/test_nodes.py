@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from integration.env import tiny_env
-from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, SAM_NAME, SVD_FOLDER
+from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, MOFA_NAME, SAM_NAME, SVD_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS"}
@@ -56,7 +56,7 @@ def run(nodes, name, **kw):
 # ------------------------------------------------------------------------------------ declarations
 
 def test_every_node_declares_consistent_inputs_and_outputs(nodes):
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 16
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 17
     assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
@@ -135,7 +135,8 @@ def test_loader_lists_and_clear_errors(nodes, env, tmp_path):
     svd_list = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadSVD"].INPUT_TYPES()["required"]["ckpt_name"][0]
     assert f"[diffusers] {SVD_FOLDER}" in svd_list and "svd_xt.safetensors" in svd_list
     adapters = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadAdapter"].INPUT_TYPES()["required"]["adapter_name"][0]
-    assert adapters == [ADAPTER_NAME]
+    # SurgSora adapter folders and MOFA's ControlNet (folder here), then the known MOFA file to download
+    assert adapters == [ADAPTER_NAME, MOFA_NAME, "mofa_traj_controlnet.safetensors"]
     decoders = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadTrajectoryDecoder"].INPUT_TYPES()["required"]["decoder"][0]
     assert decoders == ["analytic", CMP_NAME]  # adapter folders are never looked into
 
@@ -346,6 +347,53 @@ def test_dsi_and_dfm_nodes_equal_the_adapters_condition_branch(generation, frame
     for a, b in zip(g.conditions.scales, ref):
         assert a.shape == b.shape and a.shape[1] == 4
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_mofa_controlnet_runs_through_the_same_nodes_without_depth_or_sam(nodes, generation, frame):
+    """MOFA-Video-Traj's ControlNet loads in the adapter loader and needs neither depth nor SAM features;
+    a SurgSora adapter with a depth branch refuses to run without them, in one sentence."""
+    (mofa,) = run(nodes, "SurgSoraLoadAdapter", adapter_name=MOFA_NAME)
+    assert mofa.config.condition_injection == "mofa" and not mofa.needs_depth and not mofa.needs_seg
+    flow = generation.flow
+    (dsi,) = run(nodes, "SurgSoraDSIEncode", adapter=mofa, image=frame)
+    assert dsi.depth is None
+    (conditions,) = run(nodes, "SurgSoraDFMFuse", adapter=mofa, dsi_features=dsi, flow=flow)
+    with torch.no_grad():
+        ref = mofa.encode_conditions(frame.permute(0, 3, 1, 2) * 2 - 1, None, None, flow)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(conditions.scales, ref))
+    with pytest.raises(ValueError, match="depth branch: connect a depth map"):
+        run(nodes, "SurgSoraDSIEncode", adapter=generation.adapter, image=frame, seg_features=generation.seg)
+    with pytest.raises(ValueError, match="uses SAM features: connect"):
+        run(nodes, "SurgSoraDSIEncode", adapter=generation.adapter, image=frame, depth=generation.depth)
+    with pytest.raises(ValueError, match="no depth stream but the adapter needs one"):
+        run(nodes, "SurgSoraDFMFuse", adapter=generation.adapter, dsi_features=dsi, flow=flow)
+
+
+def test_motion_signal_drives_plain_svd_through_the_sampler(nodes, generation, frame):
+    """Dual-clock through the nodes: the signal node's animation, anchored everywhere through the last step,
+    comes back as its own VAE round trip; half-open fractions and a missing mask are refused in one sentence."""
+    g = generation
+    signal, mask = run(nodes, "SurgSoraMotionSignal", image=frame, flow=g.flow)
+    assert signal.shape == (4, H, W, 3) and mask.shape == (4, H, W) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    ones = torch.ones_like(mask)
+    kw = dict(svd=g.svd, image=frame, steps=2, seed=1, motion_signal=signal, motion_mask=ones)
+    (latent,) = run(nodes, "SurgSoraSampler", t_weak=0.0, t_strong=1.0, **kw)
+    assert latent["surgsora_frames"] == 4
+    (video,) = run(nodes, "SurgSoraDecode", svd=g.svd, latent=latent, decode_chunk_size=4)
+    pipe = g.svd.pipeline()
+    with torch.no_grad():
+        # (contiguous, as the node makes it: convolutions on channels-last memory round differently)
+        anchor = pipe.encode_motion_signal(signal.permute(0, 3, 1, 2).contiguous()[None], ones[None, :, None], 0, 2)
+        expected = pipe.decode(anchor.latents)[0].permute(0, 2, 3, 1)
+    scale = g.svd.vae.config.scaling_factor
+    err = (latent["samples"] * scale - anchor.latents[0]).abs().max().item()
+    assert err < 1e-5, err
+    assert (video - expected).abs().max() < 1e-4
+    assert nodes.NODE_CLASS_MAPPINGS["SurgSoraSampler"].VALIDATE_INPUTS(t_weak=0.5, t_strong=0.4) != True  # noqa: E712
+    with pytest.raises(ValueError, match="needs both the motion signal and its mask; connect motion_mask"):
+        run(nodes, "SurgSoraSampler", svd=g.svd, image=frame, steps=2, motion_signal=signal)
+    with pytest.raises(ValueError, match=r"motion_mask is \(3, 64, 128\) but the motion signal has 4 frames"):
+        run(nodes, "SurgSoraSampler", t_weak=0.0, t_strong=1.0, **{**kw, "motion_mask": ones[:3]})
 
 
 def test_sampler_and_decoder_equal_the_pipeline(nodes, generation, frame):

@@ -15,11 +15,12 @@ import pytest
 
 from integration.env import tiny_env
 from integration.executor import core_nodes, run_prompt, validate
-from integration.tiny_models import SVD_FOLDER
+from integration.tiny_models import MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"
-NAMES = ["surgsora_trajectory_to_video", "surgsora_motion_preview", "surgsora_flow_from_video"]
+NAMES = ["surgsora_trajectory_to_video", "surgsora_motion_preview", "surgsora_flow_from_video",
+         "surgsora_mofa_trajectory_to_video", "surgsora_ttm_trajectory_to_video"]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,10 @@ def test_api_twin_matches_the_ui_file(name, maker, info):
 
 
 def _shrink(prompt: dict) -> dict:
-    """Same graph, CPU-test sizes: 128x64 frames, 5 frames, 2 steps, small depth input, the tiny SVD folder."""
+    """Same graph, CPU-test sizes: 128x64 frames, 5 frames, 2 steps, small depth input, the tiny SVD folder
+    (for MOFA: the tiny SVD-xt-layout folder and the tiny ControlNet in MOFA's release layout)."""
     p = copy.deepcopy(prompt)
+    mofa = any(n["inputs"].get("adapter_name") == "mofa_traj_controlnet.safetensors" for n in p.values())
     for node in p.values():
         i, t = node["inputs"], node["class_type"]
         if t == "ImageScale":
@@ -109,7 +112,9 @@ def _shrink(prompt: dict) -> dict:
         elif t == "SurgSoraSampler":
             i["steps"] = 2
         elif t == "SurgSoraLoadSVD":
-            i["ckpt_name"] = f"[diffusers] {SVD_FOLDER}"
+            i["ckpt_name"] = f"[diffusers] {MOFA_SVD_FOLDER if mofa else SVD_FOLDER}"
+        elif t == "SurgSoraLoadAdapter" and mofa:
+            i["adapter_name"] = MOFA_NAME
     return p
 
 
@@ -125,7 +130,9 @@ def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     saved = [item for _, ui in results.values() for item in ui.get("images", [])]
     expected = {"surgsora_trajectory_to_video": {"motion_preview", "video"},
                 "surgsora_motion_preview": {"motion_preview", "flow"},
-                "surgsora_flow_from_video": {"reference_clip", "gt_flow", "gt_flow_video"}}[name]
+                "surgsora_flow_from_video": {"reference_clip", "gt_flow", "gt_flow_video"},
+                "surgsora_mofa_trajectory_to_video": {"motion_preview", "mofa_video"},
+                "surgsora_ttm_trajectory_to_video": {"motion_signal", "ttm_video"}}[name]
     assert {s["filename"].rsplit("_", 2)[0] for s in saved} == expected
     for s in saved:
         meta = video_info(out_dir / s["subfolder"] / s["filename"])

@@ -45,6 +45,11 @@ class FitConfig:
     svd: str = ""  # diffusers folder or single-file svd_xt.safetensors
     adapter: str = ""  # start from this adapter folder (save_pretrained) instead of the UNet
     init_from_mofa: str = ""  # warm start trunk/zero convs/RGB stream from MOFA-Video-Traj's ControlNet
+    # Table 3 ablations (saved in the adapter config): drop the SAM features / the depth branch, or fuse
+    # RGB and depth by a plain sum instead of MSF ("msf" | "sum"; without depth the RGB stream is used alone).
+    no_seg_features: bool = False
+    no_depth_branch: bool = False
+    fusion: str = "msf"
     stage: int = 1
     flow_decoder: str = "analytic"  # stage 2: "analytic" or a CMP checkpoint path
     max_steps: int = 10000
@@ -118,11 +123,23 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
 
     if cfg.adapter:
         return SurgSoraAdapter.from_pretrained(cfg.adapter)
+    from surgsora.model.adapter import MOFA_HEADS, MOFA_SEMANTICS
+
     torch.manual_seed(cfg.seed)
-    if cfg.init_from_mofa and len(unet.config.down_block_types) == 4:
-        # MOFA's ControlNet always ran (5, 10, 10, 20) heads (its config is ignored by its own code).
-        condition_options = {**condition_options, "num_attention_heads": (5, 10, 10, 20)}
-    adapter = SurgSoraAdapter.from_unet(unet, **condition_options)
+    options = dict(condition_options, use_seg_features=not cfg.no_seg_features,
+                   use_depth_branch=not cfg.no_depth_branch,
+                   fusion_type="rgb" if cfg.no_depth_branch else cfg.fusion)
+    if cfg.init_from_mofa:
+        # Keep MOFA's semantics (injection, residual multiplicity, nearest flow resize): its weights were
+        # trained under them, so the warm-started adapter starts out computing exactly MOFA's function
+        # and the new parts (SAM channels, depth stream, MSF) start at zero. They are saved in config.json.
+        options.update(MOFA_SEMANTICS)
+        if len(unet.config.down_block_types) == 4:
+            options["num_attention_heads"] = MOFA_HEADS  # what MOFA's code ran, whatever its config says
+    try:
+        adapter = SurgSoraAdapter.from_unet(unet, **options)
+    except ValueError as e:
+        raise SystemExit(f"Invalid adapter options: {e}.") from None
     if cfg.init_from_mofa:
         from surgsora.loading.warm_start import init_from_mofa
 

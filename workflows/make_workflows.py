@@ -42,6 +42,18 @@ DEPTH_FILE = "depth_anything_v2_vits.pth"
 SVD_FILE = "svd_xt.safetensors"
 CMP_FILE = "ckpt_iter_42000.pth.tar"
 ADAPTER = "surgsora_adapter"
+MOFA_FILE = "mofa_traj_controlnet.safetensors"
+MOFA_FRAMES = 25  # MOFA-Video-Traj was trained on SVD-xt's 25 frames
+
+# What the frontend's Missing Models dialog offers to fetch (node properties "models": name, url, directory).
+MODEL_SOURCES = {
+    SVD_FILE: ("https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt/resolve/main/svd_xt.safetensors",
+               "checkpoints"),
+    MOFA_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/ckpts/controlnet/"
+                "diffusion_pytorch_model.safetensors", "surgsora"),
+    CMP_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/models/cmp/experiments/semiauto_annot/"
+               "resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar", "surgsora"),
+}
 
 
 # ============================================================================ node specs
@@ -143,7 +155,7 @@ class Graph:
         self.links: list[list] = []
         self.groups: list[dict] = []
 
-    def add(self, type_: str, pos, size=(320, 120), title: str | None = None, **widgets) -> Node:
+    def add(self, type_: str, pos, size=(320, 120), title: str | None = None, models=(), **widgets) -> Node:
         if type_ not in self.info and type_ not in VIRTUAL_NODES:
             raise KeyError(f"unknown node type {type_}")
         if type_ in self.info:
@@ -152,6 +164,8 @@ class Graph:
             if unknown:
                 raise KeyError(f"{type_} has no widgets {sorted(unknown)}")
         node = Node(self, len(self.nodes) + 1, type_, list(pos), list(size), title, widgets)
+        node.models = [{"name": name, "url": MODEL_SOURCES[name][0], "directory": MODEL_SOURCES[name][1]}
+                       for name in models]
         self.nodes.append(node)
         return node
 
@@ -237,7 +251,7 @@ class Graph:
                      "order": order[node.id], "mode": 0, "inputs": inputs, "outputs": outputs}
             if node.title:
                 entry["title"] = node.title
-            entry["properties"] = {"Node name for S&R": node.type}
+            entry["properties"] = {"Node name for S&R": node.type, **({"models": node.models} if node.models else {})}
             entry["widgets_values"] = self._widgets_values(node)
             nodes.append(entry)
         links = [[lid, o, os_, t, slot_of[t][name], typ] for lid, o, os_, t, name, typ in self.links]
@@ -411,6 +425,99 @@ def flow_from_video(info: dict) -> Graph:
     return g
 
 
+NOTE_MOFA = """Trajectory-controlled video from released weights: MOFA-Video-Traj's ControlNet on SVD-xt, run exactly as published (no SurgSora adapter, no SAM, no depth).
+1. Load your first frame; it is resized to 448x256 (multiples of 64, crop disabled).
+2. Draw trajectories in the editor (click to start, click/drag to add points, double-click to end).
+3. Models: models/checkpoints/svd_xt.safetensors, models/surgsora/mofa_traj_controlnet.safetensors (MOFA-Video-Traj ckpts/controlnet/diffusion_pytorch_model.safetensors, or the whole controlnet folder) and models/surgsora/ckpt_iter_42000.pth.tar (MOFA's CMP decoder; "analytic" needs none).
+4. Queue. MOFA fixes added_time_ids at [6, 128, 0.02], so the sampler's fps and motion bucket are not used."""
+
+
+def mofa_trajectory_to_video(info: dict) -> Graph:
+    g = Graph(info)
+    g.add("Note", (40, -290), (700, 230), text=NOTE_MOFA)
+    load = g.add("LoadImage", (40, 40), (320, 330), image=FRAME_FILE)
+    scale = g.add("ImageScale", (40, 420), (320, 130), upscale_method="area", width=WIDTH, height=HEIGHT,
+                  crop="disabled")
+    g.connect(load, "IMAGE", scale, "image")
+    traj = g.add("SurgSoraTrajectories", (400, 40), (460, 740), tracks=_example_tracks(), frames=MOFA_FRAMES)
+    g.connect(scale, "IMAGE", traj, "image")
+    decoder = g.add("SurgSoraLoadTrajectoryDecoder", (900, 40), (320, 106), decoder=CMP_FILE, models=(CMP_FILE,))
+    flow = g.add("SurgSoraTracksToFlow", (900, 190), (320, 106))
+    g.connect(decoder, "decoder", flow, "decoder")
+    g.connect(traj, "tracks", flow, "tracks")
+    g.connect(scale, "IMAGE", flow, "image")
+    preview = g.add("SurgSoraMotionPreview", (900, 340), (320, 86))
+    g.connect(scale, "IMAGE", preview, "image")
+    g.connect(flow, "flow", preview, "flow")
+    g.connect(traj, "tracks", preview, "tracks")
+    _save_video(g, preview, "video", (900, 470), "SurgSora/motion_preview")
+    x = 1280
+    ad = g.add("SurgSoraLoadAdapter", (x, 40), (320, 106), title="Load MOFA-Video-Traj ControlNet",
+               adapter_name=MOFA_FILE, models=(MOFA_FILE,))
+    dsi = g.add("SurgSoraDSIEncode", (x, 190), (320, 106), title="MOFA condition encoder (frame 0)")
+    g.connect(ad, "adapter", dsi, "adapter")
+    g.connect(scale, "IMAGE", dsi, "image")
+    fuse = g.add("SurgSoraDFMFuse", (x, 340), (320, 86), title="Warp by the flow")
+    g.connect(ad, "adapter", fuse, "adapter")
+    g.connect(dsi, "dsi_features", fuse, "dsi_features")
+    g.connect(flow, "flow", fuse, "flow")
+    svd = g.add("SurgSoraLoadSVD", (x, 470), (320, 106), ckpt_name=SVD_FILE, models=(SVD_FILE,))
+    sampler = g.add("SurgSoraSampler", (x + 360, 40), (320, 360), seed=42)
+    g.connect(svd, "svd", sampler, "svd")
+    g.connect(scale, "IMAGE", sampler, "image")
+    g.connect(ad, "adapter", sampler, "adapter")
+    g.connect(fuse, "conditions", sampler, "conditions")
+    dec = g.add("SurgSoraDecode", (x + 360, 450), (320, 82))
+    g.connect(svd, "svd", dec, "svd")
+    g.connect(sampler, "latent", dec, "latent")
+    _save_video(g, dec, "frames", (x + 720, 40), "SurgSora/mofa_video")
+    g.group("Frame", (20, -30, 360, 620), "#3f789e")
+    g.group("Trajectory Controller (MOFA's CMP decoder)", (380, -30, 880, 870), "#b58b2a")
+    g.group("MOFA-Video-Traj ControlNet + Stable Video Diffusion XT", (1260, -30, 1420, 640), "#a1309b")
+    return g
+
+
+NOTE_TTM = """Trajectory-controlled video with only Stable Video Diffusion (no adapter, no training): dual-clock sampling after Time-to-Move.
+The trajectories become a crude warped animation (occlusion-aware, holes filled from the background) and a mask of what moves. Sampling starts from the animation noised to t_weak; inside the mask the video follows it until t_strong, then SVD denoises freely and makes it realistic.
+Models: models/checkpoints/svd_xt.safetensors only. TTM's SVD settings: 50 steps, t_weak 16/50 = 0.32, t_strong 21/50 = 0.42, motion bucket 17, 21 frames. Later t_strong = closer to the drawn motion, earlier = more freedom."""
+
+
+def ttm_trajectory_to_video(info: dict) -> Graph:
+    g = Graph(info)
+    g.add("Note", (40, -290), (700, 230), text=NOTE_TTM)
+    load = g.add("LoadImage", (40, 40), (320, 330), image=FRAME_FILE)
+    scale = g.add("ImageScale", (40, 420), (320, 130), upscale_method="area", width=WIDTH, height=HEIGHT,
+                  crop="disabled")
+    g.connect(load, "IMAGE", scale, "image")
+    traj = g.add("SurgSoraTrajectories", (400, 40), (460, 740), tracks=_example_tracks(), frames=FRAMES)
+    g.connect(scale, "IMAGE", traj, "image")
+    decoder = g.add("SurgSoraLoadTrajectoryDecoder", (900, 40), (320, 106), decoder="analytic")
+    flow = g.add("SurgSoraTracksToFlow", (900, 190), (320, 106))
+    g.connect(decoder, "decoder", flow, "decoder")
+    g.connect(traj, "tracks", flow, "tracks")
+    g.connect(scale, "IMAGE", flow, "image")
+    signal = g.add("SurgSoraMotionSignal", (900, 340), (320, 106))
+    g.connect(scale, "IMAGE", signal, "image")
+    g.connect(flow, "flow", signal, "flow")
+    _save_video(g, signal, "motion_signal", (900, 500), "SurgSora/motion_signal")
+    x = 1280
+    svd = g.add("SurgSoraLoadSVD", (x, 40), (320, 106), ckpt_name=SVD_FILE, models=(SVD_FILE,))
+    sampler = g.add("SurgSoraSampler", (x, 190), (320, 420), steps=50, motion_bucket_id=17, seed=42, t_weak=0.32,
+                    t_strong=0.42)
+    g.connect(svd, "svd", sampler, "svd")
+    g.connect(scale, "IMAGE", sampler, "image")
+    g.connect(signal, "motion_signal", sampler, "motion_signal")
+    g.connect(signal, "motion_mask", sampler, "motion_mask")
+    dec = g.add("SurgSoraDecode", (x, 650), (320, 82))
+    g.connect(svd, "svd", dec, "svd")
+    g.connect(sampler, "latent", dec, "latent")
+    _save_video(g, dec, "frames", (x + 360, 40), "SurgSora/ttm_video")
+    g.group("Frame", (20, -30, 360, 620), "#3f789e")
+    g.group("Trajectory Controller -> motion signal", (380, -30, 880, 870), "#b58b2a")
+    g.group("Stable Video Diffusion, dual-clock sampling", (1260, -30, 760, 800), "#a1309b")
+    return g
+
+
 def _example_tracks() -> str:
     data = json.loads(EXAMPLE_TRACKS.read_text())
     return json.dumps({"width": data["width"], "height": data["height"], "tracks": data["tracks"]})
@@ -420,6 +527,8 @@ WORKFLOWS = {
     "surgsora_trajectory_to_video": trajectory_to_video,
     "surgsora_motion_preview": motion_preview,
     "surgsora_flow_from_video": flow_from_video,
+    "surgsora_mofa_trajectory_to_video": mofa_trajectory_to_video,
+    "surgsora_ttm_trajectory_to_video": ttm_trajectory_to_video,
 }
 
 

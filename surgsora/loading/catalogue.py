@@ -14,7 +14,6 @@ name the same files and folders in their messages.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -73,6 +72,9 @@ KNOWN_FILES: dict[str, KnownFile] = {f.name: f for f in [
               "svd_xt_1_1.safetensors", gated=True),
     KnownFile("svd.safetensors", "svd", "checkpoints", "stabilityai/stable-video-diffusion-img2vid",
               "svd.safetensors", gated=True),
+    # MOFA-Video-Traj's released ControlNet (ckpts/controlnet); without its config.json the SVD-xt widths apply.
+    KnownFile("mofa_traj_controlnet.safetensors", "adapter", "surgsora", "MyNiuuu/MOFA-Video-Traj",
+              "ckpts/controlnet/diffusion_pytorch_model.safetensors"),
     KnownFile("ckpt_iter_42000.pth.tar", "cmp", "surgsora", "MyNiuuu/MOFA-Video-Traj",
               "models/cmp/experiments/semiauto_annot/resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar"),
 ]}
@@ -85,8 +87,10 @@ COMPONENTS = {
               "Depth Anything V2 (depth_anything_v2_vitl.pth, a *_fp16.safetensors, or a Hugging Face folder)"),
     "svd": (("checkpoints", "diffusers"), (".safetensors", ".ckpt", ".pt", ".pth"),
             "Stable Video Diffusion: svd_xt.safetensors in checkpoints/, or a diffusers folder in diffusers/"),
-    "adapter": (("surgsora",), (), "a SurgSora adapter folder (config.json + diffusion_pytorch_model.safetensors) "
-                                   "written by `python -m train`"),
+    "adapter": (("surgsora",), (".safetensors",),
+                "a SurgSora adapter folder (config.json + diffusion_pytorch_model.safetensors) written by "
+                "`python -m train`, or MOFA-Video-Traj's ControlNet (its ckpts/controlnet folder, or "
+                "mofa_traj_controlnet.safetensors)"),
     "cmp": (("surgsora",), (".tar", ".pth", ".pt", ".safetensors"),
             "the MOFA-Video CMP trajectory decoder ckpt_iter_42000.pth.tar (optional: the analytic decoder needs "
             "no weights)"),
@@ -95,13 +99,9 @@ COMPONENTS = {
 
 
 def _is_adapter_folder(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("_class_name") == "SurgSoraAdapter"
-    except (OSError, json.JSONDecodeError):
-        return False
+    from .adapters import adapter_kind
+
+    return adapter_kind(path) is not None  # a SurgSora adapter or MOFA-Video-Traj's ControlNet folder
 
 
 def _is_svd_folder(path: Path) -> bool:
@@ -110,6 +110,12 @@ def _is_svd_folder(path: Path) -> bool:
 
 def _is_hf_depth_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
+
+
+def _is_adapter_file(path: Path) -> bool:
+    from .adapters import adapter_kind
+
+    return path.suffix == ".safetensors" and adapter_kind(path) is not None
 
 
 _FOLDER_TEST = {"adapter": _is_adapter_folder, "svd": _is_svd_folder, "depth": _is_hf_depth_folder}
@@ -143,9 +149,9 @@ def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]
                 elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
                     keep.append(d)  # never look inside another kind of model folder
             dirnames[:] = keep
-            if component == "adapter":
-                continue
             for f in filenames:
+                if component == "adapter" and not _is_adapter_file(here / f):
+                    continue
                 if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
                     names.add((rel / f).as_posix())
     return sorted(names)

@@ -41,7 +41,24 @@ import torch
 
 from .io import ModelFileError, SafetensorsReader, load_state_dict
 
-__all__ = ["WarmStartError", "WarmStartReport", "MOFA_RENAMES", "PARTIAL_LOADS", "plan_warm_start", "init_from_mofa"]
+__all__ = ["WarmStartError", "WarmStartReport", "MOFA_RENAMES", "PARTIAL_LOADS", "plan_warm_start", "init_from_mofa",
+           "load_mofa_controlnet", "mofa_adapter_config", "MOFA_SVD_FRAMES"]
+
+# MOFA-Video-Traj's ControlNet was trained on SVD-xt (25 frames); a 14-frame SVD is another model.
+MOFA_SVD_FRAMES = 25
+# FlowControlNet config fields that shape the trunk (the rest describe the UNet it was cut from).
+_MOFA_TRUNK_KEYS = ("in_channels", "down_block_types", "block_out_channels", "addition_time_embed_dim",
+                    "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
+                    "transformer_layers_per_block")
+# ControlNetSDVModel's defaults: what the published FlowControlNet really builds (it ignores its arguments).
+_MOFA_DEFAULTS = dict(
+    in_channels=8,
+    down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+    block_out_channels=[320, 640, 1280, 1280], addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
+    transformer_layers_per_block=1, num_attention_heads=[5, 10, 10, 20],
+    conditioning_embedding_out_channels=[16, 32, 96, 256],
+)
 
 # MOFA prefix -> adapter prefix; keys under other prefixes must keep their name.
 MOFA_RENAMES = (
@@ -207,10 +224,21 @@ def _per_block(value, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def _head_note(adapter, mofa_config: dict) -> str | None:
-    # MOFA's FlowControlNet ignores its constructor arguments and always runs ControlNetSDVModel's
-    # default heads (5, 10, 10, 20); head count changes the computation but not the weight shapes.
-    heads = mofa_config.get("num_attention_heads")
+def _mofa_heads(mofa_config: dict, width: int) -> list:
+    """The attention heads MOFA's ControlNet runs, given the width of its weights (``conv_in`` outputs):
+    (5, 10, 10, 20) at SVD-xt's 320 whatever config.json says (FlowControlNet builds its parent with
+    default arguments); the config's value for other widths (small models written in MOFA's layout)."""
+    from ..model.adapter import MOFA_HEADS
+
+    if width == _MOFA_DEFAULTS["block_out_channels"][0]:
+        return list(MOFA_HEADS)
+    n = len(mofa_config.get("block_out_channels", _MOFA_DEFAULTS["block_out_channels"]))
+    return list(_per_block(mofa_config.get("num_attention_heads", MOFA_HEADS), n))
+
+
+def _head_note(adapter, mofa_config: dict, width: int) -> str | None:
+    # Head count changes the computation but not the weight shapes, so a mismatch loads silently.
+    heads = _mofa_heads(mofa_config, width) if mofa_config else None
     config = getattr(adapter, "config", None)
     if heads is None or config is None or "num_attention_heads" not in config:
         return None
@@ -223,6 +251,78 @@ def _head_note(adapter, mofa_config: dict) -> str | None:
             f"build the adapter with num_attention_heads={theirs} to match it.")
 
 
+def _read_mofa_config(weights: Path) -> dict:
+    config_file = weights.parent / "config.json"
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise WarmStartError(f"{config_file} is not valid JSON. {_WHERE}") from None
+    if not isinstance(config, dict):
+        raise WarmStartError(f"{config_file} is not a model config. {_WHERE}")
+    cls = config.get("_class_name", "")
+    if cls == "SurgSoraAdapter":
+        raise WarmStartError(f"{weights.parent} is a SurgSora adapter, not MOFA-Video's ControlNet: load it with "
+                             "SurgSoraAdapter.from_pretrained (the adapter loader's SurgSora entry).")
+    if cls and "ControlNet" not in cls:
+        raise WarmStartError(f"{weights.parent} holds a {cls}, not MOFA-Video's FlowControlNet. {_WHERE}")
+    return config
+
+
+def mofa_adapter_config(mofa_config: dict, width: int) -> dict:
+    """SurgSoraAdapter config that runs MOFA-Video-Traj's ControlNet (``width`` = its conv_in outputs)
+    exactly as published."""
+    from ..model.adapter import MOFA_SEMANTICS
+
+    cfg = {k: mofa_config.get(k, _MOFA_DEFAULTS[k]) for k in _MOFA_TRUNK_KEYS}
+    cfg.update(
+        num_attention_heads=_mofa_heads(mofa_config, width),
+        conditioning_embedding_channels=list(mofa_config.get("conditioning_embedding_out_channels",
+                                                             _MOFA_DEFAULTS["conditioning_embedding_out_channels"])),
+        use_seg_features=False, use_depth_branch=False, fusion_type="rgb", **MOFA_SEMANTICS,
+        # MOFA's pipeline: time ids [6, 128, 0.02] whatever is asked, CLIP input not mean/std normalised.
+        fps=7, fixed_time_ids=[6, 128, 0.02], clip_normalize=False,
+        svd_num_frames=int(mofa_config.get("num_frames", MOFA_SVD_FRAMES)),
+    )
+    return cfg
+
+
+def load_mofa_controlnet(path: str | os.PathLike, dtype: torch.dtype | None = None):
+    """MOFA-Video-Traj's released ControlNet as a :class:`SurgSoraAdapter` in MOFA mode (``from_mofa``).
+
+    ``path``: the ``controlnet`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``), the
+    folder above it, or the weights file alone (SVD-xt widths assumed without a config). Every tensor of
+    the file must find its place and every adapter tensor must come from the file; otherwise one
+    sentence names what is wrong. ``dtype`` converts (default: the file's).
+    """
+    from ..model.adapter import SurgSoraAdapter
+
+    weights = _resolve(path)
+    mofa_config = _read_mofa_config(weights)
+    reader = _Reader(weights)
+    if any(k.startswith(("rgb_processor.", "rgb_encoder.")) for k in reader.shapes):
+        raise WarmStartError(f"{weights} is a SurgSora adapter, not MOFA-Video's ControlNet: load it with "
+                             "SurgSoraAdapter.from_pretrained.")
+    if "conv_in.weight" not in reader.shapes:
+        raise WarmStartError(f"{weights} has no conv_in.weight: it is not MOFA-Video's ControlNet. {_WHERE}")
+    with torch.device("meta"):
+        adapter = SurgSoraAdapter(**mofa_adapter_config(mofa_config, reader.shapes["conv_in.weight"][0]))
+    shapes = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    report = plan_warm_start(shapes, reader.shapes, str(weights), strict=True)
+    if report.new or report.partial:
+        missing = report.new + list(report.partial)
+        raise WarmStartError(
+            f"{weights} lacks {len(missing)} tensors of MOFA-Video-Traj's ControlNet ({_names(missing)}): it is "
+            f"incomplete or from another model. {_WHERE}")
+    state = {}
+    for ak, mk in report.mapping.items():
+        value = reader.get(mk)
+        state[ak] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    adapter.load_state_dict(state, strict=True, assign=True)
+    return adapter.eval()
+
+
 @torch.no_grad()
 def init_from_mofa(adapter: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> WarmStartReport:
     """Copy MOFA-Video-Traj's ControlNet weights into ``adapter`` (a SurgSoraAdapter) in place.
@@ -233,19 +333,11 @@ def init_from_mofa(adapter: torch.nn.Module, path: str | os.PathLike, strict: bo
     always raise. Returns a :class:`WarmStartReport` (``print(report)`` gives a summary).
     """
     weights = _resolve(path)
-    config_file, mofa_config = weights.parent / "config.json", {}
-    if config_file.is_file():
-        try:
-            mofa_config = json.loads(config_file.read_text())
-        except json.JSONDecodeError:
-            raise WarmStartError(f"{config_file} is not valid JSON. {_WHERE}") from None
-        cls = mofa_config.get("_class_name", "")
-        if cls and "ControlNet" not in cls:
-            raise WarmStartError(f"{weights.parent} holds a {cls}, not MOFA-Video's FlowControlNet. {_WHERE}")
+    mofa_config = _read_mofa_config(weights)
     reader = _Reader(weights)
     state = adapter.state_dict()
     report = plan_warm_start({k: tuple(v.shape) for k, v in state.items()}, reader.shapes, str(weights), strict)
-    note = _head_note(adapter, mofa_config)
+    note = _head_note(adapter, mofa_config, reader.shapes.get("conv_in.weight", (0,))[0])
     if note:
         report.notes.append(note)
     for ak, mk in report.mapping.items():

@@ -15,6 +15,21 @@ It holds two parts:
 Module names follow MOFA-Video's FlowControlNet where the parts correspond (``conv_in``,
 ``down_blocks``, ``controlnet_down_blocks``, ``rgb_encoder.encoders/zeroconvs`` ...) so a MOFA warm
 start is a rename.
+
+**One class, several configurations** (all saved in ``config.json``):
+
+* SurgSora (the defaults): SAM features in the RGB stream, a depth stream, MSF fusion; each scale's
+  condition added once where the trunk reaches it; each residual added once to its skip.
+* Ablations (paper Table 3): ``use_seg_features=False``, ``use_depth_branch=False`` (then
+  ``fusion_type`` is ``"rgb"``: the RGB stream alone), ``fusion_type="sum"`` (RGB + depth, no MSF
+  parameters). (``fusion`` names the MSF modules, so the switch is ``fusion_type``.)
+* MOFA-Video-Traj (:meth:`SurgSoraAdapter.from_mofa`, the released ControlNet run exactly as
+  published; see :data:`MOFA_SEMANTICS`): RGB stream only; flow resized by nearest sampling;
+  the deepest condition added after the third and fourth down blocks and again before the mid
+  block (``condition_injection="mofa"``); residual k scaled by the number of times MOFA's UNet adds
+  it inside its down-block loop, m_k = [4,4,4,4,3,3,3,2,2,2,1,1] for SVD-xt
+  (``residual_multiplicity="mofa"``); heads (5, 10, 10, 20). Its inference conventions travel with it:
+  ``fixed_time_ids`` [6, 128, 0.02] and ``clip_normalize=False`` (read by the pipeline).
 """
 
 from __future__ import annotations
@@ -33,7 +48,35 @@ from .dfm import FusionBlock, warp_scales
 from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
 from .unet import time_embedding
 
-__all__ = ["SurgSoraAdapter"]
+__all__ = ["SurgSoraAdapter", "MOFA_SEMANTICS", "MOFA_HEADS", "residual_multiplicities"]
+
+# The attention heads MOFA-Video's FlowControlNet really runs at SVD-xt widths: it calls its parent's
+# constructor with no arguments, so ControlNetSDVModel's defaults win over whatever config.json says.
+MOFA_HEADS = (5, 10, 10, 20)
+
+# How MOFA's released weights were trained to be used (trunk side). A SurgSora adapter warm-started
+# from MOFA keeps these, so that at step 0 it computes exactly what MOFA computes.
+MOFA_SEMANTICS = dict(condition_injection="mofa", residual_multiplicity="mofa", flow_resize="nearest")
+
+_CHOICES = dict(fusion_type=("msf", "sum", "rgb"), condition_injection=("once", "mofa"),
+                residual_multiplicity=("once", "mofa"), flow_resize=("bilinear", "nearest"))
+
+
+def residual_multiplicities(layers_per_block: Sequence[int], mode: str) -> list[int]:
+    """How many times each down residual reaches its skip connection.
+
+    ``"once"``: 1 each. ``"mofa"``: MOFA's UNet adds the whole residual tuple after every down block
+    (zip truncates it to the skips that exist so far), so residual k is added once per down block
+    after which skip k exists: [4,4,4,4,3,3,3,2,2,2,1,1] for SVD-xt.
+    """
+    n = len(layers_per_block)
+    counts, total = [], 1  # conv_in's output is skip 0
+    for i, layers in enumerate(layers_per_block):
+        total += layers + (0 if i == n - 1 else 1)  # resnets, then the downsampler (not after the last)
+        counts.append(total)
+    if mode == "once":
+        return [1] * total
+    return [sum(c > k for c in counts) for k in range(total)]
 
 # UNet config entries the trunk copies; everything else in a UNet config is ignored.
 _UNET_KEYS = (
@@ -71,11 +114,37 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         depth_hidden_channels: Sequence[int] = (32, 256),
         seg_channels: int = 256,
         fusion_temporal_kernel: int = 3,
+        use_seg_features: bool = True,
+        use_depth_branch: bool = True,
+        fusion_type: str | None = None,
+        condition_injection: str = "once",
+        residual_multiplicity: str = "once",
+        flow_resize: str = "bilinear",
+        fps: int = 7,
+        fixed_time_ids: Sequence[float] | None = None,
+        clip_normalize: bool = True,
+        svd_num_frames: int | None = None,
     ):
         super().__init__()
         n = len(down_block_types)
         if len(block_out_channels) != n:
             raise ValueError(f"block_out_channels {block_out_channels} must have one entry per down block ({n})")
+        if fusion_type is None:  # the only fusion that needs no depth stream is the RGB stream alone
+            fusion_type = "msf" if use_depth_branch else "rgb"
+            self.register_to_config(fusion_type=fusion_type)
+        for name, value in dict(fusion_type=fusion_type, condition_injection=condition_injection,
+                                residual_multiplicity=residual_multiplicity, flow_resize=flow_resize).items():
+            if value not in _CHOICES[name]:
+                raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
+        if use_depth_branch == (fusion_type == "rgb"):
+            raise ValueError(f"fusion_type={fusion_type!r} does not fit use_depth_branch={use_depth_branch}: 'rgb' is the RGB "
+                             "stream alone (no depth branch); 'msf' and 'sum' fuse it with the depth stream")
+        if condition_injection == "mofa" and (n < 2 or block_out_channels[-2] != block_out_channels[-1]):
+            raise ValueError(f"condition_injection='mofa' adds the deepest condition after the last two down blocks, "
+                             f"so their widths must match (SVD-xt: 1280, 1280); got block_out_channels "
+                             f"{list(block_out_channels)}")
+        if fixed_time_ids is not None and len(fixed_time_ids) != 3:
+            raise ValueError(f"fixed_time_ids must be [fps - 1, motion_bucket_id, noise_aug_strength]; got {fixed_time_ids}")
         heads = _per_block(num_attention_heads, n)
         cross = _per_block(cross_attention_dim, n)
         layers = _per_block(layers_per_block, n)
@@ -109,20 +178,24 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
             cross_attention_dim=cross[-1], num_attention_heads=heads[-1],
         )
         self.controlnet_mid_block = zero_module(nn.Conv2d(block_out_channels[-1], block_out_channels[-1], 1))
+        self.residual_counts = residual_multiplicities(layers, residual_multiplicity)
 
         # --- condition branch: one feature scale per place the trunk reaches a new resolution ---
         # (after conv_in, then after every down block that downsamples)
         self.scale_channels = [c0] + list(block_out_channels[: n - 1])
-        self.rgb_processor = RGBProcessor(c0, conditioning_embedding_channels, seg_channels)
-        self.depth_processor = DepthProcessor(c0, depth_hidden_channels, seg_channels)
-        if self.rgb_processor.downscale != self.depth_processor.downscale:
-            raise ValueError(
-                f"conditioning_embedding_channels downsample by {self.rgb_processor.downscale} but "
-                f"depth_hidden_channels by {self.depth_processor.downscale}; both must match the VAE (8 for SVD)"
-            )
+        self.rgb_processor = RGBProcessor(c0, conditioning_embedding_channels, seg_channels, use_seg_features)
         self.rgb_encoder = FeatureEncoder(c0, self.scale_channels[1:])
-        self.depth_encoder = FeatureEncoder(c0, self.scale_channels[1:])
-        self.fusion = nn.ModuleList(FusionBlock(c, fusion_temporal_kernel) for c in self.scale_channels)
+        self.depth_processor = self.depth_encoder = self.fusion = None
+        if use_depth_branch:
+            self.depth_processor = DepthProcessor(c0, depth_hidden_channels, seg_channels)
+            if self.rgb_processor.downscale != self.depth_processor.downscale:
+                raise ValueError(
+                    f"conditioning_embedding_channels downsample by {self.rgb_processor.downscale} but "
+                    f"depth_hidden_channels by {self.depth_processor.downscale}; both must match the VAE (8 for SVD)"
+                )
+            self.depth_encoder = FeatureEncoder(c0, self.scale_channels[1:])
+        if fusion_type == "msf":
+            self.fusion = nn.ModuleList(FusionBlock(c, fusion_temporal_kernel) for c in self.scale_channels)
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ construction
@@ -131,9 +204,10 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         """A fresh adapter whose trunk is a copy of ``unet`` (a diffusers UNetSpatioTemporalConditionModel).
 
         ``config_overrides`` sets the condition-branch options (``conditioning_embedding_channels``,
-        ``depth_hidden_channels``, ``seg_channels``, ``fusion_temporal_kernel``) or trunk options that do
-        not change weight shapes, such as ``num_attention_heads`` (MOFA-Video's ControlNet runs
-        (5, 10, 10, 20) where the SVD UNet runs (5, 10, 20, 20)).
+        ``depth_hidden_channels``, ``seg_channels``, ``fusion_temporal_kernel``, the ablation switches),
+        the semantics (``MOFA_SEMANTICS``) or trunk options that do not change weight shapes, such as
+        ``num_attention_heads`` (MOFA-Video's ControlNet runs (5, 10, 10, 20) where the SVD UNet runs
+        (5, 10, 20, 20)).
         """
         config = {k: unet.config[k] for k in _UNET_KEYS}
         config.update(config_overrides)
@@ -144,25 +218,46 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         adapter = adapter.to(unet.device)
         return adapter if adapter.dtype == unet.dtype else adapter.to(unet.dtype)
 
+    @classmethod
+    def from_mofa(cls, path, dtype: torch.dtype | None = None) -> "SurgSoraAdapter":
+        """MOFA-Video-Traj's released ControlNet (its ``controlnet`` folder or safetensors file) as an
+        adapter in MOFA mode, computing exactly what the published code computes (see :data:`MOFA_SEMANTICS`).
+
+        ``SurgSoraPipeline(**svd_xt_parts, adapter=adapter)(image, flow=flow)`` then reproduces
+        MOFA-Video-Traj's inference; no depth and no SAM features are needed.
+        """
+        from ..loading.warm_start import load_mofa_controlnet
+
+        return load_mofa_controlnet(path, dtype=dtype)
+
     # ------------------------------------------------------------------ condition branch
     @property
     def image_downscale(self) -> int:
         """Ratio between image and first-scale feature size (must equal the VAE's scale factor)."""
         return self.rgb_processor.downscale
 
+    @property
+    def needs_depth(self) -> bool:
+        return self.depth_processor is not None
+
+    @property
+    def needs_seg(self) -> bool:
+        return self.rgb_processor.seg_proj is not None
+
     def encode_conditions(
         self,
         image: torch.Tensor,
-        depth: torch.Tensor,
-        seg: torch.Tensor,
+        depth: torch.Tensor | None,
+        seg: torch.Tensor | None,
         flow: torch.Tensor,
     ) -> list[torch.Tensor]:
         """Run DSI + DFM + MSF once for a video.
 
         Args:
             image: first frame [B, 3, H, W], RGB in [-1, 1].
-            depth: its depth [B, 1, H', W'] in [0, 1] (resized to H, W if needed).
-            seg: its SAM image embedding [B, 256, 64, 64].
+            depth: its depth [B, 1, H', W'] in [0, 1] (resized to H, W if needed); ignored (may be None)
+                without a depth branch.
+            seg: its SAM image embedding [B, 256, 64, 64]; ignored (may be None) without SAM features.
             flow: flow frame 0 -> t [B, T-1, 2, H'', W''] in pixels of its own size (rescaled to H, W).
 
         Returns one fused condition per scale, [B, T, C_s, H/s, W/s] with s = 8, 16, 32, 64 for SVD.
@@ -172,39 +267,49 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         b, _, h, w = image.shape
         if h % self.image_downscale or w % self.image_downscale:
             raise ValueError(f"image height and width must be multiples of {self.image_downscale}; got {h}x{w}")
-        if depth.ndim != 4 or depth.shape[:2] != (b, 1):
-            raise ValueError(f"depth must be [B,1,H,W] = [{b},1,H,W]; got {tuple(depth.shape)}")
-        if seg.ndim != 4 or seg.shape[:2] != (b, self.config.seg_channels):
-            raise ValueError(
-                f"seg must be SAM features [B,{self.config.seg_channels},64,64] with B={b}; got {tuple(seg.shape)}"
-            )
-        if flow.ndim != 5 or flow.shape[0] != b or flow.shape[2] != 2:
-            raise ValueError(f"flow must be [B,T-1,2,H,W] with B={b}; got {tuple(flow.shape)}")
+        if self.needs_depth and (depth is None or depth.ndim != 4 or depth.shape[:2] != (b, 1)):
+            got = "none" if depth is None else tuple(depth.shape)
+            raise ValueError(f"this adapter has a depth branch: depth must be [B,1,H,W] = [{b},1,H,W]; got {got}")
+        if self.needs_seg and (seg is None or seg.ndim != 4 or seg.shape[:2] != (b, self.config.seg_channels)):
+            got = "none" if seg is None else tuple(seg.shape)
+            raise ValueError(f"this adapter uses SAM features: seg must be [B,{self.config.seg_channels},64,64] with "
+                             f"B={b}; got {got}")
+        if flow is None or flow.ndim != 5 or flow.shape[0] != b or flow.shape[2] != 2:
+            got = "none" if flow is None else tuple(flow.shape)
+            raise ValueError(f"flow must be [B,T-1,2,H,W] with B={b}; got {got}")
 
         rgb, dep = self.encode_dsi(image, depth, seg)
         return self.fuse_conditions(rgb, dep, flow)
 
-    def encode_dsi(self, image: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def encode_dsi(self, image: torch.Tensor, depth: torch.Tensor | None = None, seg: torch.Tensor | None = None
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Dual Semantic Injector alone: frame-0 RGB and depth features at every scale ([B, C_s, h_s, w_s] each).
 
         Same inputs as :meth:`encode_conditions` minus the flow; depth is resized to the image if needed.
+        The depth features are None when the adapter has no depth branch.
         """
         h, w = image.shape[-2:]
         dtype = self.dtype
+        seg = seg.to(dtype) if self.needs_seg else None
+        rgb = self.rgb_encoder(self.rgb_processor(image.to(dtype), seg))
+        if not self.needs_depth:
+            return rgb, None
         if depth.shape[-2:] != (h, w):
             depth = F.interpolate(depth.float(), size=(h, w), mode="bilinear", align_corners=False)
-        seg = seg.to(dtype)
-        rgb = self.rgb_encoder(self.rgb_processor(image.to(dtype), seg))
         dep = self.depth_encoder(self.depth_processor(depth.to(dtype), seg))
         return rgb, dep
 
-    def fuse_conditions(self, rgb: Sequence[torch.Tensor], dep: Sequence[torch.Tensor], flow: torch.Tensor
+    def fuse_conditions(self, rgb: Sequence[torch.Tensor], dep: Sequence[torch.Tensor] | None, flow: torch.Tensor
                         ) -> list[torch.Tensor]:
         """Decoupled Flow Mapper + Multi-Scale Fusion: warp both DSI streams by ``flow`` [B, T-1, 2, H, W]
         (resized per scale, any size) and fuse them into the per-scale conditions [B, T, C_s, h_s, w_s]."""
-        rgb = warp_scales(rgb, flow)
-        dep = warp_scales(dep, flow)
+        resize = self.config.flow_resize
+        rgb = warp_scales(rgb, flow, resize)
+        if self.config.fusion_type == "rgb":
+            return rgb
+        dep = warp_scales(dep, flow, resize)
+        if self.config.fusion_type == "sum":
+            return [r + d for r, d in zip(rgb, dep)]
         return [fuse(r, d) for fuse, r, d in zip(self.fusion, rgb, dep)]
 
     # ------------------------------------------------------------------ trunk
@@ -220,12 +325,15 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         """One trunk pass. Returns (down residuals, one per UNet skip, [B*T, C, h, w]; mid residual).
 
         ``conditions`` comes from :meth:`encode_conditions`; its batch may be the sample batch or a
-        divisor of it (e.g. computed once and shared by both classifier-free-guidance halves).
+        divisor of it (e.g. computed once and shared by both classifier-free-guidance halves). Each
+        residual is meant to be added once (:func:`surgsora.model.unet.unet_forward`); under MOFA
+        semantics it already carries the multiplicity MOFA's UNet applies.
         """
         batch_size, num_frames = sample.shape[:2]
         conds = [self._match_condition(c, batch_size, num_frames) for c in conditions]
         if len(conds) != len(self.scale_channels):
             raise ValueError(f"expected {len(self.scale_channels)} condition scales, got {len(conds)}")
+        mofa_injection = self.config.condition_injection == "mofa"
 
         emb = time_embedding(self, sample, timestep, added_time_ids)
         sample = sample.flatten(0, 1)
@@ -243,10 +351,15 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
             skips += res
             if i + 1 < len(conds):  # the trunk just reached scale i+1
                 sample = sample + conds[i + 1]
+            elif mofa_injection:  # MOFA keeps adding its deepest feature after every later block
+                sample = sample + conds[-1]
+        if mofa_injection:  # ... and once more before the mid block
+            sample = sample + conds[-1]
         sample = self.mid_block(hidden_states=sample, temb=emb, encoder_hidden_states=encoder_hidden_states,
                                 image_only_indicator=image_only_indicator)
 
-        down = tuple(zc(s) * conditioning_scale for zc, s in zip(self.controlnet_down_blocks, skips))
+        down = tuple(zc(s) * (conditioning_scale * m)
+                     for zc, s, m in zip(self.controlnet_down_blocks, skips, self.residual_counts))
         mid = self.controlnet_mid_block(sample) * conditioning_scale
         return down, mid
 

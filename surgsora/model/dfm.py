@@ -50,11 +50,14 @@ class FusionBlock(nn.Module):
         return f_rgb + fused
 
 
-def warp_to_frames(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Features of frame 0 [B, C, h, w] and full-resolution flow [B, T-1, 2, H, W] -> [B, T, C, h, w]."""
-    return forward_splat_video(features, resize_flow(flow, features.shape[-2:]))
+def warp_to_frames(features: torch.Tensor, flow: torch.Tensor, resize: str = "bilinear") -> torch.Tensor:
+    """Features of frame 0 [B, C, h, w] and full-resolution flow [B, T-1, 2, H, W] -> [B, T, C, h, w].
+
+    ``resize`` is how the flow reaches the feature size (:func:`resize_flow`: ``bilinear`` or ``nearest``).
+    """
+    return forward_splat_video(features, resize_flow(flow, features.shape[-2:], mode=resize))
 
 
-def warp_scales(features: Sequence[torch.Tensor], flow: torch.Tensor) -> list[torch.Tensor]:
+def warp_scales(features: Sequence[torch.Tensor], flow: torch.Tensor, resize: str = "bilinear") -> list[torch.Tensor]:
     """Warp a list of multi-scale frame-0 features by the same flow (resized per scale)."""
-    return [warp_to_frames(f, flow) for f in features]
+    return [warp_to_frames(f, flow, resize) for f in features]

@@ -53,10 +53,13 @@ def align_seg_features(seg: torch.Tensor, image_size: tuple[int, int], size: tup
 
 
 class RGBProcessor(nn.Module):
-    """phi_RGB: first frame in [-1, 1] and SAM features -> features at 1/8 resolution."""
+    """phi_RGB: first frame in [-1, 1] and SAM features -> features at 1/8 resolution.
+
+    ``use_seg_features=False`` drops the SAM input (the paper's "w/o SAM" ablation, and MOFA-Video's layout).
+    """
 
     def __init__(self, out_channels: int = 320, embedding_channels: Sequence[int] = (16, 32, 96, 256),
-                 seg_channels: int = 256):
+                 seg_channels: int = 256, use_seg_features: bool = True):
         super().__init__()
         self.conv_in = nn.Conv2d(3, embedding_channels[0], kernel_size=3, padding=1)
         blocks = []
@@ -64,18 +67,21 @@ class RGBProcessor(nn.Module):
             blocks.append(nn.Conv2d(c_in, c_in, kernel_size=3, padding=1))
             blocks.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=2))
         self.blocks = nn.ModuleList(blocks)
-        self.seg_proj = nn.Conv2d(seg_channels, seg_channels, kernel_size=3, padding=1)
+        # Without SAM features this is exactly MOFA-Video's conditioning embedding.
+        self.seg_proj = nn.Conv2d(seg_channels, seg_channels, kernel_size=3, padding=1) if use_seg_features else None
         self.conv_out = zero_module(
-            nn.Conv2d(embedding_channels[-1] + seg_channels, out_channels, kernel_size=3, padding=1)
+            nn.Conv2d(embedding_channels[-1] + (seg_channels if use_seg_features else 0), out_channels,
+                      kernel_size=3, padding=1)
         )
         self.downscale = 2 ** (len(embedding_channels) - 1)
 
-    def forward(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
         x = F.silu(self.conv_in(image))
         for block in self.blocks:
             x = F.silu(block(x))
-        seg = align_seg_features(seg.to(x.dtype), image.shape[-2:], x.shape[-2:])
-        x = torch.cat([x, self.seg_proj(seg)], dim=1)
+        if self.seg_proj is not None:
+            seg = align_seg_features(seg.to(x.dtype), image.shape[-2:], x.shape[-2:])
+            x = torch.cat([x, self.seg_proj(seg)], dim=1)
         return self.conv_out(x)
 
 

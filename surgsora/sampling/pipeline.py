@@ -12,10 +12,25 @@ Euler sampling, a per-frame guidance scale ramping linearly from ``min_guidance_
   when handed a tensor, and ComfyUI IMAGEs are tensors);
 * the sampling loop is exposed in pieces (:meth:`encode_first_frame`, :meth:`prepare_conditions`,
   :meth:`denoise`, :meth:`decode`) so ComfyUI nodes can run and cache them separately;
-* ``callback(step, total, latents)`` is called after every step; raise from it to cancel.
+* ``callback(step, total, latents)`` is called after every step; raise from it to cancel;
+* ``adapter=None`` is plain SVD, and the adapter's saved config carries the conventions it was trained
+  under: its default fps, and for MOFA-Video-Traj (:meth:`SurgSoraAdapter.from_mofa`) the released
+  pipeline's fixed ``added_time_ids`` [6, 128, 0.02] and its CLIP input without mean/std normalisation
+  (reproduced on purpose, so that MOFA's weights see what they saw when published).
 
 ``added_time_ids = [fps - 1, motion_bucket_id, noise_aug_strength]`` and RGB enters the VAE and the
 adapter in [-1, 1], exactly as in training (``train/``).
+
+**Dual-clock sampling** (training-free motion control after Time-to-Move, ``motion_signal`` /
+``motion_mask``, any adapter or none): the crude warped animation's latents, noised to the level of step
+``t_weak_index``, are where sampling starts; after every step until ``t_strong_index`` the latents inside
+the mask are replaced by the animation's latents noised to the next step's level (the same noise draw
+each time, from the call's generator), and from ``t_strong_index`` on the model denoises freely. As in
+TTM's SVD pipeline: every frame is anchored where its mask is on, the mask is thresholded at 0.5 and
+brought to the latent grid by nearest sampling, CFG is unchanged, the re-anchoring noise is drawn after
+the initial latents, and ``t_strong_index`` may equal the number of steps (the last step then ends on
+the animation's clean latents inside the mask). Deliberate difference: the animation is encoded with the
+VAE posterior mean, not a sample, so a seed fixes the whole video and the anchor has no encoder noise.
 """
 
 from __future__ import annotations
@@ -28,15 +43,20 @@ import PIL.Image
 import torch
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
     StableVideoDiffusionPipeline,
-    _resize_with_antialiasing,
     retrieve_timesteps,
 )
+
+try:  # diffusers' private helper: the exact CLIP resize of its SVD pipeline (bit parity with it)
+    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+except ImportError:  # pragma: no cover - a diffusers release without it: same antialiased bicubic resize
+    def _resize_with_antialiasing(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=True, antialias=True)
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..model.adapter import SurgSoraAdapter
 from ..model.unet import unet_forward
 
-__all__ = ["SurgSoraPipeline", "FirstFrame", "to_image_tensor"]
+__all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits"]
 
 
 @dataclass
@@ -46,6 +66,17 @@ class FirstFrame:
     image_embeddings: torch.Tensor
     image_latents: torch.Tensor
     noise_aug_strength: float
+
+
+@dataclass
+class MotionAnchor:
+    """Dual-clock anchor: the motion signal's latents [B, T, 4, h, w] (scaled like the denoising latents),
+    the latent-size mask [B, T, 1, h, w] in {0, 1}, and the step indices of t_weak and t_strong."""
+
+    latents: torch.Tensor
+    mask: torch.Tensor
+    t_weak_index: int
+    t_strong_index: int
 
 
 def to_image_tensor(image) -> torch.Tensor:
@@ -76,13 +107,47 @@ def to_image_tensor(image) -> torch.Tensor:
     return image
 
 
+def _to(x: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if x is None else x.to(device)
+
+
+def check_adapter_fits(adapter, unet) -> None:
+    """Refuse an adapter built for another SVD (one sentence naming the fix)."""
+    if adapter is None:
+        return
+    wanted = adapter.config.get("svd_num_frames")
+    have = unet.config.get("num_frames")
+    if wanted and have and wanted != have:
+        raise ValueError(
+            f"this adapter was trained on the {wanted}-frame SVD{'-xt' if wanted == 25 else ''} but the SVD given is the "
+            f"{have}-frame model; load svd_xt.safetensors or svd_xt_1_1.safetensors instead")
+
+
 class SurgSoraPipeline(StableVideoDiffusionPipeline):
     model_cpu_offload_seq = "image_encoder->adapter->unet->vae"
 
-    def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor, adapter: SurgSoraAdapter):
+    _optional_components = ["adapter"]
+
+    # (diffusers reads the annotation to load the component: a plain class, not a Union)
+    def __init__(self, vae, image_encoder, unet, scheduler, feature_extractor, adapter: SurgSoraAdapter = None):
         super().__init__(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                          feature_extractor=feature_extractor)
         self.register_modules(adapter=adapter)
+        check_adapter_fits(adapter, unet)
+
+    # ------------------------------------------------------------------ the adapter's conventions
+    def _adapter_config(self, key: str, default):
+        adapter = getattr(self, "adapter", None)
+        return default if adapter is None else adapter.config.get(key, default)
+
+    def time_ids(self, fps: int | None, motion_bucket_id: int, noise_aug_strength: float) -> list[float]:
+        """``added_time_ids`` for one video: the adapter's fixed ids if it has them (MOFA), else
+        [fps - 1, motion_bucket_id, noise_aug_strength] with fps defaulting to the adapter's training fps."""
+        fixed = self._adapter_config("fixed_time_ids", None)
+        if fixed is not None:
+            return [float(v) for v in fixed]
+        fps = self._adapter_config("fps", 7) if fps is None else fps
+        return [fps - 1, motion_bucket_id, noise_aug_strength]
 
     # ------------------------------------------------------------------ first frame
     def _pixels(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -95,11 +160,20 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         return image * 2.0 - 1.0
 
     @torch.no_grad()
-    def encode_clip_image(self, image: torch.Tensor) -> torch.Tensor:
-        """CLIP image embedding [B, 1, D] of images [B, 3, H, W] in [0, 1], resized (antialiased) here."""
+    def encode_clip_image(self, image: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """CLIP image embedding [B, 1, D] of images [B, 3, H, W] in [0, 1], resized (antialiased) here.
+
+        ``normalize`` (default: the adapter's ``clip_normalize``, else True) applies CLIP's mean/std;
+        MOFA-Video's released pipeline feeds the resized [0, 1] image without it.
+        """
+        if normalize is None:
+            normalize = self._adapter_config("clip_normalize", True)
         device = self._execution_device
         dtype = self.image_encoder.dtype
         size = self.image_encoder.config.image_size
+        if not normalize:
+            x = _resize_with_antialiasing(image.to(dtype=torch.float32).cpu(), (size, size))
+            return self.image_encoder(x.to(device, dtype)).image_embeds.unsqueeze(1)
         x = image.to(dtype=torch.float32).cpu() * 2.0 - 1.0
         # Normalise to [-1,1] before resizing, then back: what diffusers and SVD's reference code do.
         x = (_resize_with_antialiasing(x, (size, size)) + 1.0) / 2.0
@@ -140,17 +214,65 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         latents = self.encode_conditioning_latent(self._pixels(image, height, width), noise_aug_strength, generator)
         return FirstFrame(image_embeddings, latents.to(image_embeddings.dtype), noise_aug_strength)
 
+    @torch.no_grad()
+    def encode_motion_signal(self, motion_signal: torch.Tensor, motion_mask: torch.Tensor, t_weak_index: int,
+                             t_strong_index: int, height: int | None = None, width: int | None = None,
+                             chunk_size: int | None = None) -> MotionAnchor:
+        """The dual-clock anchor of a crude animation ``motion_signal`` [B, T, 3, H, W] in [0, 1] and the
+        region it controls ``motion_mask`` [B, T, 1, H, W] in [0, 1] (thresholded at 0.5).
+
+        The signal is resized to (height, width) if needed and encoded frame by frame (``chunk_size`` at a
+        time) with the VAE posterior mean; the mask goes to the latent grid by nearest sampling.
+        """
+        if not torch.is_tensor(motion_signal) or motion_signal.ndim != 5 or motion_signal.shape[2] != 3:
+            got = tuple(motion_signal.shape) if torch.is_tensor(motion_signal) else type(motion_signal).__name__
+            raise ValueError(f"motion_signal must be [B, T, 3, H, W] in [0, 1]; got {got}")
+        b, frames = motion_signal.shape[:2]
+        if not torch.is_tensor(motion_mask) or motion_mask.ndim != 5 or motion_mask.shape[:3] != (b, frames, 1):
+            got = tuple(motion_mask.shape) if torch.is_tensor(motion_mask) else type(motion_mask).__name__
+            raise ValueError(f"motion_mask must be [B, T, 1, H, W] = [{b}, {frames}, 1, H, W] to match motion_signal "
+                             f"{tuple(motion_signal.shape)}; got {got}")
+        if motion_mask.shape[-2:] != motion_signal.shape[-2:]:
+            raise ValueError(f"motion_mask is {tuple(motion_mask.shape[-2:])} (H, W) but motion_signal is "
+                             f"{tuple(motion_signal.shape[-2:])}: give both at the same size")
+        for name, x in (("motion_signal", motion_signal), ("motion_mask", motion_mask)):
+            if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
+                raise ValueError(f"{name} values must be finite and in [0, 1]")
+        if not 0 <= t_weak_index < t_strong_index:
+            raise ValueError(f"need 0 <= t_weak_index < t_strong_index; got {t_weak_index} and {t_strong_index}")
+        height = height or motion_signal.shape[-2]
+        width = width or motion_signal.shape[-1]
+        pixels = self._pixels(motion_signal.flatten(0, 1).float(), height, width)
+        chunk = chunk_size or pixels.shape[0]
+        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float32)
+        latents = torch.cat([self.vae.encode(pixels[i:i + chunk].to(self.vae.dtype)).latent_dist.mode()
+                             for i in range(0, pixels.shape[0], chunk)])
+        if needs_upcasting:
+            self.vae.to(dtype=torch.float16)
+        latents = (latents * self.vae.config.scaling_factor).unflatten(0, (b, frames))
+        mask = (motion_mask.flatten(0, 1).float() > 0.5).float().to(latents.device)
+        mask = torch.nn.functional.interpolate(mask, size=latents.shape[-2:], mode="nearest").unflatten(0, (b, frames))
+        return MotionAnchor(latents, mask, int(t_weak_index), int(t_strong_index))
+
     # ------------------------------------------------------------------ condition branch
     @torch.no_grad()
-    def prepare_conditions(self, image, depth: torch.Tensor, seg_features: torch.Tensor, flow: torch.Tensor,
-                           height: int | None = None, width: int | None = None) -> list[torch.Tensor]:
-        """The adapter's fused conditions for one video (DSI + DFM + MSF): run once, reuse every step."""
+    def prepare_conditions(self, image, depth: torch.Tensor | None, seg_features: torch.Tensor | None,
+                           flow: torch.Tensor, height: int | None = None, width: int | None = None
+                           ) -> list[torch.Tensor]:
+        """The adapter's fused conditions for one video (DSI + DFM + MSF): run once, reuse every step.
+
+        ``depth`` and ``seg_features`` may be None for an adapter without them (MOFA mode, ablations).
+        """
+        if self.adapter is None:
+            raise ValueError("this pipeline has no adapter: conditions need a SurgSora or MOFA adapter")
         image = to_image_tensor(image)
         height = height or image.shape[-2]
         width = width or image.shape[-1]
         device = self._execution_device
         pixels = self._pixels(image, height, width)
-        return self.adapter.encode_conditions(pixels, depth.to(device), seg_features.to(device), flow.to(device))
+        return self.adapter.encode_conditions(pixels, _to(depth, device), _to(seg_features, device), _to(flow, device))
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -162,15 +284,20 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         num_inference_steps: int = 25,
         min_guidance_scale: float = 1.0,
         max_guidance_scale: float = 3.0,
-        fps: int = 7,
+        fps: int | None = None,
         motion_bucket_id: int = 127,
         conditioning_scale: float = 1.0,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         sigmas: list[float] | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        anchor: MotionAnchor | None = None,
     ) -> torch.Tensor:
-        """The EDM denoising loop; returns latents [B, T, 4, h, w] (not yet divided by the VAE scale)."""
+        """The EDM denoising loop; returns latents [B, T, 4, h, w] (not yet divided by the VAE scale).
+
+        ``fps`` None is the adapter's training fps (7 without an adapter); see :meth:`time_ids`.
+        ``anchor`` (from :meth:`encode_motion_signal`) turns on dual-clock sampling.
+        """
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if num_frames < 2:
@@ -181,12 +308,15 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         batch_size = embeddings.shape[0]
         do_cfg = max_guidance_scale > 1
         use_adapter = conditions is not None and conditioning_scale != 0
+        if use_adapter and self.adapter is None:
+            raise ValueError("conditions were given but this pipeline has no adapter")
 
         if do_cfg:
             embeddings = torch.cat([torch.zeros_like(embeddings), embeddings])
             image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
         image_latents = image_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
-        time_ids = torch.tensor([[fps - 1, motion_bucket_id, first_frame.noise_aug_strength]], dtype=embeddings.dtype)
+        time_ids = torch.tensor([self.time_ids(fps, motion_bucket_id, first_frame.noise_aug_strength)],
+                                dtype=embeddings.dtype)
         time_ids = time_ids.repeat(embeddings.shape[0], 1).to(device)
         if use_adapter:
             # One copy per CFG half, made once here, not per step.
@@ -196,11 +326,16 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         height, width = image_latents.shape[-2] * self.vae_scale_factor, image_latents.shape[-1] * self.vae_scale_factor
         latents = self.prepare_latents(batch_size, num_frames, self.unet.config.in_channels, height, width,
                                        embeddings.dtype, device, generator, latents)
+        start = 0
+        if anchor is not None:
+            ref, mask, fixed_noise = self._check_anchor(anchor, latents, len(timesteps), generator)
+            start = anchor.t_weak_index
+            latents = self.scheduler.add_noise(ref, fixed_noise, timesteps[start:start + 1])
 
         guidance = torch.linspace(min_guidance_scale, max_guidance_scale, num_frames).unsqueeze(0)
         guidance = guidance.to(device, latents.dtype).repeat(batch_size, 1).view(batch_size, num_frames, 1, 1, 1)
 
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(timesteps[start:], start):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             model_input = torch.cat([model_input, image_latents], dim=2)
@@ -213,9 +348,28 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance * (cond - uncond)
             latents = self.scheduler.step(noise_pred, t, latents).prev_sample
+            if anchor is not None and i < anchor.t_strong_index:  # re-anchor inside the mask
+                target = (self.scheduler.add_noise(ref, fixed_noise, timesteps[i + 1:i + 2])
+                          if i + 1 < len(timesteps) else ref)
+                latents = latents * (1 - mask) + target.to(latents.dtype) * mask
             if callback is not None:
-                callback(i + 1, len(timesteps), latents)
+                callback(i + 1 - start, len(timesteps) - start, latents)
         return latents
+
+    def _check_anchor(self, anchor: MotionAnchor, latents: torch.Tensor, steps: int, generator):
+        """The anchor's latents and mask on the latents' device, and the one noise draw used to re-noise it."""
+        if anchor.latents.shape != latents.shape:
+            raise ValueError(f"the motion signal's latents are {tuple(anchor.latents.shape)} but the video's are "
+                             f"{tuple(latents.shape)} ([B, T, 4, H/8, W/8]): give a signal with the video's frame "
+                             "count and size")
+        if not 0 <= anchor.t_weak_index < anchor.t_strong_index <= steps:
+            raise ValueError(f"need 0 <= t_weak_index < t_strong_index <= steps ({steps}); got "
+                             f"{anchor.t_weak_index} and {anchor.t_strong_index}")
+        ref = anchor.latents.to(latents.device, latents.dtype)
+        mask = anchor.mask.to(latents.device, latents.dtype)
+        # drawn after the initial latents, as in TTM; the same draw re-noises the anchor at every level
+        fixed_noise = randn_tensor(ref.shape, generator=generator, device=ref.device, dtype=ref.dtype)
+        return ref, mask, fixed_noise
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
@@ -239,7 +393,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         num_inference_steps: int = 25,
         min_guidance_scale: float = 1.0,
         max_guidance_scale: float = 3.0,
-        fps: int = 7,
+        fps: int | None = None,
         motion_bucket_id: int = 127,
         noise_aug_strength: float = 0.02,
         conditioning_scale: float = 1.0,
@@ -248,17 +402,39 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pt",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        motion_signal: torch.Tensor | None = None,
+        motion_mask: torch.Tensor | None = None,
+        t_weak_index: int | None = None,
+        t_strong_index: int | None = None,
     ):
         """Generate a video [B, T, 3, H, W] in [0, 1] (``output_type="pt"``) or latents (``"latent"``).
 
-        Give either ``flow`` [B, T-1, 2, H, W] with ``depth`` [B,1,H,W] and ``seg_features``
-        [B,256,64,64], or precomputed ``conditions`` from :meth:`prepare_conditions`.
+        ``motion_signal`` [B, T, 3, H, W] in [0, 1] with ``motion_mask`` [B, T, 1, H, W] in [0, 1] and
+        ``t_weak_index`` < ``t_strong_index`` <= ``num_inference_steps`` turn on dual-clock sampling (see the
+        module docstring); ``motion_signal=None`` is the plain sampler.
+
+        Give either ``flow`` [B, T-1, 2, H, W] (with ``depth`` [B,1,H,W] and ``seg_features``
+        [B,256,64,64] when the adapter uses them), or precomputed ``conditions`` from
+        :meth:`prepare_conditions`. Without an adapter this is plain SVD (``num_frames`` default: the UNet's).
         """
         if output_type not in ("pt", "latent", "np"):
             raise ValueError(f"output_type must be 'pt', 'np' or 'latent', got {output_type!r}")
-        if conditions is None:
-            if flow is None or depth is None or seg_features is None:
-                raise ValueError("give flow, depth and seg_features (or precomputed conditions)")
+        if motion_signal is not None:
+            if motion_mask is None or t_weak_index is None or t_strong_index is None:
+                raise ValueError("dual-clock sampling needs motion_signal, motion_mask, t_weak_index and t_strong_index")
+            signal_frames = motion_signal.shape[1] if motion_signal.ndim == 5 else None
+            if num_frames and signal_frames and num_frames != signal_frames:
+                raise ValueError(f"motion_signal has {signal_frames} frames but num_frames is {num_frames}")
+            num_frames = num_frames or signal_frames
+        if self.adapter is None:
+            num_frames = num_frames or self.unet.config.num_frames
+        elif conditions is None:
+            missing = [name for name, value, needed in (
+                ("flow", flow, True), ("depth", depth, self.adapter.needs_depth),
+                ("seg_features", seg_features, self.adapter.needs_seg)) if needed and value is None]
+            if missing:
+                names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+                raise ValueError(f"this adapter needs {names} (or precomputed conditions)")
             num_frames = num_frames or flow.shape[1] + 1
             if flow.shape[1] != num_frames - 1:
                 raise ValueError(f"flow has {flow.shape[1]} steps but num_frames={num_frames} needs {num_frames - 1}")
@@ -266,11 +442,16 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
             num_frames = num_frames or conditions[0].shape[1]
 
         first = self.encode_first_frame(image, height, width, noise_aug_strength, generator)
-        if conditions is None and conditioning_scale != 0:
+        anchor = None
+        if motion_signal is not None:
+            h, w = first.image_latents.shape[-2:]
+            anchor = self.encode_motion_signal(motion_signal, motion_mask, t_weak_index, t_strong_index,
+                                               h * self.vae_scale_factor, w * self.vae_scale_factor, decode_chunk_size)
+        if self.adapter is not None and conditions is None and conditioning_scale != 0:
             conditions = self.prepare_conditions(image, depth, seg_features, flow, height, width)
         latents = self.denoise(first, conditions, num_frames, num_inference_steps, min_guidance_scale,
                                max_guidance_scale, fps, motion_bucket_id, conditioning_scale, generator, latents,
-                               callback=callback)
+                               callback=callback, anchor=anchor)
         self.maybe_free_model_hooks()
         if output_type == "latent":
             return latents

@@ -2,7 +2,7 @@
 
 Every file has the key layout of the real one (SAM ``.pth`` state dict, Depth Anything V2 original
 ``.pth``, MOFA-Video CMP ``.pth.tar`` container with ``module.`` keys, a diffusers SVD folder, a
-SurgSora adapter folder from ``save_pretrained``) and is saved under the *real* file name, so the shipped
+SurgSora adapter folder from ``save_pretrained``, MOFA-Video-Traj's ControlNet folder) and is saved under the *real* file name, so the shipped
 workflows run unchanged: the loaders detect the architecture from tensor shapes, never from names.
 """
 
@@ -17,6 +17,10 @@ DEPTH_NAME = "depth_anything_v2_vits.pth"
 CMP_NAME = "ckpt_iter_42000.pth.tar"
 ADAPTER_NAME = "surgsora_adapter"
 SVD_FOLDER = "svd-tiny"
+# MOFA's ControlNet needs SVD-xt's four-block layout (its deepest feature is added after the last two blocks),
+# so the MOFA workflow runs on a second tiny SVD of that layout with a tiny ControlNet in MOFA's release layout.
+MOFA_SVD_FOLDER = "svd-xt-layout-tiny"
+MOFA_NAME = "mofa-controlnet-tiny"
 TINY_DEPTH = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=1, out_indices=[1, 2, 3, 4],
                   neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8)
 
@@ -56,6 +60,13 @@ def write_tiny_models(root: str | Path, frames: int = 14, seed: int = 0) -> dict
     adapter_dir = root / "surgsora" / ADAPTER_NAME
     adapter.save_pretrained(adapter_dir)
     out["adapter"] = adapter_dir
+
+    from mofa_fixture import tiny_mofa_svd_components, tiny_mofa_unet_config, write_tiny_mofa_controlnet
+
+    mofa_parts = tiny_mofa_svd_components(seed=seed, num_frames=frames)
+    out["mofa_svd"] = root / "diffusers" / MOFA_SVD_FOLDER
+    StableVideoDiffusionPipeline(**mofa_parts).save_pretrained(out["mofa_svd"])
+    out["mofa"] = write_tiny_mofa_controlnet(root / "surgsora" / MOFA_NAME, tiny_mofa_unet_config(frames), seed=seed)
     return out
 
 
