@@ -73,7 +73,8 @@ def test_load_plan_uses_every_tensor_of_the_full_size_checkpoint():
     cfg = adapter.config
     assert list(cfg.num_attention_heads) == list(MOFA_HEADS)  # what MOFA's code runs, not the SVD UNet's
     assert adapter.residual_counts == [4, 4, 4, 4, 3, 3, 3, 2, 2, 2, 1, 1]
-    assert (cfg.condition_injection, cfg.residual_multiplicity, cfg.flow_resize) == ("mofa", "mofa", "nearest")
+    assert (cfg.condition_injection, cfg.residual_multiplicity, cfg.flow_resize, cfg.splat_normalize) == \
+        ("mofa", "mofa", "nearest", "softsplat")
     assert list(cfg.fixed_time_ids) == [6, 128, 0.02] and cfg.clip_normalize is False
     assert not adapter.needs_depth and not adapter.needs_seg and cfg.svd_num_frames == 25
 

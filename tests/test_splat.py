@@ -287,3 +287,18 @@ def test_softmax_splat_rejects_non_finite_and_misshaped_input():
         softmax_splat(f, flow, torch.zeros(1, 2, 4, 4))
     with pytest.raises(ValueError, match="same N, H, W"):
         sum_splat(f, torch.zeros(1, 2, 4, 5))
+
+
+def test_softsplat_normalisation_divides_by_weight_plus_1e7():
+    """MOFA's published softsplat 'avg' divides by weight + 1e-7; the default clamps tiny weights instead."""
+    features = torch.tensor([[[[2.0, 0.0]]]], dtype=torch.float64)  # 1x2 image: only pixel 0 carries a value
+    flow = torch.zeros(1, 2, 1, 2, dtype=torch.float64)
+    flow[0, 0, 0, 0] = 1 - 1e-6  # pixel 0 lands almost entirely on pixel 1, weight 1e-6 stays on pixel 0
+    soft = forward_splat(features, flow, normalize="softsplat")
+    clamp = forward_splat(features, flow)
+    w = torch.tensor(1e-6, dtype=torch.float64)
+    # pixel 0 receives only the 1e-6 share of itself (pixel 1 moves off the image to the right)
+    assert torch.allclose(soft[0, 0, 0, 0], 2 * w / (w + 1e-7), rtol=1e-6)
+    assert torch.allclose(clamp[0, 0, 0, 0], 2 * w / 1e-4, rtol=1e-6)
+    with pytest.raises(ValueError, match="normalize must be"):
+        forward_splat(features, flow, normalize="avg")

@@ -25,8 +25,9 @@ start is a rename.
   parameters). (``fusion`` names the MSF modules, so the switch is ``fusion_type``.)
 * MOFA-Video-Traj (:meth:`SurgSoraAdapter.from_mofa`, the released ControlNet run exactly as
   published; see :data:`MOFA_SEMANTICS`): RGB stream only; flow resized by nearest sampling;
-  the deepest condition added after the third and fourth down blocks and again before the mid
-  block (``condition_injection="mofa"``); residual k scaled by the number of times MOFA's UNet adds
+  features splatted with softsplat's normalisation (``splat_normalize="softsplat"``); the deepest
+  condition added after the third and fourth down blocks and again before the mid block
+  (``condition_injection="mofa"``); residual k scaled by the number of times MOFA's UNet adds
   it inside its down-block loop, m_k = [4,4,4,4,3,3,3,2,2,2,1,1] for SVD-xt
   (``residual_multiplicity="mofa"``); heads (5, 10, 10, 20). Its inference conventions travel with it:
   ``fixed_time_ids`` [6, 128, 0.02] and ``clip_normalize=False`` (read by the pipeline).
@@ -56,10 +57,12 @@ MOFA_HEADS = (5, 10, 10, 20)
 
 # How MOFA's released weights were trained to be used (trunk side). A SurgSora adapter warm-started
 # from MOFA keeps these, so that at step 0 it computes exactly what MOFA computes.
-MOFA_SEMANTICS = dict(condition_injection="mofa", residual_multiplicity="mofa", flow_resize="nearest")
+MOFA_SEMANTICS = dict(condition_injection="mofa", residual_multiplicity="mofa", flow_resize="nearest",
+                      splat_normalize="softsplat")
 
 _CHOICES = dict(fusion_type=("msf", "sum", "rgb"), condition_injection=("once", "mofa"),
-                residual_multiplicity=("once", "mofa"), flow_resize=("bilinear", "nearest"))
+                residual_multiplicity=("once", "mofa"), flow_resize=("bilinear", "nearest"),
+                splat_normalize=("clamp", "softsplat"))
 
 
 def residual_multiplicities(layers_per_block: Sequence[int], mode: str) -> list[int]:
@@ -120,6 +123,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         condition_injection: str = "once",
         residual_multiplicity: str = "once",
         flow_resize: str = "bilinear",
+        splat_normalize: str = "clamp",
         fps: int = 7,
         fixed_time_ids: Sequence[float] | None = None,
         clip_normalize: bool = True,
@@ -133,7 +137,8 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
             fusion_type = "msf" if use_depth_branch else "rgb"
             self.register_to_config(fusion_type=fusion_type)
         for name, value in dict(fusion_type=fusion_type, condition_injection=condition_injection,
-                                residual_multiplicity=residual_multiplicity, flow_resize=flow_resize).items():
+                                residual_multiplicity=residual_multiplicity, flow_resize=flow_resize,
+                                splat_normalize=splat_normalize).items():
             if value not in _CHOICES[name]:
                 raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
         if use_depth_branch == (fusion_type == "rgb"):
@@ -303,11 +308,11 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
                         ) -> list[torch.Tensor]:
         """Decoupled Flow Mapper + Multi-Scale Fusion: warp both DSI streams by ``flow`` [B, T-1, 2, H, W]
         (resized per scale, any size) and fuse them into the per-scale conditions [B, T, C_s, h_s, w_s]."""
-        resize = self.config.flow_resize
-        rgb = warp_scales(rgb, flow, resize)
+        warp = (self.config.flow_resize, self.config.get("splat_normalize", "clamp"))
+        rgb = warp_scales(rgb, flow, *warp)
         if self.config.fusion_type == "rgb":
             return rgb
-        dep = warp_scales(dep, flow, resize)
+        dep = warp_scales(dep, flow, *warp)
         if self.config.fusion_type == "sum":
             return [r + d for r, d in zip(rgb, dep)]
         return [fuse(r, d) for fuse, r, d in zip(self.fusion, rgb, dep)]

@@ -50,14 +50,17 @@ class FusionBlock(nn.Module):
         return f_rgb + fused
 
 
-def warp_to_frames(features: torch.Tensor, flow: torch.Tensor, resize: str = "bilinear") -> torch.Tensor:
+def warp_to_frames(features: torch.Tensor, flow: torch.Tensor, resize: str = "bilinear",
+                   normalize: str = "clamp") -> torch.Tensor:
     """Features of frame 0 [B, C, h, w] and full-resolution flow [B, T-1, 2, H, W] -> [B, T, C, h, w].
 
-    ``resize`` is how the flow reaches the feature size (:func:`resize_flow`: ``bilinear`` or ``nearest``).
+    ``resize`` is how the flow reaches the feature size (:func:`resize_flow`: ``bilinear`` or ``nearest``);
+    ``normalize`` how splatted weights are divided (:func:`forward_splat`: ``clamp`` or ``softsplat``).
     """
-    return forward_splat_video(features, resize_flow(flow, features.shape[-2:], mode=resize))
+    return forward_splat_video(features, resize_flow(flow, features.shape[-2:], mode=resize), normalize)
 
 
-def warp_scales(features: Sequence[torch.Tensor], flow: torch.Tensor, resize: str = "bilinear") -> list[torch.Tensor]:
+def warp_scales(features: Sequence[torch.Tensor], flow: torch.Tensor, resize: str = "bilinear",
+                normalize: str = "clamp") -> list[torch.Tensor]:
     """Warp a list of multi-scale frame-0 features by the same flow (resized per scale)."""
-    return [warp_to_frames(f, flow, resize) for f in features]
+    return [warp_to_frames(f, flow, resize, normalize) for f in features]

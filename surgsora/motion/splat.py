@@ -56,11 +56,20 @@ def _corners(flow: torch.Tensor, n: int, h: int, w: int):
         yield index.reshape(-1), torch.where(inside, wgt, torch.zeros_like(wgt)).reshape(-1)
 
 
-def forward_splat(features: torch.Tensor, flow: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
+# softsplat's 'avg' mode (the CuPy kernel of the published SurgSora/MOFA code) divides by weight + 1e-7.
+SOFTSPLAT_EPS = 1e-7
+
+
+def forward_splat(features: torch.Tensor, flow: torch.Tensor, eps: float = _EPS, normalize: str = "clamp"
+                  ) -> torch.Tensor:
     """Forward-warp ``features`` [N, C, H, W] by ``flow`` [N, 2, H, W] (pixels; channel 0 = x, 1 = y).
 
     Returns the average-splatted features [N, C, H, W] in the input dtype; holes are exactly 0.
+    ``normalize="clamp"`` divides by max(weight, eps) (continuous in the flow); ``"softsplat"`` divides by
+    weight + 1e-7 as the published softsplat 'avg' does (MOFA's weights were trained with it).
     """
+    if normalize not in ("clamp", "softsplat"):
+        raise ValueError(f"normalize must be 'clamp' or 'softsplat'; got {normalize!r}")
     if features.ndim != 4 or flow.ndim != 4:
         raise ValueError(
             f"forward_splat expects features [N,C,H,W] and flow [N,2,H,W]; got {tuple(features.shape)} "
@@ -89,7 +98,7 @@ def forward_splat(features: torch.Tensor, flow: torch.Tensor, eps: float = _EPS)
 
     acc = acc[:dump].view(n, h, w, c + 1).permute(0, 3, 1, 2)
     total = acc[:, c:]
-    out = acc[:, :c] / total.clamp_min(eps)
+    out = acc[:, :c] / (total + SOFTSPLAT_EPS if normalize == "softsplat" else total.clamp_min(eps))
     return out.to(out_dtype)
 
 
@@ -170,11 +179,12 @@ def softmax_splat(features: torch.Tensor, flow: torch.Tensor, metric: torch.Tens
     return out
 
 
-def forward_splat_video(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+def forward_splat_video(features: torch.Tensor, flow: torch.Tensor, normalize: str = "clamp") -> torch.Tensor:
     """Warp one feature map per video to every frame.
 
     ``features`` [B, C, h, w] (the frame-0 features), ``flow`` [B, T-1, 2, h, w] (frame 0 -> t).
-    Returns [B, T, C, h, w]: frame 0 is the input unchanged, frame t the features splatted by flow t.
+    Returns [B, T, C, h, w]: frame 0 is the input unchanged, frame t the features splatted by flow t
+    (``normalize`` as in :func:`forward_splat`).
     """
     b, c, h, w = features.shape
     if flow.ndim != 5 or flow.shape[0] != b or flow.shape[2] != 2 or flow.shape[3:] != (h, w):
@@ -184,7 +194,7 @@ def forward_splat_video(features: torch.Tensor, flow: torch.Tensor) -> torch.Ten
         )
     t1 = flow.shape[1]
     expanded = features.unsqueeze(1).expand(b, t1, c, h, w).reshape(b * t1, c, h, w)
-    warped = forward_splat(expanded, flow.reshape(b * t1, 2, h, w)).view(b, t1, c, h, w)
+    warped = forward_splat(expanded, flow.reshape(b * t1, 2, h, w), normalize=normalize).view(b, t1, c, h, w)
     return torch.cat([features.unsqueeze(1), warped], dim=1)
 
 
