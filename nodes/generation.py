@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from surgsora.motion.splat import resize_flow
+from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
 from .models import model_choices, resolve_model
 from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth,
@@ -261,10 +262,10 @@ class SurgSoraSampler:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": 512,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
-                "t_weak": ("FLOAT", {"default": 0.32, "min": 0.0, "max": 1.0, "step": 0.01,
+                "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
                                      "tooltip": "Dual-clock: sampling starts from the motion signal noised to this "
                                                 "point of the schedule (fraction of the steps; TTM: 16 of 50)."}),
-                "t_strong": ("FLOAT", {"default": 0.42, "min": 0.0, "max": 1.0, "step": 0.01,
+                "t_strong": ("FLOAT", {"default": TTM_T_STRONG, "min": 0.0, "max": 1.0, "step": 0.01,
                                        "tooltip": "Dual-clock: inside the mask the latents follow the signal until "
                                                   "this point, then denoise freely (TTM: 21 of 50)."}),
             },
@@ -293,7 +294,7 @@ class SurgSoraSampler:
 
     @torch.no_grad()
     def sample(self, svd, image, steps=25, min_cfg=1.0, max_cfg=3.0, fps=7, motion_bucket_id=127,
-               noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, t_weak=0.32, t_strong=0.42,
+               noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG,
                adapter=None, conditions=None, motion_signal=None, motion_mask=None):
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}.")
@@ -316,7 +317,7 @@ class SurgSoraSampler:
                 raise ValueError(f"frames is {frames} but the motion signal has {signal.shape[1]} frames; set frames "
                                  f"to 0 or {signal.shape[1]}.")
             frames = signal.shape[1]
-            weak, strong = _dual_clock_indices(t_weak, t_strong, steps)
+            weak, strong = dual_clock_indices(t_weak, t_strong, steps)
         if conditions is not None:
             num_frames = conditions.num_frames
             if frames not in (0, num_frames):
@@ -378,15 +379,6 @@ def _signal_and_mask(signal, mask, batch: int) -> tuple[torch.Tensor, torch.Tens
                          f"{s.shape[-2]}x{s.shape[-1]}; give one mask per frame at the signal's size.")
     t = s.shape[0] // batch
     return s.unflatten(0, (batch, t)), m.float().unsqueeze(1).unflatten(0, (batch, t))
-
-
-def _dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int, int]:
-    """Fractions of the schedule -> step indices for any step count (TTM's 0.32 / 0.42 of 50 = 16 / 21);
-    with few steps t_strong is kept at least one step after t_weak."""
-    if not 0 <= t_weak < t_strong <= 1:
-        raise ValueError(f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong}), both in [0, 1].")
-    weak = min(round(t_weak * steps), steps - 1)
-    return weak, min(max(round(t_strong * steps), weak + 1), steps)
 
 
 class SurgSoraDecode:

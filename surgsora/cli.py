@@ -294,24 +294,28 @@ def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | No
 
 
 def resolve_generate_models(models_dir: str | os.PathLike, sam=None, depth=None, svd=None, adapter=None,
-                            decoder="auto") -> dict[str, Path | str]:
+                            decoder="auto", mode: str = "adapter") -> dict[str, Path | str]:
     """Paths of every model ``generate`` needs, or :class:`MissingModels` listing each missing one.
 
     With MOFA-Video-Traj's ControlNet as the adapter, SAM is optional (used for region masks when
-    present) and Depth Anything is not used.
+    present) and Depth Anything is not used. ``mode="ttm"`` (dual-clock on plain SVD) needs only SVD:
+    SAM (region masks) and Depth Anything (what is in front) are used when present, an adapter only
+    when named.
     """
     from .loading.adapters import MOFA, adapter_kind
 
     models_dir = Path(models_dir)
     found, missing = {}, []
+    ttm = mode == "ttm"
     path, where = _pick(models_dir, "adapter", adapter)
     mofa = path is not None and adapter_kind(path) == MOFA
     for component, name in (("sam", sam), ("depth", depth), ("svd", svd), ("adapter", adapter)):
-        if mofa and component == "depth" and not name:
+        if not name and ((ttm and component == "adapter") or (mofa and not ttm and component == "depth")):
             continue
         path, where = _pick(models_dir, component, name)
         if path is None:
-            if not (mofa and component == "sam" and not name):
+            optional = (ttm and component in ("sam", "depth")) or (mofa and component == "sam")
+            if name or not optional:
                 missing.append((component, name, where))
         else:
             found[component] = path
@@ -360,38 +364,49 @@ def run_generate(args) -> dict:
     import torch
 
     from .loading.adapters import describe_adapter, load_adapter
+    from .motion.preview import motion_signal
     from .perception.depth import load_depth_anything
+    from .sampling.dual_clock import TTM_MOTION_BUCKET, TTM_STEPS, dual_clock_indices
     from .loading.io import ModelFileError
     from .sampling.pipeline import SurgSoraPipeline
     from .perception.sam import load_sam
     from .loading.svd_checkpoint import load_svd
     from .video_io import write_video
 
-    models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder)
+    ttm = args.mode == "ttm"
+    steps = args.steps or (TTM_STEPS if ttm else 25)
+    motion_bucket = args.motion_bucket if args.motion_bucket is not None else (TTM_MOTION_BUCKET if ttm else 127)
+    models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder,
+                                     args.mode)
     device, dtype = _device_and_dtype(args.device, args.dtype)
     timer = Timer()
     with timer("read inputs"):
         frame_s, image_t, tracks, size = _frame_and_tracks(args, 64, 448 * 256)
     print("Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
     try:
-        with timer("load adapter"):
-            adapter = load_adapter(models["adapter"], dtype=dtype).to(device)
-        print(f"Adapter: {describe_adapter(adapter)}.")
-        if adapter.config.get("fixed_time_ids") is not None and (args.fps != 7 or args.motion_bucket != 127):
-            print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
-                  "--motion-bucket is not used.")
+        adapter = None
+        if "adapter" in models:
+            with timer("load adapter"):
+                adapter = load_adapter(models["adapter"], dtype=dtype).to(device)
+            print(f"Adapter: {describe_adapter(adapter)}.")
+            if adapter.config.get("fixed_time_ids") is not None and (args.fps != 7 or motion_bucket != 127):
+                print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
+                      "--motion-bucket is not used.")
+        if ttm:
+            print(f"Dual-clock sampling (Time-to-Move) on {'plain SVD' if adapter is None else 'SVD + adapter'}: "
+                  f"t_weak {args.t_weak}, t_strong {args.t_strong} of {steps} steps.")
         seg = depth = regions = None
         regions = _masks_arg(args.masks, size)
         if "sam" in models:
             with timer("SAM features"):
                 sam = load_sam(models["sam"], device=device)
-                seg = sam.encode(image_t) if adapter.needs_seg else None
+                seg = sam.encode(image_t) if adapter is not None and adapter.needs_seg else None
                 if regions is None and not args.no_masks:
                     starts = tracks[:, 0]
                     masks = [sam.predict_masks(image_t, points=starts[i:i + 1])[0] for i in range(len(starts))]
                     regions = torch.cat(masks).float().unsqueeze(0).cpu()
                 del sam
-        if adapter.needs_depth:
+        if "depth" in models and ((adapter is not None and adapter.needs_depth) or ttm):
             with timer("depth"):
                 depth_model = load_depth_anything(models["depth"], device=device)
                 depth = depth_model(image_t)
@@ -408,15 +423,23 @@ def run_generate(args) -> dict:
             except ValueError as e:  # an adapter made for another SVD
                 raise SystemExit(f"{e}.") from None
         generator = torch.Generator("cpu").manual_seed(args.seed)
-        with timer("conditions (DSI+DFM+MSF)"):
+        with timer("first frame + conditions"):
             first = pipe.encode_first_frame(image_t, size[1], size[0], args.noise_aug, generator)
-            conditions = pipe.prepare_conditions(image_t, depth, seg, flow)
+            conditions = pipe.prepare_conditions(image_t, depth, seg, flow) if adapter is not None else None
+        anchor = None
+        if ttm:
+            with timer("motion signal"):
+                signal, mask = motion_signal(image_t, flow.float().cpu(), depth=None if depth is None else depth.cpu(),
+                                             regions=regions)
+                weak, strong = dual_clock_indices(args.t_weak, args.t_strong, steps)
+                anchor = pipe.encode_motion_signal(signal, mask, weak, strong, size[1], size[0], args.decode_chunk)
         from tqdm.auto import tqdm
 
-        with timer("denoise"), tqdm(total=args.steps, desc="denoise", unit="step") as bar:
-            latents = pipe.denoise(first, conditions, args.frames, args.steps, args.min_cfg, args.max_cfg, args.fps,
-                                   args.motion_bucket, args.control_scale, generator,
-                                   callback=lambda i, n, _: bar.update(1))
+        with timer("denoise"), tqdm(total=steps - (anchor.t_weak_index if anchor else 0), desc="denoise",
+                                    unit="step") as bar:
+            latents = pipe.denoise(first, conditions, args.frames, steps, args.min_cfg, args.max_cfg, args.fps,
+                                   motion_bucket, args.control_scale, generator,
+                                   callback=lambda i, n, _: bar.update(1), anchor=anchor)
         with timer("decode"):
             video = pipe.decode(latents, args.decode_chunk)[0]  # [T, 3, H, W]
     except ModelFileError as e:
@@ -430,7 +453,7 @@ def run_generate(args) -> dict:
     timer.report()
     result = {"out": str(out), "flow_video": str(flow_path) if flow_path else None, "frames": int(video.shape[0]),
               "width": size[0], "height": size[1], "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-              "models": {k: str(v) for k, v in models.items()},
+              "mode": args.mode, "steps": steps, "models": {k: str(v) for k, v in models.items()},
               "timing_s": {k: round(v, 3) for k, v in timer.stages.items()}}
     print(json.dumps(result))
     return result
@@ -500,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="the full SurgSora pipeline with real weights")
     _common(g, 14)
+    g.add_argument("--mode", default="adapter", choices=["adapter", "ttm"],
+                   help="adapter (default): a SurgSora adapter or MOFA-Video-Traj's ControlNet steers SVD; ttm: "
+                        "dual-clock sampling after Time-to-Move, needs only SVD (SAM and Depth Anything are used "
+                        "when present; an adapter only if --adapter is given)")
+    g.add_argument("--t-weak", type=float, default=0.32,
+                   help="ttm: start from the motion signal noised to this fraction of the schedule (TTM: 16/50)")
+    g.add_argument("--t-strong", type=float, default=0.42,
+                   help="ttm: follow the signal inside its mask until this fraction, then denoise freely (TTM: 21/50)")
     g.add_argument("--models", required=True, help="a ComfyUI-style models folder (sams/, depthanything/, "
                                                    "checkpoints/ or diffusers/, surgsora/)")
     g.add_argument("--size", default=None, help="working size WxH, multiples of 64 (default: ~448x256 by aspect)")
@@ -510,10 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decoder", default="auto", help="'auto' (CMP if present, else analytic), 'analytic', or a "
                                                      "CMP file in models/surgsora")
     g.add_argument("--no-masks", action="store_true", help="do not segment the tracked objects with SAM")
-    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default 25; 50 with --mode ttm)")
     g.add_argument("--min-cfg", type=float, default=1.0)
     g.add_argument("--max-cfg", type=float, default=3.0)
-    g.add_argument("--motion-bucket", type=int, default=127)
+    g.add_argument("--motion-bucket", type=int, default=None, help="SVD motion bucket (default 127; 17 with "
+                                                                    "--mode ttm, as TTM)")
     g.add_argument("--noise-aug", type=float, default=0.02)
     g.add_argument("--control-scale", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
@@ -540,10 +572,13 @@ def _check_args(args) -> None:
         raise SystemExit(f"--fps must be positive; got {args.fps}.")
     if args.command == "generate":
         for name in ("steps", "decode_chunk"):
-            if getattr(args, name) < 1:
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise SystemExit(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
         if args.min_cfg > args.max_cfg:
             raise SystemExit(f"--min-cfg ({args.min_cfg}) must not exceed --max-cfg ({args.max_cfg}).")
+        if not 0 <= args.t_weak < args.t_strong <= 1:
+            raise SystemExit(f"--t-weak ({args.t_weak}) must be smaller than --t-strong ({args.t_strong}), both "
+                             "fractions of the schedule in [0, 1].")
         if not Path(args.models).is_dir():
             raise SystemExit(f"--models: {args.models} is not a folder; give a ComfyUI-style models folder "
                              "(with sams/, depthanything/, checkpoints/ or diffusers/, surgsora/).")

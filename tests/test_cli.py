@@ -87,8 +87,35 @@ def test_generate_runs_the_whole_pipeline_on_tiny_checkpoints(endovis_frame, tmp
     result = _last_json(capsys.readouterr().out)
     assert video_info(out)["frames"] == 4 and video_info(tmp_path / "flow.mp4")["frames"] == 4
     assert Path(result["models"]["decoder"]).name == "ckpt_iter_42000.pth.tar"  # CMP found and used
-    assert set(result["timing_s"]) >= {"SAM features", "depth", "tracks -> flow", "conditions (DSI+DFM+MSF)",
+    assert set(result["timing_s"]) >= {"SAM features", "depth", "tracks -> flow", "first frame + conditions",
                                        "denoise", "decode"}
+
+
+def test_generate_ttm_needs_only_svd_and_uses_sam_and_depth_when_present(endovis_frame, tmp_path, capsys):
+    """--mode ttm: dual-clock sampling on plain SVD; a models folder with only SVD is enough."""
+    import shutil
+
+    from integration.env import tiny_env
+    from integration.tiny_models import SVD_FOLDER
+
+    models = tiny_env().models_dir
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), cv2.cvtColor(endovis_frame, cv2.COLOR_RGB2BGR))
+    args = ["generate", "--mode", "ttm", "--image", str(frame), "--tracks", str(DEMO_TRACKS), "--size", "128x64",
+            "--frames", "4", "--steps", "3", "--decoder", "analytic"]
+    code = main(args + ["--models", str(models), "--out", str(tmp_path / "a.mp4")])
+    assert code == 0
+    out = capsys.readouterr().out
+    result = _last_json(out)
+    assert "Dual-clock sampling (Time-to-Move) on plain SVD" in out
+    assert result["mode"] == "ttm" and "adapter" not in result["models"] and {"sam", "depth"} <= set(result["models"])
+    assert {"SAM features", "depth", "motion signal"} <= set(result["timing_s"])
+    assert video_info(tmp_path / "a.mp4")["frames"] == 4
+    only_svd = tmp_path / "only_svd"
+    shutil.copytree(models / "diffusers" / SVD_FOLDER, only_svd / "diffusers" / SVD_FOLDER)
+    code = main(args + ["--models", str(only_svd), "--out", str(tmp_path / "b.mp4")])
+    assert code == 0 and set(_last_json(capsys.readouterr().out)["models"]) == {"svd", "decoder"}
+    assert video_info(tmp_path / "b.mp4")["frames"] == 4
 
 
 @pytest.mark.parametrize("args, message", [
@@ -97,6 +124,8 @@ def test_generate_runs_the_whole_pipeline_on_tiny_checkpoints(endovis_frame, tmp
     (["preview", "--tracks", '{"width": 10, "height": 10, "tracks": []}'], "draw at least one track"),
     (["preview", "--tracks", "[[1, 2]]", "--size", "big"], "--size must look like 448x256"),
     (["generate", "--tracks", "[[1, 2]]", "--models", "MODELS", "--size", "100x64"], "multiples of 64"),
+    (["generate", "--tracks", "[[1, 2]]", "--models", "MODELS", "--mode", "ttm", "--t-weak", "0.5", "--t-strong",
+      "0.4"], "--t-weak (0.5) must be smaller than --t-strong (0.4)"),
 ])
 def test_bad_arguments_get_one_clear_sentence(args, message, endovis_frame, tmp_path):
     frame = tmp_path / "f.png"
