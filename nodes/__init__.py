@@ -2,21 +2,23 @@
 
 * ``perception``: Load SAM, SAM Segment Features, SAM Masks from Clicks, Load Depth Anything, Depth.
 * ``trajectory``: Trajectories (with the click-to-draw editor in ``web/``), Load Trajectory Decoder,
-  Trajectories to Flow, Optical Flow from Clip, Motion Preview.
-* ``generation``: Load Adapter, DSI Encode, DFM Warp + MSF Fuse, Load SVD, SVD Sampler, Decode.
+  Trajectories to Flow, Optical Flow from Clip, Motion Preview, Motion Signal (dual-clock).
+* ``generation``: Load Adapter (SurgSora or MOFA-Video-Traj), DSI Encode, DFM Warp + MSF Fuse, Load SVD,
+  SVD Sampler (adapter and/or dual-clock), Decode.
+* ``core_svd``: SurgSora Apply (SVD) and SurgSora SVD Conditioning, for ComfyUI's own SVD model and samplers.
 
 Importing this package registers the model folders with ComfyUI's ``folder_paths`` (when ComfyUI is
 there) and nothing else: no model is loaded or downloaded until a node runs.
 """
 
-from . import generation, perception, trajectory
+from . import core_svd, generation, perception, trajectory
 from .models import register_folders
 
 register_folders()
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _family in (perception, trajectory, generation):
+for _family in (perception, trajectory, generation, core_svd):
     NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)
 

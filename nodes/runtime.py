@@ -89,11 +89,51 @@ def free_memory_for(modules, device: torch.device) -> None:
     mm.free_memory(int(need * 1.3) + (512 << 20), device)
 
 
+class PatchableModule(torch.nn.Module):
+    """Holds one of our modules for ComfyUI's ModelPatcher, which writes ``.device`` and its bookkeeping
+    attributes onto the model it manages (``device`` is a read-only property on diffusers' ModelMixin)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = next(module.parameters()).device
+
+    def get_dtype(self) -> torch.dtype:
+        return next(self.inner.parameters()).dtype
+
+
+def patcher_for(module: torch.nn.Module):
+    """ComfyUI's ModelPatcher for one of our modules (made once, kept with the module), or None without ComfyUI.
+
+    Through it ComfyUI's memory manager loads, offloads and accounts for SurgSora's UNet, VAE, CLIP and
+    adapter like its own models (``load_models_gpu``, free memory for others, keep them loaded across runs).
+    """
+    mp = comfy_module("comfy.model_patcher")
+    if mp is None or not hasattr(mp, "ModelPatcher"):
+        return None
+    patcher = module.__dict__.get("_surgsora_patcher")
+    if patcher is None:
+        patcher = mp.ModelPatcher(PatchableModule(module), load_device=torch_device(), offload_device=offload_device())
+        module.__dict__["_surgsora_patcher"] = patcher  # a plain attribute, not a submodule (no state_dict entry)
+    return patcher
+
+
 @contextlib.contextmanager
 def on_device(*modules):
-    """Run ``modules`` on ComfyUI's torch device, then move them to the offload device and free the cache."""
+    """Run ``modules`` on ComfyUI's torch device.
+
+    Under ComfyUI they go through its memory manager (``load_models_gpu`` on their ModelPatchers), which
+    also decides when to offload them; without it (tests, other hosts) they are moved by hand and moved
+    back to the offload device afterwards.
+    """
     device = torch_device()
     modules = [m for m in modules if m is not None]
+    mm = model_management()
+    patchers = [patcher_for(m) for m in modules]
+    if mm is not None and hasattr(mm, "load_models_gpu") and patchers and None not in patchers:
+        mm.load_models_gpu(patchers)
+        yield device
+        return
     free_memory_for(modules, device)
     for m in modules:
         m.to(device)

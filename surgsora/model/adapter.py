@@ -326,8 +326,12 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         added_time_ids: torch.Tensor,
         conditions: Sequence[torch.Tensor],
         conditioning_scale: float = 1.0,
+        time_embeds: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """One trunk pass. Returns (down residuals, one per UNet skip, [B*T, C, h, w]; mid residual).
+
+        ``time_embeds`` may replace ``added_time_ids`` (pass None) with the ids already projected to
+        sinusoids [B, 768], as ComfyUI's SVD model hands them over (``y``).
 
         ``conditions`` comes from :meth:`encode_conditions`; its batch may be the sample batch or a
         divisor of it (e.g. computed once and shared by both classifier-free-guidance halves). Each
@@ -340,7 +344,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
             raise ValueError(f"expected {len(self.scale_channels)} condition scales, got {len(conds)}")
         mofa_injection = self.config.condition_injection == "mofa"
 
-        emb = time_embedding(self, sample, timestep, added_time_ids)
+        emb = time_embedding(self, sample, timestep, added_time_ids, time_embeds)
         sample = sample.flatten(0, 1)
         emb = emb.repeat_interleave(num_frames, dim=0)
         encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)
@@ -367,6 +371,19 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
                      for zc, s, m in zip(self.controlnet_down_blocks, skips, self.residual_counts))
         mid = self.controlnet_mid_block(sample) * conditioning_scale
         return down, mid
+
+    def residual_elements(self, latent_height: int, latent_width: int) -> int:
+        """Elements of all residuals (every skip + mid) for one latent frame of this size: what the trunk
+        hands the UNet and what stays alive through its pass."""
+        n = len(self.config.down_block_types)
+        layers = _per_block(self.config.layers_per_block, n)
+        h, w, total = latent_height, latent_width, self.config.block_out_channels[0] * latent_height * latent_width
+        for i, c in enumerate(self.config.block_out_channels):
+            total += layers[i] * c * h * w
+            if i < n - 1:
+                h, w = (h + 1) // 2, (w + 1) // 2
+                total += c * h * w
+        return total + self.config.block_out_channels[-1] * h * w
 
     def _match_condition(self, cond: torch.Tensor, batch_size: int, num_frames: int) -> torch.Tensor:
         if cond.ndim != 5 or cond.shape[1] != num_frames:

@@ -27,16 +27,19 @@ def _timesteps(timestep, sample: torch.Tensor) -> torch.Tensor:
     return timestep
 
 
-def time_embedding(model, sample: torch.Tensor, timestep, added_time_ids: torch.Tensor) -> torch.Tensor:
+def time_embedding(model, sample: torch.Tensor, timestep, added_time_ids: torch.Tensor | None,
+                   time_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Timestep + micro-conditioning embedding [B, D] of an SVD UNet or of the adapter trunk.
 
-    ``added_time_ids`` = [fps - 1, motion_bucket_id, noise_aug_strength] per batch row.
+    ``added_time_ids`` = [fps - 1, motion_bucket_id, noise_aug_strength] per batch row, or
+    ``time_embeds`` [B, 3 * 256]: those ids already through the sinusoidal projection (ComfyUI's ``y``).
     """
     batch_size = sample.shape[0]
     timesteps = _timesteps(timestep, sample).expand(batch_size)
     t_emb = model.time_proj(timesteps).to(dtype=sample.dtype)
     emb = model.time_embedding(t_emb)
-    time_embeds = model.add_time_proj(added_time_ids.flatten())
+    if time_embeds is None:
+        time_embeds = model.add_time_proj(added_time_ids.flatten())
     time_embeds = time_embeds.reshape((batch_size, -1)).to(emb.dtype)
     return emb + model.add_embedding(time_embeds)
 

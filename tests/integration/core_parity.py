@@ -1,0 +1,162 @@
+"""Run by ComfyUI's Python: ComfyUI's own SVD UNet vs the diffusers UNet with the same weights, and the
+SurgSora control through ComfyUI's machinery. Prints one JSON line of measured differences.
+
+    COMFYUI_PATH=... $COMFYUI_PYTHON tests/integration/core_parity.py
+
+A tiny SVD UNet (diffusers class, random weights, widths whose attention heads are 64 channels as
+ComfyUI's SVD detection assumes) is written with our sgm <-> diffusers key table as
+``model.diffusion_model.*`` and loaded by ``comfy.sd.load_diffusion_model_state_dict`` (ComfyUI detects
+SVD from the keys). Both UNets then denoise the same input:
+
+* plain (``apply_model`` vs :func:`surgsora.model.unet.unet_forward`, EDM v-prediction denoised output);
+* with adapter residuals handed over as ComfyUI control (``output`` per skip, ``middle``);
+* through ``SurgSoraControl.get_control`` (what core KSampler calls), against the adapter called directly;
+* ComfyUI's ``y`` (SVD's micro-conditioning embedding) against diffusers' projection of the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COMFYUI = os.environ["COMFYUI_PATH"]
+sys.path[:0] = [COMFYUI, str(REPO / "tests")]
+sys.path.append(str(REPO))  # after ComfyUI, whose own `nodes` module must win (as when it loads the pack)
+sys.argv = [sys.argv[0], "--cpu"]
+
+import comfy.options  # noqa: E402
+
+comfy.options.enable_args_parsing()
+import comfy.cli_args  # noqa: E402,F401
+import torch  # noqa: E402
+from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
+
+from surgsora import SurgSoraAdapter  # noqa: E402
+from surgsora.loading.svd_checkpoint import UNET_PREFIX  # noqa: E402
+from surgsora.model.unet import unet_forward  # noqa: E402
+
+FRAMES, H, W = 3, 8, 8
+FPS, BUCKET, AUG = 7, 127, 0.02
+
+
+def tiny_unet() -> UNetSpatioTemporalConditionModel:
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(64, 128), layers_per_block=1, sample_size=H, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=64, num_attention_heads=(1, 2), projection_class_embeddings_input_dim=768,
+        addition_time_embed_dim=256, num_frames=FRAMES)
+    with torch.no_grad():  # non-trivial norms and biases, so every path carries signal
+        for name, p in unet.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return unet.eval()
+
+
+def sgm_unet_state(unet) -> dict:
+    from svd_export import to_single_file_state_dict  # the key table, run backwards
+
+    from surgsora.tiny import tiny_svd_components
+
+    parts = tiny_svd_components()
+    state = to_single_file_state_dict(unet, parts["vae"], parts["image_encoder"])
+    return {k[len(UNET_PREFIX):]: v for k, v in state.items() if k.startswith(UNET_PREFIX)}
+
+
+def main() -> None:
+    import comfy.model_management as mm
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = pack
+    spec.loader.exec_module(pack)  # as ComfyUI's load_custom_node does
+    control_class = sys.modules["ComfyUI_SurgSora.nodes.core_svd"].control_class
+    Conditions = sys.modules["ComfyUI_SurgSora.nodes.generation"].Conditions
+
+    import comfy.model_detection
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = tiny_unet()
+    sd = sgm_unet_state(unet)
+    # ComfyUI's detection only knows full-size SVD (model_channels 320); at tiny widths build its SVD model
+    # class from the detected config ourselves, exactly as load_diffusion_model_state_dict does next.
+    config = comfy.supported_models.SVD_img2vid(comfy.model_detection.detect_unet_config(sd, ""))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model(sd, "")
+    model.load_model_weights(sd, "")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    mm.load_models_gpu([patcher])
+    model = patcher.model
+    result = {"model_class": type(model).__name__}
+
+    g = torch.Generator().manual_seed(1)
+    sigma = torch.tensor([2.5] * FRAMES)
+    x = torch.randn(FRAMES, 4, H, W, generator=g) * 2.5
+    c_concat = torch.randn(FRAMES, 4, H, W, generator=g)
+    context = torch.randn(1, 1, 64, generator=g)
+    y = model.encode_adm(fps=FPS, motion_bucket_id=BUCKET, augmentation_level=AUG)  # [1, 768]
+    ids = torch.tensor([[FPS - 1, BUCKET, AUG]], dtype=torch.float32)
+    result["y_vs_diffusers_projection"] = (y - unet.add_time_proj(ids.flatten()).reshape(1, -1)).abs().max().item()
+
+    def comfy_denoised(control=None):
+        with torch.no_grad():
+            return model.apply_model(x, sigma, c_concat=c_concat, c_crossattn=context.repeat(FRAMES, 1, 1),
+                                     y=y.repeat(FRAMES, 1), num_video_frames=FRAMES, control=control)
+
+    s = sigma[0]
+    sample = torch.cat([x / (s ** 2 + 1) ** 0.5, c_concat], 1)[None]
+
+    def diffusers_denoised(down=None, mid=None):
+        with torch.no_grad():
+            v = unet_forward(unet, sample, 0.25 * s.log(), context, ids, down, mid)[0]
+        return x / (s ** 2 + 1) - s / (s ** 2 + 1) ** 0.5 * v  # EDM v-prediction, sigma_data 1
+
+    plain = diffusers_denoised()
+    result["plain_max_abs"] = (comfy_denoised() - plain).abs().max().item()
+
+    adapter = SurgSoraAdapter.from_unet(unet, conditioning_embedding_channels=(8, 8, 8, 16),
+                                        depth_hidden_channels=(8, 16)).eval()
+    with torch.no_grad():
+        for p in adapter.parameters():
+            if not p.any():
+                p.normal_(0, 0.05, generator=g)
+        image = torch.rand(1, 3, H * 8, W * 8, generator=g) * 2 - 1
+        conds = adapter.encode_conditions(image, torch.rand(1, 1, H * 8, W * 8, generator=g),
+                                          torch.randn(1, 256, 64, 64, generator=g),
+                                          torch.randn(1, FRAMES - 1, 2, H * 8, W * 8, generator=g) * 3)
+        down, mid = adapter(sample, 0.25 * s.log(), context, ids, conds)
+    steered = diffusers_denoised(down, mid)
+    result["residual_effect"] = (steered - plain).abs().max().item()
+    control = {"input": [], "middle": [mid.clone()], "output": [d.clone() for d in down]}
+    result["with_residuals_max_abs"] = (comfy_denoised(control) - steered).abs().max().item()
+
+    # the control class as core's sampler drives it
+    Control = control_class()
+    ctrl = Control(adapter, Conditions([c.cpu() for c in conds], image)).set_cond_hint(None, 1.0, (0.0, 1.0))
+    ctrl.pre_run(model, lambda p: model.model_sampling.percent_to_sigma(p))
+    mm.load_models_gpu([patcher] + ctrl.get_models())  # the adapter under ComfyUI's memory manager, as KSampler does
+    result["adapter_loaded"] = any(m.model is ctrl.get_models()[0] for m in mm.current_loaded_models)
+    cond = {"c_concat": c_concat, "c_crossattn": context.repeat(FRAMES, 1, 1), "y": y.repeat(FRAMES, 1),
+            "num_video_frames": FRAMES}
+    out = ctrl.get_control(x, sigma, cond, 1, {})
+    result["control_output_max_abs"] = max((a - b).abs().max().item() for a, b in zip(out["output"], down))
+    result["control_middle_max_abs"] = (out["middle"][0] - mid).abs().max().item()
+    result["control_input_entries"] = len(out["input"])
+    result["control_models"] = [type(m).__name__ for m in ctrl.get_models()]
+    result["control_memory_bytes"] = int(ctrl.inference_memory_requirements(torch.float32))
+    result["control_in_denoise_max_abs"] = (comfy_denoised(out) - steered).abs().max().item()
+    ctrl.cleanup()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

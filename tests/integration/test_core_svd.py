@@ -1,0 +1,51 @@
+"""SurgSora under ComfyUI's own SVD (``nodes/core_svd.py``), checked against the real ComfyUI.
+
+``core_parity.py`` runs in ComfyUI's Python (it imports ``comfy``) and reports differences; here they are
+held to the issue's bounds: ComfyUI's SVD UNet and the diffusers UNet with the same weights (our sgm <->
+diffusers key table) agree in fp32 to 1e-4 with and without residuals, the control built by
+``SurgSora Apply (SVD)`` hands ComfyUI exactly the adapter's residuals (``output`` per skip, ``middle``,
+nothing through ``input``), and the adapter is one of the models ComfyUI's memory manager loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+if not COMFYUI:
+    pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its Python)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.integration
+SCRIPT = Path(__file__).with_name("core_parity.py")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    run = subprocess.run([python, str(SCRIPT)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "COMFYUI_PATH": COMFYUI})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_comfyui_svd_unet_equals_the_diffusers_unet(measured):
+    assert measured["model_class"] == "SVD_img2vid"
+    assert measured["y_vs_diffusers_projection"] < 1e-6  # the micro-conditioning sinusoids agree
+    assert measured["plain_max_abs"] <= 1e-4
+    assert measured["with_residuals_max_abs"] <= 1e-4
+    assert measured["residual_effect"] > 100 * 1e-4  # the residuals matter far beyond the tolerance
+
+
+def test_surgsora_control_hands_comfyui_the_adapters_residuals(measured):
+    assert measured["control_output_max_abs"] == 0 and measured["control_middle_max_abs"] == 0
+    assert measured["control_input_entries"] == 0  # nothing through 'input' (it would leak into deeper blocks)
+    assert measured["control_in_denoise_max_abs"] <= 1e-4
+    assert measured["control_models"] == ["ModelPatcher"] and measured["adapter_loaded"]
+    assert measured["control_memory_bytes"] > 0
