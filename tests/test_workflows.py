@@ -6,7 +6,6 @@ files, and executed in-process through the node functions with tiny real-format 
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from integration.env import tiny_env
 from integration.executor import core_nodes, run_prompt, validate
-from integration.tiny_models import MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER
+from integration.prompts import shrink
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"
@@ -94,30 +93,6 @@ def test_api_twin_matches_the_ui_file(name, maker, info):
     validate(api, info)  # every widget value in range / in its list, as ComfyUI checks before running
 
 
-def _shrink(prompt: dict) -> dict:
-    """Same graph, CPU-test sizes: 128x64 frames, 5 frames, 2 steps, small depth input, the tiny SVD folder
-    (for MOFA: the tiny SVD-xt-layout folder and the tiny ControlNet in MOFA's release layout)."""
-    p = copy.deepcopy(prompt)
-    mofa = any(n["inputs"].get("adapter_name") == "mofa_traj_controlnet.safetensors" for n in p.values())
-    for node in p.values():
-        i, t = node["inputs"], node["class_type"]
-        if t == "ImageScale":
-            i.update(width=128, height=64)
-        elif t == "SurgSoraTrajectories":
-            i["frames"] = 5
-        elif t == "SurgSoraVideoFlow":
-            i["num_frames"] = 5
-        elif t == "SurgSoraDepth":
-            i["input_size"] = 70
-        elif t == "SurgSoraSampler":
-            i["steps"] = 2
-        elif t == "SurgSoraLoadSVD":
-            i["ckpt_name"] = f"[diffusers] {MOFA_SVD_FOLDER if mofa else SVD_FOLDER}"
-        elif t == "SurgSoraLoadAdapter" and mofa:
-            i["adapter_name"] = MOFA_NAME
-    return p
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     import nodes
@@ -126,7 +101,7 @@ def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
 
     out_dir = env.root / "output"
     classes = {**nodes.NODE_CLASS_MAPPINGS, **core_nodes(env.root / "input", out_dir)}
-    results = run_prompt(_shrink(_api(name)), classes, info)
+    results = run_prompt(shrink(_api(name)), classes, info)
     saved = [item for _, ui in results.values() for item in ui.get("images", [])]
     expected = {"surgsora_trajectory_to_video": {"motion_preview", "video"},
                 "surgsora_motion_preview": {"motion_preview", "flow"},

@@ -9,8 +9,10 @@ Needs a ComfyUI checkout::
 ``COMFYUI_PYTHON`` (default: this interpreter) must have ComfyUI's requirements and this pack's
 dependencies. The server runs with ``--cpu`` and ``--base-directory`` set to a temporary folder holding
 a ``custom_nodes`` link to this checkout and the input files; models are tiny random checkpoints in the
-real file formats, saved under the real names, in a temporary folder given through
-``--extra-model-paths-config``. Nothing in the ComfyUI checkout is modified. The frontend checks run when
+real file formats, in a temporary folder given through ``--extra-model-paths-config``; the workflows run at
+their shipped sizes with the models swapped as in the in-process run (``prompts.shrink``: the tiny SVD folder,
+for MOFA the tiny SVD-xt-layout folder and ControlNet) and 2 steps. The database is a file in the temporary
+folder. Nothing in the ComfyUI checkout is modified. The frontend checks run when
 a Chromium is found (``CHROMIUM``, ``chromium`` ...) and are skipped otherwise.
 """
 
@@ -36,16 +38,20 @@ if not COMFYUI:
 
 from .env import write_inputs  # noqa: E402
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
-from .tiny_models import SVD_FOLDER, write_tiny_models  # noqa: E402
+from .prompts import shrink  # noqa: E402
+from .tiny_models import MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER, write_tiny_models  # noqa: E402
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 WF = REPO / "workflows"
-NAMES = ["surgsora_motion_preview", "surgsora_trajectory_to_video", "surgsora_flow_from_video"]
+NAMES = ["surgsora_motion_preview", "surgsora_trajectory_to_video", "surgsora_flow_from_video",
+         "surgsora_mofa_trajectory_to_video", "surgsora_ttm_trajectory_to_video"]
 PACK = "ComfyUI-SurgSora"
 EXPECTED_OUTPUTS = {"surgsora_trajectory_to_video": {"motion_preview": 21, "video": 21},
                     "surgsora_motion_preview": {"motion_preview": 21, "flow": 21},
-                    "surgsora_flow_from_video": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14}}
+                    "surgsora_flow_from_video": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14},
+                    "surgsora_mofa_trajectory_to_video": {"motion_preview": 25, "mofa_video": 25},
+                    "surgsora_ttm_trajectory_to_video": {"motion_signal": 21, "ttm_video": 21}}
 
 
 def _free_port() -> int:
@@ -72,7 +78,8 @@ class Server:
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
         self.proc = subprocess.Popen(
             [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
-             "--base-directory", str(self.base), "--extra-model-paths-config", str(yaml)],
+             "--base-directory", str(self.base), "--extra-model-paths-config", str(yaml),
+             "--database-url", f"sqlite:///{root / 'comfyui.db'}"],
             cwd=COMFYUI, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -130,14 +137,9 @@ def server(tmp_path_factory):
 
 
 def _api(name: str, steps: int = 2) -> dict:
-    """The shipped API twin, with the tiny SVD folder (a single file needs full-size configs) and few steps."""
-    prompt = json.loads((WF / "api" / f"{name}.json").read_text())
-    for node in prompt.values():
-        if node["class_type"] == "SurgSoraLoadSVD":
-            node["inputs"]["ckpt_name"] = f"[diffusers] {SVD_FOLDER}"
-        if node["class_type"] == "SurgSoraSampler":
-            node["inputs"]["steps"] = steps
-    return prompt
+    """The shipped API twin at its shipped sizes, on the tiny models (the same replacement as the in-process
+    run: tiny SVD folder, for MOFA the tiny SVD-xt-layout folder and ControlNet) with few steps."""
+    return shrink(json.loads((WF / "api" / f"{name}.json").read_text()), steps=steps, small=False)
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -156,7 +158,9 @@ def test_object_info_lists_every_node(server):
         assert info[name]["input_order"] == entry["input_order"], name
         assert info[name]["output"] == entry["output"], name
     assert "sam_vit_b_01ec64.pth" in info["SurgSoraLoadSAM"]["input"]["required"]["model_name"][0]
-    assert f"[diffusers] {SVD_FOLDER}" in info["SurgSoraLoadSVD"]["input"]["required"]["ckpt_name"][0]
+    svds = info["SurgSoraLoadSVD"]["input"]["required"]["ckpt_name"][0]
+    assert f"[diffusers] {SVD_FOLDER}" in svds and f"[diffusers] {MOFA_SVD_FOLDER}" in svds
+    assert MOFA_NAME in info["SurgSoraLoadAdapter"]["input"]["required"]["adapter_name"][0]
 
 
 def test_workflows_are_served_as_templates(server):
@@ -221,8 +225,10 @@ def browser(server):
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium found (set CHROMIUM): the frontend checks need a headless browser")
-    # A fresh user would get the first-run template browser on top of the canvas.
-    server.post("/settings", {"Comfy.TutorialCompleted": True})
+    # A fresh user would get the first-run template browser on top of the canvas, and the MOFA and TTM
+    # workflows list their models (node properties) under the shipped names, which the tiny models here do not
+    # all have (the SVD single file, MOFA's ControlNet): the Missing Models dialog would cover the editor.
+    server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingModelsWarning": False})
     b = Browser(chromium)
     b.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
     b.goto(server.url + "/")
