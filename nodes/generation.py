@@ -20,7 +20,7 @@ from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
 from .models import model_choices, resolve_model
-from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth,
+from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth, latent_previewer,
                       offload_device, on_device, resolve_dtype, torch_device, video_to_image)
 from .perception import SEG_TYPE
 from .trajectory import FLOW_TYPE, _check_flow
@@ -334,10 +334,13 @@ class SurgSoraSampler:
         _check_size(h, w, "The video size")
 
         pipe = svd.pipeline(adapter if conditions is not None else None)
-        bar = Progress(steps)
+        bar = Progress(steps - (weak if motion_signal is not None else 0))  # dual-clock starts at t_weak
+
+        preview = latent_previewer()
 
         def on_step(i, total, latents):
-            bar.update()
+            middle = latents.shape[1] // 2  # the middle frame shows the motion best
+            bar.update(1, preview(latents[:1, middle].float()) if preview is not None else None)
             check_interrupted()  # Cancel in the UI: stop after this step
 
         modules = [svd.unet, svd.vae, svd.image_encoder] + ([adapter] if conditions is not None else [])

@@ -156,10 +156,26 @@ class Progress:
         self.current = 0
         self._bar = utils.ProgressBar(self.total) if utils is not None else None
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, preview=None) -> None:
+        """Advance by ``n``; ``preview`` (what ComfyUI's previewers return) is shown on the node while it runs."""
         self.current += n
         if self._bar is not None:
-            self._bar.update(n)
+            if preview is not None:
+                self._bar.update_absolute(self.current, self.total, preview)
+            else:
+                self._bar.update(n)
+
+
+def latent_previewer():
+    """ComfyUI's latent previewer for SVD latents (SD1.x latent space, as scaled for denoising), as a function
+    of latents [N, 4, h, w] -> preview for ``Progress.update``; None without ComfyUI or with previews off."""
+    lp, formats = comfy_module("latent_preview"), comfy_module("comfy.latent_formats")
+    if lp is None or formats is None:
+        return None
+    previewer = lp.get_previewer(torch_device(), formats.SD15())
+    if previewer is None:
+        return None
+    return lambda latents: previewer.decode_latent_to_preview_image("JPEG", latents)
 
 
 # ------------------------------------------------------------------------------------- conversions
