@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from surgsora.loading.catalogue import COMPONENTS, KNOWN_FILES, download_model, find_model, list_models
+from surgsora.loading.catalogue import (COMPONENTS, KNOWN_FILES, corrupt_configs, download_model, find_model,
+                                       list_models)
 from surgsora.loading.io import ModelFileError
 
 from .runtime import Progress, comfy_module
@@ -67,6 +68,12 @@ def model_choices(component: str, extra: tuple[str, ...] = ()) -> list[str]:
     local: list[str] = []
     for folder in folders:
         names = list_models(folder_roots(folder), component)
+        if component in ("adapter", "svd", "depth"):
+            # Model folders whose config is corrupt stay in the list, so choosing one says "corrupt", not "missing".
+            for root in folder_roots(folder):
+                names += [bad.parent.relative_to(root).as_posix() for bad in corrupt_configs([root])
+                          if bad.parent != root]
+            names = sorted(set(names))
         if folder == "diffusers":
             names = [DIFFUSERS_PREFIX + n for n in names]
         local += names
@@ -78,11 +85,19 @@ def model_choices(component: str, extra: tuple[str, ...] = ()) -> list[str]:
 def resolve_model(component: str, name: str, download: bool = False) -> Path:
     """Full path of a loader's choice ``name``; downloads a known file only when ``download`` is on."""
     folders, _, what = COMPONENTS[component]
+    if not isinstance(name, str) or not name.strip():
+        raise ModelFileError(f"No model was chosen; pick {what} from the list.")
     if name.startswith(DIFFUSERS_PREFIX):
         name, folders = name[len(DIFFUSERS_PREFIX):], ("diffusers",)
     for folder in folders:
+        # Containment is checked on the name as chosen (ValueError for "../" names): symlinked files and HF
+        # cache snapshots inside the folder work.
         path = find_model(folder_roots(folder), name)
         if path is not None:
+            corrupt = corrupt_configs([path], depth=0) if path.is_dir() else []
+            if corrupt:
+                raise ModelFileError(f"{corrupt[0]} is corrupt (not a valid JSON config), so {name} cannot be used; "
+                                     "restore the file (or write the folder again).")
             return path
     known = KNOWN_FILES.get(name)
     if known is not None and known.component == component:

@@ -52,26 +52,42 @@ def _clicks(clicks: str, tracks, size: tuple[int, int]) -> np.ndarray:
     """Clicks (x, y) in pixels of the image of ``size = (W, H)``, from the track starts and/or a JSON list."""
     from surgsora.motion.tracks import TrackError, parse_track_data
 
+    from surgsora.motion.tracks import START_MARGIN, check_canvas
+
     w, h = size
     points = []
     if tracks is not None:
-        ts = parse_track_data(tracks)
+        try:
+            ts = parse_track_data(tracks)
+            if ts.canvas is not None:
+                check_canvas(ts.canvas, (w, h), "the image", tolerance=0.15)
+        except TrackError as e:
+            raise ValueError(f"tracks: {e}") from None
         cw, ch = ts.canvas or (w, h)
         points += [(t[0, 0] * w / cw, t[0, 1] * h / ch) for t in ts.tracks]
     text = (clicks or "").strip()
     if text:
         try:
-            data = json.loads(text)
+            data = json.loads(text.lstrip("\ufeff"))
         except json.JSONDecodeError as e:
             raise ValueError(f"clicks must be JSON like [[x, y], [x, y]] in image pixels ({e.msg}).") from None
         try:
             ts = parse_track_data(data)
+            if ts.canvas is not None:
+                check_canvas(ts.canvas, (w, h), "the image", tolerance=0.15)
         except TrackError as e:
             raise ValueError(f"clicks: {e}") from None
         cw, ch = ts.canvas or (w, h)
         points += [(x * w / cw, y * h / ch) for t in ts.tracks for x, y in t]
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    # A click on the far border is still on the image.
+    # A click just past the border (within the tracks' 5 % margin) is still on the image; further out it
+    # is a wrong coordinate system, which clipping would silently turn into a click on the edge.
+    mx, my = START_MARGIN * w, START_MARGIN * h
+    outside = (pts[:, 0] < -mx) | (pts[:, 0] > w + mx) | (pts[:, 1] < -my) | (pts[:, 1] > h + my)
+    if outside.any():
+        x, y = pts[int(np.argmax(outside))]
+        raise ValueError(f"A click at ({x:.1f}, {y:.1f}) is outside the {w}x{h} image; clicks are in pixels of the "
+                         "image (or of the canvas the JSON declares with width/height).")
     pts[:, 0] = pts[:, 0].clip(0, w - 1e-3)
     pts[:, 1] = pts[:, 1].clip(0, h - 1e-3)
     return pts
@@ -211,7 +227,8 @@ class SurgSoraDepth:
     CATEGORY = f"{CATEGORY}/perception"
 
     def estimate(self, depth_model, image, input_size=518):
-        if input_size % 14 or input_size < 14:
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size % 14 \
+                or input_size < 14:
             raise ValueError(f"input_size must be a positive multiple of 14 (e.g. 518); got {input_size}.")
         x = image_to_bchw(image, "image")
         bar = Progress(x.shape[0])

@@ -16,13 +16,17 @@ import torch
 from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb
 from surgsora.motion.preview import motion_preview
 from surgsora.motion.splat import resize_flow
-from surgsora.motion.tracks import TrackError, parse_track_data, prepare_tracks, rasterize
+from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 
 from .models import model_choices, resolve_model
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
                       mask_to_regions, offload_device, on_device, torch_device, video_to_image)
 
 FLOW_TYPE = "SURGSORA_FLOW"
+# Tracks, masks, flows and depth made on a frame still fit a resized copy of it whose shape differs this much
+# (resizing to SVD's multiples of 64 stretches the frame and its tracks alike); beyond it they were made for
+# another picture and are refused, naming both sizes.
+SHAPE_TOLERANCE = 0.15
 DECODER_TYPE = "SURGSORA_FLOW_DECODER"
 
 
@@ -35,15 +39,60 @@ def _tracks_dict(tracks: np.ndarray, width: int, height: int) -> dict:
 
 def tracks_at(tracks, size: tuple[int, int], num_frames: int | None = None) -> np.ndarray:
     """TRACKS (ours or core) -> [N, T, 2] in pixels of ``size = (W, H)``; core TRACKS without a size are
-    taken to be in pixels of ``size`` already."""
+    taken to be in pixels of ``size`` already. Tracks whose declared size has another shape than ``size``
+    were drawn on another picture: refused, naming both sizes (rescaling would stretch them)."""
     if isinstance(tracks, dict) and "track_path" in tracks:
-        frames = int(tracks["track_path"].shape[-3]) if num_frames is None else num_frames
+        path = tracks["track_path"]
+        frames = int(np.shape(path)[-3]) if num_frames is None and np.ndim(path) >= 3 else (num_frames or 14)
     else:
         frames = num_frames or 14
     try:
-        return prepare_tracks(tracks, canvas_size=size, size=size, num_frames=frames)
+        ts = parse_track_data(tracks)
+        if ts.canvas is not None:
+            check_canvas(ts.canvas, size, "the image", tolerance=SHAPE_TOLERANCE)
+        return prepare_tracks(ts, canvas_size=size, size=size, num_frames=frames)
     except TrackError as e:
         raise ValueError(str(e)) from None
+
+
+def _regions_for(region_masks, size: tuple[int, int]):
+    """MASK [M, H, W] -> regions [1, M, H, W] at ``size = (H, W)``, refusing empty masks and other shapes.
+
+    A mask at another resolution of the same shape (a downscaled copy) is resized; another aspect ratio
+    means it was made for another picture, and an all-zero mask would be dropped without a word.
+    """
+    if region_masks is None:
+        return None
+    if isinstance(region_masks, torch.Tensor) and region_masks.ndim in (2, 3) and region_masks.numel():
+        m = region_masks if region_masks.ndim == 3 else region_masks.unsqueeze(0)
+        if not bool(torch.isfinite(m.float()).all()):
+            raise ValueError("region_masks contain NaN or infinite values; masks must be in [0, 1].")
+        empty = [i for i in range(m.shape[0]) if not bool((m[i] > 0.5).any())]
+        if empty:
+            raise ValueError(f"region_masks: mask {empty[0]} of {m.shape[0]} is empty (all zeros); remove it or "
+                             "segment again (click inside the object).")
+        mh, mw = m.shape[-2:]
+        h, w = size
+        if (mh, mw) != (h, w):
+            try:
+                check_canvas((mw, mh), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+            except TrackError:
+                raise ValueError(f"region_masks are {mw}x{mh} but the image is {w}x{h}, another shape; give masks "
+                                 "made on this image (e.g. SAM Masks from Clicks on it).") from None
+    return mask_to_regions(region_masks, size)
+
+
+def _flow_for(flow: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Flow resized to the image (values rescaled); another aspect ratio is refused, naming both sizes."""
+    fh, fw = flow.shape[-2:]
+    if (fh, fw) == (h, w):
+        return flow
+    try:
+        check_canvas((fw, fh), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+    except TrackError:
+        raise ValueError(f"flow is {fw}x{fh} but the image is {w}x{h}, another shape; compute the flow on this "
+                         "image (SurgSora Trajectories to Flow with it connected).") from None
+    return resize_flow(flow, (h, w))
 
 
 def flow_colours(flow: torch.Tensor) -> torch.Tensor:
@@ -113,8 +162,16 @@ class SurgSoraTrajectories:
 
     def build(self, tracks, frames=14, canvas_width=0, canvas_height=0, image=None, tracks_json=None,
               tracks_in=None):
+        for name, v in (("frames", frames), ("canvas_width", canvas_width), ("canvas_height", canvas_height)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number; got {v!r}.")
         if frames < 2:
             raise ValueError(f"frames must be at least 2; got {frames}.")
+        if frames > 512:
+            raise ValueError(f"frames must be at most 512; got {frames}.")
+        if canvas_width < 0 or canvas_height < 0:
+            raise ValueError(f"canvas_width and canvas_height must be 0 (use the image's size) or positive; got "
+                             f"{canvas_width}x{canvas_height}.")
         if (canvas_width > 0) != (canvas_height > 0):
             raise ValueError("Set both canvas_width and canvas_height, or leave both at 0 (use the image's size).")
         data = tracks_in if tracks_in is not None else (tracks_json if tracks_json is not None else tracks)
@@ -133,6 +190,7 @@ class SurgSoraTrajectories:
                              "canvas_width and canvas_height.")
         size = (x.shape[-1], x.shape[-2]) if x is not None else canvas
         try:
+            check_canvas(canvas, size, "the image", tolerance=SHAPE_TOLERANCE)
             prepared = prepare_tracks(ts, canvas_size=canvas, size=size, num_frames=int(frames))
         except TrackError as e:
             raise ValueError(str(e)) from None
@@ -177,14 +235,17 @@ class SurgSoraTracksToFlow:
     """Trajectories -> dense flow frame 0 -> t at the image's size, with a flow-colour video.
 
     ``region_masks`` (any MASK: SAM masks from the track starts, or another pack's segmentation) tells the
-    decoder which pixels move together.
+    decoder which pixels move together. Masks at another resolution of the image's shape are resized; an
+    empty mask, or masks of another aspect ratio (made for another picture), are refused with both sizes.
     """
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {"decoder": (DECODER_TYPE,), "tracks": ("TRACKS",), "image": ("IMAGE",)},
-            "optional": {"region_masks": ("MASK",)},
+            "optional": {"region_masks": ("MASK", {"tooltip": "Masks of the objects the tracks move, made on this "
+                                                              "image (another resolution of the same shape is "
+                                                              "resized; empty masks or another shape are refused)."})},
         }
 
     RETURN_TYPES = (FLOW_TYPE, "IMAGE")
@@ -197,7 +258,7 @@ class SurgSoraTracksToFlow:
         b, _, h, w = x.shape
         t = tracks_at(tracks, (w, h))
         sparse, mask = rasterize(t, (h, w))
-        regions = mask_to_regions(region_masks, (h, w))
+        regions = _regions_for(region_masks, (h, w))
         if b > 1:
             sparse, mask = sparse.expand(b, *sparse.shape[1:]), mask.expand(b, *mask.shape[1:])
             regions = regions.expand(b, *regions.shape[1:]) if regions is not None else None
@@ -231,7 +292,12 @@ class SurgSoraVideoFlow:
     def estimate(self, frames, method="dis", raft_weights="none", start=0, num_frames=14, stride=1):
         from surgsora.motion.optical_flow import estimate_flow
 
+        for name, v, lo in (("start", start, 0), ("num_frames", num_frames, 0), ("stride", stride, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"{name} must be a whole number >= {lo}; got {v!r}.")
         x = image_to_bchw(frames, "frames")
+        if start >= x.shape[0]:
+            raise ValueError(f"start={start} is beyond the clip, which has {x.shape[0]} frames (0..{x.shape[0] - 1}).")
         stop = x.shape[0] if num_frames == 0 else start + num_frames * stride
         clip = x[start:stop:stride]
         if clip.shape[0] < 2 or (num_frames and clip.shape[0] < num_frames):
@@ -275,7 +341,7 @@ class SurgSoraMotionPreview:
         f = _check_flow(flow)
         if f.shape[0] not in (1, b):
             raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
-        f = resize_flow(f, (h, w)).expand(b, *f.shape[1:]) if f.shape[-2:] != (h, w) else f.expand(b, *f.shape[1:])
+        f = _flow_for(f, h, w).expand(b, *f.shape[1:])
         video = motion_preview(x, f)  # [B, T, 3, H, W]
         if tracks is not None:
             t = tracks_at(tracks, (w, h), num_frames=video.shape[1])
@@ -316,21 +382,29 @@ class SurgSoraMotionSignal:
         f = _check_flow(flow)
         if f.shape[0] not in (1, b):
             raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
-        f = (resize_flow(f, (h, w)) if f.shape[-2:] != (h, w) else f).expand(b, *f.shape[1:])
+        f = _flow_for(f, h, w).expand(b, *f.shape[1:])
         d = None
         if depth is not None:
             d = image_to_depth(depth)
             if d.shape[-2:] != (h, w):
+                try:
+                    check_canvas((d.shape[-1], d.shape[-2]), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+                except TrackError:
+                    raise ValueError(f"depth is {d.shape[-1]}x{d.shape[-2]} but the image is {w}x{h}, another "
+                                     "shape; estimate depth on this image.") from None
                 d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
-        video, mask = motion_signal(x, f, depth=d, regions=mask_to_regions(region_masks, (h, w)))
+        video, mask = motion_signal(x, f, depth=d, regions=_regions_for(region_masks, (h, w)))
         return (video_to_image(video), mask.flatten(0, 2).float())
 
 
 def _check_flow(flow) -> torch.Tensor:
-    if not isinstance(flow, torch.Tensor) or flow.ndim != 5 or flow.shape[2] != 2:
+    if not isinstance(flow, torch.Tensor) or flow.ndim != 5 or flow.shape[2] != 2 or 0 in flow.shape:
         shape = tuple(flow.shape) if isinstance(flow, torch.Tensor) else type(flow).__name__
         raise ValueError(f"flow must be [B, T-1, 2, H, W] (from a SurgSora flow node); got {shape}.")
-    return flow.float()
+    f = flow.float()
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError("flow contains NaN or infinite values; recompute it (every displacement must be finite).")
+    return f
 
 
 NODE_CLASS_MAPPINGS = {

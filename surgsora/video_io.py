@@ -2,21 +2,36 @@
 
 OpenCV decodes to BGR; everything returned here is RGB, so nothing downstream (depth, SAM, CLIP)
 ever sees BGR by mistake.
+
+Videos are written as H.264 (``yuv420p``) with PyAV, in an MP4 (``+faststart``), MOV or MKV container:
+the format browsers and the ComfyUI preview play (OpenCV's ``mp4v`` does not). Outputs are checked before
+any compute (:func:`check_output_path`) and written safely (:func:`atomic_output`): to a temporary file in
+the same folder, flushed to disk, then renamed, so a failure (a full disk, an interrupt) never leaves a
+truncated file under the final name, nor the temporary one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import tempfile
+from fractions import Fraction
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
-__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "read_video", "read_frames", "read_image", "write_video",
-           "video_info"]
+__all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_OUT_EXTENSIONS", "OutputPathError", "read_video",
+           "read_frames", "read_image", "write_video", "encode_video", "video_info", "check_output_path",
+           "check_fps", "atomic_output"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Containers write_video writes (all H.264 / yuv420p); the value is the FFmpeg muxer.
+VIDEO_OUT_EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+MAX_FPS = 1000.0
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -95,28 +110,191 @@ def read_frames(folder: str | os.PathLike, start: int = 0, count: int | None = N
     return np.stack(frames)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> Path:
-    """Write RGB uint8 frames [T, H, W, 3] to an mp4 (or any OpenCV container by extension).
+class OutputPathError(ValueError):
+    """An output path that cannot be written (wrong extension, a folder, a read-only place); one sentence."""
 
-    Written to a temporary name and renamed, so a crash never leaves a half-written file behind.
+
+def check_fps(fps, what: str = "fps") -> float:
+    """``fps`` as a float, or ValueError: it must be a finite number in (0, 1000] (inf used to hang the writer)."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of frames per second such as 7; got {fps!r}.") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_FPS:
+        raise ValueError(f"{what} must be a finite number of frames per second in (0, {MAX_FPS:g}], such as 7; "
+                         f"got {fps!r}.")
+    return value
+
+
+def check_output_path(path: str | os.PathLike, what: str = "--out",
+                      extensions: Iterable[str] = tuple(VIDEO_OUT_EXTENSIONS)) -> Path:
+    """Check, before any compute, that ``path`` can be written as a file with one of ``extensions``.
+
+    Raises :class:`OutputPathError` for a missing or unsupported extension, an existing folder, a path
+    through a file, or a folder that is not writable. A missing parent folder is fine (it is created at
+    write time).
+    """
+    text = os.fspath(path)
+    exts = tuple(e.lower() for e in extensions)
+    if not text.strip():
+        raise OutputPathError(f"{what} is empty; give a file name such as out{exts[0]}.")
+    path = Path(text)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is an existing folder; give a file name inside it, such as "
+                              f"{path / ('out' + exts[0])}.")
+    suffix = path.suffix.lower()
+    if suffix not in exts:
+        got = f"has the extension {path.suffix!r}" if suffix else "has no extension"
+        video = exts[0] in VIDEO_OUT_EXTENSIONS
+        hint = " (an H.264 video that plays in browsers and in ComfyUI)" if video else ""
+        raise OutputPathError(f"{what} {path} {got}; name a {' or '.join(exts)} file{hint}, e.g. "
+                              f"{path.with_suffix(exts[0]).name}.")
+    parent = path.parent
+    while not parent.exists():
+        if parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(f"{what} {path}: {parent} is a file, not a folder; choose another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path}: the folder {parent} is not writable; choose a folder you can "
+                              "write to.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``.
+
+    On any failure (exception, interrupt) the temporary file, and any folder created for it, are removed
+    and ``path`` is left as it was: never a truncated file under the final name.
     """
     path = Path(path)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"write_video expects RGB frames [T,H,W,3]; got {frames.shape}")
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    created = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    h, w = frames.shape[1:3]
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
-    writer = cv2.VideoWriter(str(tmp), fourcc, float(fps), (w, h))
-    if not writer.isOpened():
-        raise OSError(f"Could not open a video writer for {path}.")
+    tmp = None
     try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    os.replace(tmp, path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        with contextlib.suppress(OSError):  # the rename itself reaches the disk (best effort, not on Windows)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    except BaseException:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for folder in created:  # deepest first; only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _frames_iter(frames) -> Iterator[np.ndarray]:
+    """Single frames [H, W, 3] from an array [T, H, W, 3] or an iterable of frames or chunks [t, H, W, 3]."""
+    if hasattr(frames, "ndim") and frames.ndim == 4:
+        frames = [frames]
+    for item in frames:
+        if hasattr(item, "detach"):
+            item = item.detach().cpu().numpy()
+        item = np.asarray(item)
+        if item.ndim == 3:
+            yield item
+        elif item.ndim == 4:
+            yield from item
+        else:
+            raise ValueError(f"write_video expects RGB frames [T, H, W, 3]; got a chunk of shape {item.shape}.")
+
+
+def _to_uint8(frame: np.ndarray) -> np.ndarray:
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ValueError(f"write_video expects RGB frames [T, H, W, 3]; got a frame of shape {frame.shape}.")
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype == np.bool_:
+        return frame.astype(np.uint8) * 255
+    f = frame.astype(np.float32)
+    if not np.isfinite(f).all():
+        raise ValueError("write_video: the frames contain NaN or infinite values; every pixel must be finite "
+                         "(floats in [0, 1]).")
+    return (np.clip(f, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def encode_video(path: str | os.PathLike, frames, fps: float = 8.0, crf: int = 17,
+                 container: str | None = None) -> Path:
+    """Encode RGB frames as H.264 (yuv420p) straight into ``path`` (no temporary file: see :func:`write_video`).
+
+    ``container``: the FFmpeg muxer (default: from the extension, see ``VIDEO_OUT_EXTENSIONS``), so a
+    temporary name such as ``.out.partial.mp4`` can be written for ``out.mp4``.
+    """
+    path = Path(path)
+    fmt = container or VIDEO_OUT_EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputPathError(f"{path}: videos are written as H.264 in {', '.join(VIDEO_OUT_EXTENSIONS)} files; got "
+                              f"{path.suffix or 'no extension'}.")
+    fps = check_fps(fps)
+    try:
+        import av
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError("Writing videos needs PyAV: pip install av") from None
+    rate = Fraction(fps).limit_denominator(1001)
+    it = _frames_iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError(f"write_video: no frames to write to {path}.")
+    first = _to_uint8(first)
+    h, w = first.shape[:2]
+    if h < 2 or w < 2:
+        raise ValueError(f"write_video: frames of {w}x{h} pixels are too small for a video (at least 2x2).")
+    ph, pw = h + h % 2, w + w % 2  # yuv420p subsamples chroma 2x2: sizes must be even
+    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}  # playable while it downloads
+    with av.open(str(path), mode="w", format=fmt, options=options) as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.options = {"crf": str(int(crf)), "preset": "fast"}
+        frame = first
+        while frame is not None:
+            frame = _to_uint8(frame)
+            if frame.shape[:2] != (h, w):
+                raise ValueError(f"write_video: every frame must be {w}x{h}; got one of "
+                                 f"{frame.shape[1]}x{frame.shape[0]}.")
+            if (ph, pw) != (h, w):
+                frame = np.pad(frame, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                out.mux(packet)
+            frame = next(it, None)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_video(path: str | os.PathLike, frames, fps: float = 8.0, crf: int = 17) -> Path:
+    """Write RGB frames to an H.264 (yuv420p) video safely; returns the path.
+
+    ``frames``: uint8 or float in [0, 1], an array ``[T, H, W, 3]`` or an iterable of frames ``[H, W, 3]``
+    or chunks ``[t, H, W, 3]`` (streamed: memory stays at one chunk). Odd sizes are padded to even ones
+    (yuv420p needs them) by repeating the last row / column. ``fps``: finite, in (0, 1000]. The container
+    follows the extension (.mp4/.m4v/.mov/.mkv). Written through :func:`atomic_output`: a failure leaves
+    neither a truncated video nor a temporary file.
+    """
+    path = Path(path)
+    fmt = VIDEO_OUT_EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputPathError(f"{path}: videos are written as H.264 in {', '.join(VIDEO_OUT_EXTENSIONS)} files; got "
+                              f"{path.suffix or 'no extension'}.")
+    check_fps(fps)
+    with atomic_output(path) as tmp:
+        encode_video(tmp, frames, fps=fps, crf=crf, container=fmt)
     return path

@@ -104,8 +104,10 @@ def test_cli_writes_a_complete_report(dataset, tmp_path, clean_env, capsys):
                  "--inception", str(w / "pt_inception-2015-12-05-6726825d.pth"),
                  "--i3d", str(w / "i3d_torchscript.pt"), "--allow-torchscript",
                  "--videomae", str(w / "vit_g_hybrid_pt_1200e_ssv2_ft.pth"), "--clip", str(w / "clip"),
-                 "--fvd-frames", "9", "--fid-stride", "10", "--bootstrap", "10", "--max-plots", "2", "--quiet"])
+                 "--fvd-frames", "9", "--fid-stride", "10", "--bootstrap", "10", "--max-plots", "2", "--quiet",
+                 "--allow-mismatch"])  # c has no real partner and no flow
     assert code == 0
+    assert "mismatch allowed" in capsys.readouterr().err  # on the console too, even with --quiet
     report = json.loads(out.read_text())
     m = report["metrics"]
     assert [k for k in m] == ["psnr", "ssim", "fid", "is", "fvd", "cd_fvd", "frame_consistency", "flow"]
@@ -154,7 +156,7 @@ def test_cli_skips_metrics_without_weights_and_reports_failures(dataset, tmp_pat
     np.save(bad_flows / "a.npy", np.zeros((9, 3, 96, 128), np.float32))  # 3 channels: not a flow
     out = tmp_path / "r.json"
     code = main(["--real", str(dataset / "real"), "--fake", str(dataset / "fake"), "--flows", str(bad_flows),
-                 "--out", str(out), "--metrics", "psnr,fid,is,fvd,cd_fvd,fc,flow", "--no-plots"])
+                 "--out", str(out), "--metrics", "psnr,fid,is,fvd,cd_fvd,fc,flow", "--no-plots", "--allow-mismatch"])
     assert code == 1  # the flow metric failed; everything else ran or was skipped
     m = json.loads(out.read_text())["metrics"]
     assert m["psnr"]["status"] == "ok" and "ssim" not in m

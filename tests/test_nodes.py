@@ -164,10 +164,16 @@ def test_download_goes_to_exactly_the_folder_when_asked(nodes, env, monkeypatch)
     calls = []
 
     def fake_hf_hub_download(repo_id, filename, *, local_dir, **kw):
+        import hashlib
+
+        from huggingface_hub._local_folder import write_download_metadata
+
         calls.append((repo_id, filename))
         path = Path(local_dir) / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(moved.read_bytes())
+        # as the real one does: the LFS etag (the file's SHA-256) recorded next to the download
+        write_download_metadata(Path(local_dir), filename, "0" * 40, hashlib.sha256(path.read_bytes()).hexdigest())
         return str(path)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)

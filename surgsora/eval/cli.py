@@ -4,12 +4,17 @@
 (one row per report, the paper's Tables 1-2 layout).
 
 Exit status: 0 when every requested metric ran or was skipped (missing weights are reported, not
-fatal), 1 when a metric failed, 2 for unusable input (the message says what to fix).
+fatal), 1 when a metric failed (or the report could not be written), 2 for unusable input (one sentence
+on stderr says what to fix; never a traceback). Videos without a partner, pairs of different lengths and
+flows that do not fit their video are unusable input unless ``--allow-mismatch`` is given; the
+differences are then printed on the console and kept in the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from pathlib import Path
 
@@ -61,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-n-frames", type=int, default=2048, help="warn when FID/IS use fewer frames")
     p.add_argument("--min-n-videos", type=int, default=256, help="warn when FVD/CD-FVD use fewer videos")
     p.add_argument("--max-plots", type=int, default=4, help="videos to draw flow-error and first/last plots for")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare what matches when names, lengths or flow sizes differ (common first frames, flows "
+                        "resized and trimmed) instead of stopping; every difference is printed and reported")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -74,14 +82,58 @@ def _table_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     try:
         table = comparison_table([load_report(r) for r in a.reports])
+        if a.out:
+            from ..video_io import atomic_output, check_output_path
+
+            check_output_path(a.out, "--out", (".md", ".txt"))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if a.out:
-        Path(a.out).write_text(table + "\n", encoding="utf-8")
+        try:
+            with atomic_output(Path(a.out)) as tmp:
+                tmp.write_text(table + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"error: could not write {a.out} ({e.strerror or e}); choose another --out.", file=sys.stderr)
+            return 1
     else:
         print(table)
     return 0
+
+
+def _usage_problem(a) -> str | None:
+    """The first argument that cannot work, as one sentence (checked before any video is read)."""
+    from ..video_io import OutputPathError, check_output_path
+
+    ints = [("--fvd-frames", a.fvd_frames, 2), ("--fid-stride", a.fid_stride, 1), ("--batch-size", a.batch_size, 1),
+            ("--max-frames", a.max_frames, 1), ("--is-splits", a.is_splits, 1), ("--bootstrap", a.bootstrap, 0),
+            ("--seed", a.seed, 0), ("--min-n-frames", a.min_n_frames, 0), ("--min-n-videos", a.min_n_videos, 0),
+            ("--max-plots", a.max_plots, 0)]
+    for flag, value, lo in ints:
+        if value is not None and value < lo:
+            return f"{flag} must be at least {lo}; got {value}."
+    if not math.isfinite(a.psnr_cap) or a.psnr_cap <= 0:
+        return f"--psnr-cap must be a finite number of dB > 0 (default 100); got {a.psnr_cap}."
+    if Path(a.out).suffix.lower() != ".json":
+        return f"--out must name a .json file (got {a.out}); the markdown and plots go next to it."
+    try:
+        check_output_path(a.out, "--out", (".json",))
+    except OutputPathError as e:
+        return str(e)
+    if a.device != "auto":
+        import torch
+
+        try:
+            dev = torch.device(a.device)
+        except (RuntimeError, ValueError):
+            return f"--device {a.device!r} is not a device; use auto, cpu, cuda or cuda:N."
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {a.device}: this machine has no CUDA GPU torch can use; use --device cpu (or auto)."
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {a.device}: there are only {torch.cuda.device_count()} CUDA device(s)."
+        if dev.type not in ("cpu", "cuda", "mps"):
+            return f"--device {a.device}: only auto, cpu, cuda, cuda:N and mps are supported."
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,11 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return _table_main(argv[1:])
     a = build_parser().parse_args(argv)
     log = (lambda msg: None) if a.quiet else (lambda msg: print(f"[surgsora.eval] {msg}", file=sys.stderr))
-    if a.fvd_frames < 2 or a.fid_stride < 1 or a.batch_size < 1 or (a.max_frames is not None and a.max_frames < 1):
-        print("error: --fvd-frames must be >= 2 and --fid-stride, --batch-size, --max-frames >= 1.", file=sys.stderr)
-        return 2
-    if Path(a.out).suffix.lower() != ".json":
-        print(f"error: --out must name a .json file (got {a.out}).", file=sys.stderr)
+    problem = _usage_problem(a)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     cfg = EvalConfig(
         real=a.real, fake=a.fake, flows=a.flows, name=a.name,
@@ -103,15 +153,26 @@ def main(argv: list[str] | None = None) -> int:
         flow_method=a.flow_method, raft_weights=a.raft_weights, clip_len=a.fvd_frames, max_frames=a.max_frames,
         fid_stride=a.fid_stride, is_splits=a.is_splits, psnr_cap=a.psnr_cap, bootstrap=a.bootstrap, seed=a.seed,
         device=a.device, batch_size=a.batch_size, resize_real=not a.no_resize_real, min_frames_warn=a.min_n_frames,
-        min_videos_warn=a.min_n_videos, max_plots=a.max_plots,
+        min_videos_warn=a.min_n_videos, max_plots=a.max_plots, allow_mismatch=a.allow_mismatch,
     )
+    # Allowed mismatches reach the console even with --quiet: they change what the numbers mean.
+    warn = (lambda msg: print(f"[surgsora.eval] warning: {msg}", file=sys.stderr))
     try:
         cfg.normalised_metrics()
-        result = evaluate(cfg, log)
+        result = evaluate(cfg, log, warn)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
         paths = write_report(result, a.out, plots=not a.no_plots)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a folder that became read-only: nothing half-written is left
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        print(f"error: could not write the report {a.out} ({reason}); free some space or choose another --out.",
+              file=sys.stderr)
+        return 1
     n_plots = f" and {len(paths['plots'])} plots" if paths["plots"] else ""
     log(f"wrote {paths['json']} and {paths['markdown']}{n_plots}")
     if not a.quiet:

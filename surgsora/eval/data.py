@@ -24,9 +24,13 @@ import torch
 from ..video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video
 
 __all__ = ["VideoEntry", "list_videos", "pair_videos", "load_frames", "resize_frames", "find_flow", "load_flow",
-           "FLOW_EXTENSIONS"]
+           "FLOW_EXTENSIONS", "NonFiniteFlowError", "frame_count"]
 
 FLOW_EXTENSIONS = (".npy", ".npz", ".safetensors", ".pt", ".pth")
+
+
+class NonFiniteFlowError(ValueError):
+    """A conditioning flow with NaN or inf values (never scored: NaN would count as a perfect match)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,19 @@ def load_frames(entry: VideoEntry, max_frames: int | None = None, size: tuple[in
     return resize_frames(frames, size) if size is not None else frames
 
 
+def frame_count(entry: VideoEntry) -> int:
+    """Frames of a video file (container header) or frame folder (image files), without decoding."""
+    from ..video_io import video_info
+
+    if entry.path.is_dir():
+        return sum(1 for p in entry.path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        n = video_info(entry.path)["frames"]
+    except ValueError as e:
+        raise ValueError(f"Could not read the video {entry.path}: {e}") from None
+    return n if n > 0 else len(read_video(entry.path))
+
+
 def find_flow(folder: str | os.PathLike, name: str) -> Path | None:
     """The flow file of video ``name`` in ``folder``, if there is one."""
     folder = Path(folder)
@@ -123,7 +140,15 @@ def load_flow(path: str | os.PathLike) -> np.ndarray:
 
             flow = _pick({k: v.float().numpy() for k, v in load_file(str(path)).items()}, path)
         elif ext in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                text = str(e)
+                if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+                    # torch's own message advises weights_only=False, i.e. running the file's code: never repeat it.
+                    raise ValueError("it holds pickled Python objects, which are not loaded for safety; save the "
+                                     "flow as a plain tensor, .npy or .safetensors") from None
+                raise
             if isinstance(obj, dict):
                 obj = _pick(obj, path)
             flow = obj.float().numpy() if isinstance(obj, torch.Tensor) else np.asarray(obj)
@@ -133,11 +158,23 @@ def load_flow(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"Could not read the flow file {path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - numpy/torch/safetensors raise many kinds; one sentence
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in msg:
+            msg = "it could not be loaded safely"
         raise ValueError(f"Could not read the flow file {path}: {msg}.") from None
-    flow = np.asarray(flow, dtype=np.float32)
+    try:
+        flow = np.asarray(flow, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"The flow file {path} does not hold a numeric array; expected [T-1, 2, H, W] floats.") \
+            from None
     if flow.ndim == 5 and flow.shape[0] == 1:
         flow = flow[0]
     if flow.ndim != 4 or flow.shape[1] != 2:
         raise ValueError(f"The flow file {path} has shape {flow.shape}; expected [T-1, 2, H, W] "
                          "(or [1, T-1, 2, H, W]) in pixels, frame 0 -> t.")
+    if flow.shape[0] < 1 or flow.shape[2] < 1 or flow.shape[3] < 1:
+        raise ValueError(f"The flow file {path} is empty (shape {flow.shape}); expected at least one step 0 -> 1.")
+    bad = ~np.isfinite(flow)
+    if bad.any():
+        raise NonFiniteFlowError(f"The flow file {path} has {int(bad.sum()):,} NaN or infinite values (of "
+                                 f"{flow.size:,}); a conditioning flow must be finite everywhere: write it again.")
     return flow

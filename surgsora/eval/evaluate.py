@@ -8,6 +8,12 @@ wrong). A skipped or failed metric never stops the others.
 Resolution rule: paired and distribution metrics compare videos at the *generated* resolution. Real
 videos of another size are resized to the size of the generated videos (area filter when shrinking)
 unless ``resize_real=False``; the report says when this happened.
+
+Mismatches are errors, found before any metric runs: videos without a partner of the same name (when a
+paired metric is asked for), pairs of different lengths, generated videos without a flow file, and flows
+whose size or length differs from their video. ``allow_mismatch=True`` (``--allow-mismatch``) compares
+what matches instead (common first frames, flows resized and trimmed) and reports every difference, in
+the report and on the console. A flow with NaN or inf values is always an error.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from ..loading.io import ModelFileError
 from ..motion.optical_flow import estimate_flow
 from ..video_io import read_video
 from . import metrics as M
-from .data import find_flow, list_videos, load_flow, load_frames, pair_videos, resize_frames
+from .data import (NonFiniteFlowError, find_flow, frame_count, list_videos, load_flow, load_frames, pair_videos,
+                   resize_frames)
 from .frechet import frechet_distance_features
 from .weights import SPECS, MissingWeightsError, resolve_weights
 
@@ -63,6 +70,7 @@ class EvalConfig:
     min_frames_warn: int = 2048
     min_videos_warn: int = 256
     max_plots: int = 4
+    allow_mismatch: bool = False
 
     def normalised_metrics(self) -> tuple:
         metrics = self.metrics.split(",") if isinstance(self.metrics, str) else self.metrics
@@ -101,25 +109,36 @@ def _n_warning(what: str, n: int, threshold: int, dim: int | None = None) -> lis
     return out
 
 
+def _examples(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 class _Evaluator:
-    def __init__(self, cfg: EvalConfig, log: Callable[[str], None]):
+    def __init__(self, cfg: EvalConfig, log: Callable[[str], None], warn: Callable[[str], None] | None = None):
         if cfg.device == "auto":
             cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
         self.cfg = cfg
         self.log = log
+        self.warn = warn or log
         self.warnings: list[str] = []
         self.artifacts: dict = {}
+        self.flows: dict[str, np.ndarray | Exception] = {}
+        wanted = cfg.normalised_metrics()
         self.real = list_videos(cfg.real, "real")
         self.fake = list_videos(cfg.fake, "generated")
         self.pairs, self.only_real, self.only_fake = pair_videos(self.real, self.fake)
-        if not self.pairs and len(self.real) == 1 and len(self.fake) == 1:
-            # one video on each side (e.g. two frame folders): they are each other's partner whatever their names
+        if not self.pairs and len(self.real) == 1 and len(self.fake) == 1 and \
+                self.real[0].path == Path(cfg.real) and self.fake[0].path == Path(cfg.fake):
+            # --real and --fake are each one frame folder: the folder names say nothing about pairing
             self.pairs, self.only_real, self.only_fake = [(self.real[0], self.fake[0])], [], []
             self.warnings.append(f"paired the only real video ({self.real[0].name}) with the only generated one "
                                  f"({self.fake[0].name}) although their names differ.")
         sizes = {}
         for e in self.fake:
-            first = read_video(e.path, 0, 1)
+            try:
+                first = read_video(e.path, 0, 1)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"Could not read the generated video {e.path}: {err}") from None
             sizes[e.name] = tuple(first.shape[1:3])
         self.fake_sizes = sizes
         self.target_size = sizes[self.fake[0].name]
@@ -128,6 +147,66 @@ class _Evaluator:
                                  f"resized to {self.target_size} for the distribution metrics and to each partner "
                                  "for the paired ones.")
         self.real_resized = False
+        self._check_mismatches(wanted)
+
+    def _length(self, entry) -> int:
+        n = frame_count(entry)
+        return min(n, self.cfg.max_frames) if self.cfg.max_frames else n
+
+    def _check_mismatches(self, wanted: tuple) -> None:
+        """Names, lengths and flows that do not match: an error before any compute, unless allow_mismatch."""
+        cfg = self.cfg
+        found: list[str] = []
+        if any(m in wanted for m in ("psnr", "ssim")) and (self.only_real or self.only_fake):
+            found.append(f"{len(self.only_real)} real video(s) ({_examples(self.only_real) or 'none'}) and "
+                         f"{len(self.only_fake)} generated video(s) ({_examples(self.only_fake) or 'none'}) have no "
+                         "partner of the same name")
+        if any(m in wanted for m in ("psnr", "ssim")):
+            lengths = [f"{f.name} ({self._length(r)} real vs {self._length(f)} generated frames)"
+                       for r, f in self.pairs if self._length(r) != self._length(f)]
+            if lengths:
+                found.append(f"{len(lengths)} pair(s) differ in length: {_examples(lengths)}")
+        if "flow" in wanted and cfg.flows is not None:
+            flows_dir = Path(cfg.flows)
+            if not flows_dir.is_dir():
+                raise ValueError(f"The flows folder {flows_dir} does not exist or is not a folder.")
+            missing, sized, timed = [], [], []
+            for e in self.fake:
+                path = find_flow(flows_dir, e.name)
+                if path is None:
+                    missing.append(e.name)
+                    continue
+                try:
+                    flow = load_flow(path)
+                except NonFiniteFlowError:
+                    raise  # never scored, allowed or not
+                except ValueError as err:  # unreadable: the flow metric reports it as failed
+                    self.flows[e.name] = err
+                    continue
+                self.flows[e.name] = flow
+                h, w = self.fake_sizes[e.name]
+                if flow.shape[-2:] != (h, w):
+                    sized.append(f"{e.name} ({flow.shape[-1]}x{flow.shape[-2]} flow, {w}x{h} video)")
+                steps = self._length(e) - 1
+                if len(flow) != steps:
+                    timed.append(f"{e.name} ({len(flow)} flow steps, {steps} video steps)")
+            if missing:
+                found.append(f"{len(missing)} generated video(s) have no flow file in {flows_dir} "
+                             f"({_examples(missing)})")
+            if sized:
+                found.append(f"{len(sized)} flow(s) differ in size from their video: {_examples(sized)}")
+            if timed:
+                found.append(f"{len(timed)} flow(s) differ in length from their video: {_examples(timed)}")
+        if not found:
+            return
+        if not cfg.allow_mismatch:
+            raise ValueError("The inputs do not match: " + "; ".join(found) + ". Fix the names, lengths or flows, or "
+                             "pass --allow-mismatch to compare what matches (common first frames, flows resized "
+                             "and trimmed) and list the differences.")
+        for msg in found:
+            msg = f"mismatch allowed: {msg}."
+            self.warnings.append(msg)
+            self.warn(msg)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -415,7 +494,11 @@ class _Evaluator:
             if fpath is None:
                 missing.append(e.name)
                 continue
-            ref = load_flow(fpath)
+            ref = self.flows.get(e.name)
+            if ref is None:
+                ref = load_flow(fpath)
+            elif isinstance(ref, Exception):
+                raise ref
             frames = self.fake_frames(e)
             if len(frames) < 2:
                 continue
@@ -556,6 +639,11 @@ class _Evaluator:
         return EvalResult(report, self.artifacts)
 
 
-def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None) -> EvalResult:
-    """Compute every metric in ``cfg.metrics`` and return the report (a JSON-ready dict) and plot data."""
-    return _Evaluator(cfg, log or (lambda msg: None)).run()
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] | None = None,
+             warn: Callable[[str], None] | None = None) -> EvalResult:
+    """Compute every metric in ``cfg.metrics`` and return the report (a JSON-ready dict) and plot data.
+
+    ``log`` gets progress messages, ``warn`` (default: ``log``) the mismatches allowed by ``allow_mismatch``.
+    Unusable or mismatching inputs raise ``ValueError`` (one sentence) before any metric runs.
+    """
+    return _Evaluator(cfg, log or (lambda msg: None), warn).run()

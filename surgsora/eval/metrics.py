@@ -126,6 +126,9 @@ def flow_errors(estimated, reference, abs_px: float = FL_ABS_PX, rel: float = FL
     if est.shape != ref.shape or est.ndim < 3 or est.shape[-3] != 2:
         raise ValueError(f"flows must both be [..., 2, H, W] of one shape; got {tuple(est.shape)} and "
                          f"{tuple(ref.shape)}")
+    for name, f in (("estimated", est), ("reference", ref)):
+        if not bool(torch.isfinite(f).all()):  # NaN compares false: it would count as "no outlier" (Fl-all 0 %)
+            raise ValueError(f"the {name} flow contains NaN or infinite values; every displacement must be finite.")
     epe = (est - ref).norm(dim=-3)
     mag = ref.norm(dim=-3)
     outlier = (epe > abs_px) & (epe > rel * mag)

@@ -64,9 +64,11 @@ def to_jsonable(obj):
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Temporary file in the same folder, fsync, rename; removed on any failure (a full disk included)."""
+    from ..video_io import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _cell(metric: dict | None, field: str, fmt: str) -> str:
@@ -169,9 +171,10 @@ def _safe_name(name: str) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    from ..video_io import atomic_output
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def make_plots(result, folder: Path) -> dict:

@@ -14,6 +14,7 @@ name the same files and folders in their messages.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-__all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "best_model", "download_model"]
+from .io import ModelFileError
+
+__all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "best_model", "download_model",
+           "corrupt_configs"]
 
 
 # ================================================================================= model catalogue
@@ -39,6 +43,11 @@ class KnownFile:
     url: str | None = None  # a direct https address (SAM is hosted by Meta, not on Hugging Face)
     size: int | None = None  # exact size in bytes when published
     gated: bool = False  # needs `huggingface-cli login` and accepting the licence on the model page
+    sha256: str | None = None  # the full SHA-256 when it is known from a verifiable source
+    # Only the ends of the SHA-256 are published in the tables we could check (ours: fixtures README).
+    sha256_prefix: str | None = None
+    sha256_suffix: str | None = None
+    revision: str | None = None  # a pinned Hugging Face commit (None: the file's current commit, hash-checked)
 
     @property
     def source(self) -> str:
@@ -47,8 +56,9 @@ class KnownFile:
         return f"https://huggingface.co/{self.repo_id}/blob/main/{self.repo_file}"
 
 
-def _sam(name, size):
-    return KnownFile(name, "sam", "sams", url=f"https://dl.fbaipublicfiles.com/segment_anything/{name}", size=size)
+def _sam(name, size, sha_prefix, sha_suffix):
+    return KnownFile(name, "sam", "sams", url=f"https://dl.fbaipublicfiles.com/segment_anything/{name}", size=size,
+                     sha256_prefix=sha_prefix, sha256_suffix=sha_suffix)
 
 
 def _dav2(name, repo, repo_file=None):
@@ -59,9 +69,9 @@ _DAV2_REPOS = {"s": "Small", "b": "Base", "l": "Large"}
 
 # Preferred first within each component (best quality first).
 KNOWN_FILES: dict[str, KnownFile] = {f.name: f for f in [
-    _sam("sam_vit_h_4b8939.pth", 2_564_550_879),
-    _sam("sam_vit_l_0b3195.pth", 1_249_524_607),
-    _sam("sam_vit_b_01ec64.pth", 375_042_383),
+    _sam("sam_vit_h_4b8939.pth", 2_564_550_879, "a7bf3b02", "262e"),
+    _sam("sam_vit_l_0b3195.pth", 1_249_524_607, "3adcc431", "a622"),
+    _sam("sam_vit_b_01ec64.pth", 375_042_383, "ec2df627", "c912"),
     *[_dav2(f"depth_anything_v2_vit{k}.pth", f"depth-anything/Depth-Anything-V2-{v}") for k, v in
       (("l", "Large"), ("b", "Base"), ("s", "Small"))],
     *[_dav2(f"depth_anything_v2_vit{k}_{p}.safetensors", "Kijai/DepthAnythingV2-safetensors")
@@ -157,10 +167,41 @@ def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]
     return sorted(names)
 
 
+def corrupt_configs(roots: Sequence[str | os.PathLike], depth: int = 2) -> list[Path]:
+    """``config.json`` / ``model_index.json`` files under ``roots`` that are not valid JSON objects.
+
+    A model folder with such a file is not listed by :func:`list_models`; front ends name these files so
+    a corrupt config is reported as corrupt, not as a missing model.
+    """
+    import json
+
+    bad = []
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            here = Path(dirpath)
+            if len(here.relative_to(root).parts) >= depth:
+                dirnames[:] = []
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in ("config.json", "model_index.json"):
+                if f in filenames:
+                    try:
+                        ok = isinstance(json.loads((here / f).read_bytes().decode("utf-8-sig")), dict)
+                    except (OSError, ValueError):
+                        ok = False
+                    if not ok:
+                        bad.append(here / f)
+    return sorted(bad)
+
+
 def find_model(roots: Sequence[str | os.PathLike], name: str) -> Path | None:
     """The first ``root / name`` that exists (file or folder), refusing names that escape the root."""
     from .io import safe_join
 
+    if "\x00" in name:
+        raise ValueError(f"Invalid model name {name!r}: give a name inside the models folder.")
     for root in roots:
         try:
             path = safe_join(root, name)
@@ -202,12 +243,88 @@ def _progress_tqdm(callback: Callable[[int, int], None] | None):
     return _Tqdm
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch_url(url: str, dest: Path, total: int, tqdm_cls) -> None:
+    """Stream ``url`` into ``dest`` (the network step; tests replace it)."""
+    with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 (fixed https address from the catalogue)
+        total = int(r.headers.get("Content-Length") or 0) or total
+        with open(dest, "wb") as f, tqdm_cls(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _fetch_hf(known: KnownFile, revision: str | None, dest: Path, tqdm_cls) -> str | None:
+    """Download one Hub file at ``revision`` into ``dest`` (the network step; tests replace ``hf_hub_download``).
+
+    Returns the SHA-256 the Hub reported for it (the LFS etag, recorded by ``hf_hub_download`` in the
+    local folder's download metadata), or None when it reported none.
+    """
+    import inspect
+
+    import huggingface_hub
+
+    staging = Path(tempfile.mkdtemp(prefix=".surgsora-download-", dir=dest.parent))
+    try:
+        kwargs = {}
+        if "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_download).parameters:
+            kwargs["tqdm_class"] = tqdm_cls
+        if revision:
+            kwargs["revision"] = revision
+        got = huggingface_hub.hf_hub_download(known.repo_id, known.repo_file, local_dir=staging, **kwargs)
+        sha = None
+        try:
+            from huggingface_hub._local_folder import read_download_metadata
+
+            meta = read_download_metadata(staging, known.repo_file)
+            etag = (meta.etag if meta else "").strip('"').lower()
+            sha = etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
+        except (ImportError, AttributeError, OSError):
+            sha = None
+        os.replace(got, dest)
+        return sha
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _verify(known: KnownFile, path: Path, expected_sha: str | None) -> None:
+    """Size and SHA-256 checks of a finished download; ModelFileError naming what differs."""
+    got_size = path.stat().st_size
+    if known.size and got_size != known.size:
+        raise ModelFileError(f"The download of {known.name} is {got_size:,} bytes instead of {known.size:,}; it was "
+                             "cut short or changed upstream. Try again.")
+    digest = _sha256(path)
+    expected = (known.sha256 or expected_sha or "").lower()
+    ok = True
+    if expected:
+        ok = digest == expected
+    if known.sha256_prefix:
+        ok = ok and digest.startswith(known.sha256_prefix.lower())
+    if known.sha256_suffix:
+        ok = ok and digest.endswith(known.sha256_suffix.lower())
+    if not ok:
+        want = expected or f"{known.sha256_prefix or ''}...{known.sha256_suffix or ''}"
+        raise ModelFileError(f"The download of {known.name} has SHA-256 {digest}, not the published {want}; it is "
+                             "corrupt or not the file SurgSora expects, so it was deleted. Try again, or download it "
+                             f"yourself from {known.source}.")
+
+
 def download_model(name: str, folder: str | os.PathLike,
                    progress: Callable[[int, int], None] | None = None) -> Path:
     """Download the known file ``name`` into ``folder`` (created), with a progress bar; returns its path.
 
-    Only names in :data:`KNOWN_FILES` can be downloaded (no free-form URLs). The file is written under a
-    temporary name and renamed when complete, and its size is checked when it is published.
+    Only names in :data:`KNOWN_FILES` can be downloaded (no free-form URLs), and only when asked: nothing
+    else in SurgSora touches the network. The file is written under a temporary name in ``folder`` and
+    renamed only after its size and SHA-256 check out (SAM: the published size and the published ends of its
+    SHA-256; Hugging Face files: the SHA-256 the Hub reports for the file downloaded (its LFS etag), or a
+    pinned ``revision``). A failed, interrupted or mismatching download leaves nothing behind.
     """
     from .io import ModelFileError
 
@@ -216,47 +333,43 @@ def download_model(name: str, folder: str | os.PathLike,
         raise ModelFileError(f"{name} is not a file SurgSora knows how to download; known files: "
                              f"{', '.join(sorted(KNOWN_FILES))}.")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / known.name
     if target.is_file():
         return target
-    tqdm_cls = _progress_tqdm(progress)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelFileError(f"Could not create the folder {folder} for {known.name} ({e.strerror or e}); choose a "
+                             "models folder you can write to.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelFileError(f"The folder {folder} is not writable; choose a models folder you can write to.")
+    tqdm_cls = _progress_tqdm(progress)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{known.name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        expected = None
         if known.url:
-            tmp = folder / f".{known.name}.partial"
-            with urllib.request.urlopen(known.url, timeout=60) as r:  # noqa: S310 (fixed https address)
-                total = int(r.headers.get("Content-Length") or 0) or known.size or 0
-                with open(tmp, "wb") as f, tqdm_cls(total=total, unit="B", unit_scale=True,
-                                                     desc=known.name) as bar:
-                    while chunk := r.read(1 << 20):
-                        f.write(chunk)
-                        bar.update(len(chunk))
-            if known.size and tmp.stat().st_size != known.size:
-                got = tmp.stat().st_size
-                tmp.unlink()
-                raise ModelFileError(f"The download of {known.name} is {got:,} bytes instead of {known.size:,}; "
-                                     "try again.")
-            os.replace(tmp, target)
+            _fetch_url(known.url, tmp, known.size or 0, tqdm_cls)
         else:
-            import inspect
-
-            from huggingface_hub import hf_hub_download
-
-            staging = Path(tempfile.mkdtemp(prefix=".surgsora-download-", dir=folder))
-            try:
-                kwargs = {}
-                if "tqdm_class" in inspect.signature(hf_hub_download).parameters:
-                    kwargs["tqdm_class"] = tqdm_cls
-                got = hf_hub_download(known.repo_id, known.repo_file, local_dir=staging, **kwargs)
-                os.replace(got, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+            expected = _fetch_hf(known, known.revision, tmp, tqdm_cls)
+            if expected is None and not (known.sha256 or known.revision):
+                raise ModelFileError(f"The Hub reported no SHA-256 for {known.name}, so the download could not be "
+                                     f"verified and was deleted; download it yourself from {known.source} and put it "
+                                     f"in {folder}.")
+        _verify(known, tmp, expected)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
     except ModelFileError:
         raise
-    except Exception as e:  # network, HTTP, auth: one sentence with the way out
+    except Exception as e:  # network, HTTP, auth, disk: one sentence with the way out
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
                  "first.") if known.gated else ""
         raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
                              f"Download it yourself and put it in {folder}.") from None
+    finally:  # any failure, including Ctrl-C: no partial file left
+        if tmp.exists():
+            tmp.unlink()
     return target

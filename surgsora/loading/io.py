@@ -95,8 +95,11 @@ def load_state_dict(
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
         except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            text = str(e)
+            msg = text.splitlines()[0] if text else type(e).__name__
+            low = text.lower()
+            # torch's refusal advises weights_only=False (running the file's code): never repeat that.
+            if "weights_only" in low or "weights only" in low or "unsupported global" in low or "GLOBAL" in text:
                 reason = "it contains pickled Python objects beyond tensors, which are not loaded for safety"
             elif any(s in msg for s in ("central directory", "unexpected EOF", "truncated", "PytorchStreamReader")):
                 reason = "it is truncated or corrupt; download it again"
@@ -123,14 +126,23 @@ def _unwrap(obj, keys: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
 
 
 def safe_join(folder: str | os.PathLike, name: str) -> Path:
-    """``folder / name`` for a user-chosen file name, refusing anything that escapes ``folder``."""
-    folder = Path(folder).resolve()
-    if not name or Path(name).is_absolute():
-        raise ValueError(f"Invalid file name {name!r}: give a name relative to {folder}.")
-    target = (folder / name).resolve()
-    if target != folder and folder not in target.parents:
-        raise ValueError(f"Invalid file name {name!r}: it points outside {folder}.")
-    return target
+    """``folder / name`` for a user-chosen file name, refusing names that escape ``folder``.
+
+    Containment is checked on the name as written (``..`` components, absolute paths, drive letters),
+    not on the resolved path: links inside the folder are followed only when the file is opened, so a
+    symlinked model file or a Hugging Face cache snapshot (whose files link to ``../../blobs``) works,
+    while ``../secret.pth`` is still refused.
+    """
+    base = Path(os.path.abspath(folder))
+    text = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise ValueError(f"Invalid file name {name!r}: give a name relative to {base}.")
+    if Path(text).is_absolute() or Path(text).drive or text.startswith(("/", "\\")):
+        raise ValueError(f"Invalid file name {name!r}: give a name relative to {base}, not an absolute path.")
+    norm = os.path.normpath(text.replace("\\", "/"))
+    if norm == ".." or norm.startswith("../") or norm.startswith(".." + os.sep):
+        raise ValueError(f"Invalid file name {name!r}: it points outside {base}.")
+    return base if norm == "." else base / norm
 
 
 class SafetensorsReader:

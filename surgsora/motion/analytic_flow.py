@@ -40,6 +40,11 @@ The model, per video:
 
 Everything is a handful of dense matrix products over the pixels, solved once for all frames:
 well under 100 ms for T = 21 at 256x256 on a CPU (see ``benchmarks/trajectory_endovis.py``).
+
+Memory is bounded whatever the number of tracks: every pixels x tracks product is computed in blocks of
+at most :data:`BLOCK_ELEMENTS` entries, and a region with more than :data:`DENSE_RBF_MAX` tracks solves its
+residual interpolation as a sparse system (Gaussian entries below 1e-12 dropped), so peak memory is the
+output flow plus a few tens of MB (``benchmarks/trajectory_memory.py``).
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ import torch
 
 __all__ = ["AnalyticDecoder", "decode_points", "region_weights", "check_decoder_inputs"]
 
+# Largest pixels x tracks block evaluated at once (float32/64 entries): ~8-16 MB, whatever the track count.
+BLOCK_ELEMENTS = 1 << 20
+# Above this many tracks in one region the residual RBF system is solved sparse (a dense K x K float64
+# matrix would be 200 MB at 5000 tracks).
+DENSE_RBF_MAX = 1500
+
 
 def check_decoder_inputs(image, sparse_flow, mask, region_masks):
     """Validate the common decoder inputs; returns ``region_masks`` as ``[B, M, H, W]`` (or ``None``)."""
@@ -62,7 +73,14 @@ def check_decoder_inputs(image, sparse_flow, mask, region_masks):
         raise ValueError(f"mask must be [B, T-1, 1 or 2, H, W] = [{b}, {f}, 1, {h}, {w}]; got {tuple(mask.shape)}")
     if image is not None and (image.ndim != 4 or image.shape[0] != b or image.shape[1] != 3):
         raise ValueError(f"image must be RGB [B, 3, H, W] with B = {b}; got {tuple(image.shape)}")
+    if not sparse_flow.is_floating_point() or not bool(torch.isfinite(sparse_flow).all()):
+        raise ValueError("sparse_flow must hold finite floating-point displacements (no NaN or inf); check the "
+                         "tracks it was rasterised from.")
     if region_masks is not None:
+        if not isinstance(region_masks, torch.Tensor):
+            raise ValueError(f"region_masks must be a tensor [B, M, H, W]; got {type(region_masks).__name__}")
+        if not bool(torch.isfinite(region_masks.float()).all()):
+            raise ValueError("region_masks contain NaN or infinite values; masks must be in [0, 1].")
         if region_masks.ndim == 3:
             region_masks = region_masks.unsqueeze(0)
         if region_masks.ndim != 4 or region_masks.shape[0] not in (1, b) or region_masks.shape[2:] != (h, w):
@@ -121,6 +139,24 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
 
 
+def _blocks(n_rows: int, n_cols: int):
+    """(row slice, column slice) blocks of at most BLOCK_ELEMENTS entries covering an n_rows x n_cols product."""
+    cols = max(1, min(n_cols, BLOCK_ELEMENTS // 64))
+    rows = max(1, BLOCK_ELEMENTS // cols)
+    for r0 in range(0, n_rows, rows):
+        for c0 in range(0, n_cols, cols):
+            yield slice(r0, min(r0 + rows, n_rows)), slice(c0, min(c0 + cols, n_cols))
+
+
+def _gauss_apply(coords: torch.Tensor, points: torch.Tensor, values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``exp(-|coords - points|^2 / 2 sigma^2) @ values`` in bounded memory. [P, 2], [K, 2], [K, D] -> [P, D]."""
+    out = values.new_zeros(coords.shape[0], values.shape[1])
+    for rows, cols in _blocks(coords.shape[0], points.shape[0]):
+        g = torch.exp(-_sq_dist(coords[rows], points[cols]) / (2 * sigma ** 2))
+        out[rows] += g @ values[cols]
+    return out
+
+
 def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor, stiffness: float) -> torch.Tensor:
     """Ridge-regularised affine field + Gaussian RBF interpolation of the residuals.
 
@@ -143,14 +179,43 @@ def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor
     basis = torch.cat([torch.ones(coords.shape[0], 1), (coords - c.float()) / scale], dim=1)
     field = basis @ beta.float()
     if k >= 2 and float(resid.abs().max()) > 1e-6:
-        d2 = _sq_dist(points, points)
-        nn = (d2 + torch.eye(k, dtype=d2.dtype) * 1e30).min(1).values.sqrt()
-        # Half the typical spacing of the tracks: each one bends the field around itself only.
-        sigma = max(0.5 * float(nn.median()), 2.0)
-        phi = torch.exp(-d2 / (2 * sigma ** 2))
-        coef = torch.linalg.solve(phi + 1e-6 * torch.eye(k, dtype=phi.dtype), resid)
-        field += torch.exp(-_sq_dist(coords, points.float()) / (2 * sigma ** 2)) @ coef.float()
+        if k <= DENSE_RBF_MAX:
+            d2 = _sq_dist(points, points)
+            nn = (d2 + torch.eye(k, dtype=d2.dtype) * 1e30).min(1).values.sqrt()
+            # Half the typical spacing of the tracks: each one bends the field around itself only.
+            sigma = max(0.5 * float(nn.median()), 2.0)
+            phi = torch.exp(-d2 / (2 * sigma ** 2))
+            coef = torch.linalg.solve(phi + 1e-6 * torch.eye(k, dtype=phi.dtype), resid)
+        else:
+            sigma, coef = _sparse_rbf_solve(points, resid)
+        field += _gauss_apply(coords, points.float(), coef.float(), sigma)
     return field
+
+
+def _sparse_rbf_solve(points: torch.Tensor, resid: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The same Gaussian RBF system as the dense branch, for many tracks: entries below 1e-12 (beyond ~7.4
+    sigma) are dropped, so the matrix has a few dozen entries per row and memory stays linear in K."""
+    from scipy.sparse import coo_matrix, identity
+    from scipy.sparse.linalg import splu
+    from scipy.spatial import cKDTree
+
+    pts = points.numpy()
+    tree = cKDTree(pts)
+    nn = tree.query(pts, k=2)[0][:, 1]
+    sigma = max(0.5 * float(np.median(nn)), 2.0)
+    radius = sigma * math.sqrt(2 * math.log(1e12))
+    pairs = tree.query_pairs(radius, output_type="ndarray")
+    k = len(pts)
+    if len(pairs):
+        d2 = ((pts[pairs[:, 0]] - pts[pairs[:, 1]]) ** 2).sum(1)
+        v = np.exp(-d2 / (2 * sigma ** 2))
+        off = coo_matrix((np.r_[v, v], (np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]])),
+                         shape=(k, k))
+        phi = (off + identity(k) * (1 + 1e-6)).tocsc()
+    else:
+        phi = (identity(k) * (1 + 1e-6)).tocsc()
+    coef = splu(phi).solve(np.ascontiguousarray(resid.numpy()))
+    return sigma, torch.from_numpy(coef)
 
 
 def _rigid_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -172,12 +237,20 @@ def _rigid_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor)
 
 
 def _rbf_background(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Normalised Gaussian RBF of the tracks' motions, faded to zero away from all of them. -> [P, F*2]."""
-    g = torch.exp(-_sq_dist(coords, points) / (2 * sigma ** 2))  # [P, K]
-    num = g @ disp
-    den = g.sum(1, keepdim=True)
-    fade = 1 - torch.prod(1 - g, dim=1, keepdim=True)
-    return num / den.clamp_min(1e-12) * fade
+    """Normalised Gaussian RBF of the tracks' motions, faded to zero away from all of them. -> [P, F*2].
+
+    Accumulated over blocks of pixels x tracks so memory does not grow with the number of tracks.
+    """
+    p = coords.shape[0]
+    num = disp.new_zeros(p, disp.shape[1])
+    den = disp.new_zeros(p, 1)
+    keep = disp.new_ones(p, 1)  # prod_k (1 - g_k)
+    for rows, cols in _blocks(p, points.shape[0]):
+        g = torch.exp(-_sq_dist(coords[rows], points[cols]) / (2 * sigma ** 2))
+        num[rows] += g @ disp[cols]
+        den[rows] += g.sum(1, keepdim=True)
+        keep[rows] *= torch.prod(1 - g, dim=1, keepdim=True)
+    return num / den.clamp_min(1e-12) * (1 - keep)
 
 
 def decode_points(points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int],
@@ -192,8 +265,20 @@ def decode_points(points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int
     if region_motion not in ("smooth", "rigid"):
         raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
     h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be (H, W) of at least 1x1 pixels; got {size}")
     points = torch.as_tensor(points).detach().cpu().to(torch.float64).reshape(-1, 2)
     disp = torch.as_tensor(disp).detach().cpu().to(torch.float64)
+    if disp.ndim != 3 or disp.shape[0] != points.shape[0] or disp.shape[2] != 2:
+        raise ValueError(f"disp must be [K, F, 2] for {points.shape[0]} points; got {tuple(disp.shape)}")
+    if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(disp).all())):
+        raise ValueError("decode_points: the track positions or displacements contain NaN or inf; every "
+                         "coordinate must be finite.")
+    for name, v in (("feather", feather), ("radius", radius), ("stiffness", stiffness)):
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0; got {v}")
+    if radius == 0:
+        raise ValueError("radius must be > 0 (the background tracks' reach, a fraction of the frame size)")
     k, f = disp.shape[0], disp.shape[1]
     out = torch.zeros(f * 2, h, w, dtype=torch.float32)
     if k == 0:
@@ -257,6 +342,11 @@ class AnalyticDecoder(torch.nn.Module):
         super().__init__()
         if region_motion not in ("smooth", "rigid"):
             raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
+        for name, v in (("feather", feather), ("radius", radius), ("merge_iou", merge_iou), ("stiffness", stiffness)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
+        if radius == 0:
+            raise ValueError("radius must be > 0 (the background tracks' reach, a fraction of the frame size)")
         self.region_motion = region_motion
         self.feather = float(feather)
         self.radius = float(radius)

@@ -15,6 +15,8 @@ the end; a static anchor (no motion) is drawn as a ring. One colour per track. C
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -56,6 +58,14 @@ def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tens
     if flow.ndim < 3 or flow.shape[-3] != 2:
         raise ValueError(f"flow must be [..., 2, H, W]; got {tuple(flow.shape)}")
     f = flow.detach().float()
+    if not bool(torch.isfinite(f).all()):
+        # NaN would come out as arbitrary colours (and inf as all-white): refuse instead.
+        raise ValueError("flow_to_rgb: the flow contains NaN or infinite values (or values beyond float32); every "
+                         "displacement must be finite.")
+    if max_flow is not None:
+        if isinstance(max_flow, bool) or not math.isfinite(float(max_flow)) or float(max_flow) < 0:
+            raise ValueError(f"max_flow must be a finite number >= 0 (or None for the largest magnitude); got "
+                             f"{max_flow!r}")
     u, v = f[..., 0, :, :], f[..., 1, :, :]
     mag = torch.sqrt(u * u + v * v)
     if max_flow is None:
@@ -120,8 +130,11 @@ def draw_tracks(image, tracks, thickness: int | None = None, colours=TRACK_COLOU
         tracks = tracks.detach().cpu().numpy()
     for k, track in enumerate(tracks):
         pts = np.asarray(track, dtype=np.float64).reshape(-1, 2)
-        if len(pts) == 0 or not np.isfinite(pts).all():
+        if len(pts) == 0:
             continue
+        if not np.isfinite(pts).all():
+            raise ValueError(f"draw_tracks: track {k} has NaN or infinite coordinates; prepare the tracks with "
+                             "surgsora.motion.tracks.prepare_tracks first.")
         colour = tuple(int(c) for c in colours[k % len(colours)])
         # Track coordinates put pixel i on [i, i+1); cv2 puts its centre at i: shift by half a pixel.
         # cv2 draws with 4 fractional bits so paths stay smooth at low resolution.

@@ -82,6 +82,10 @@ def forward_splat(features: torch.Tensor, flow: torch.Tensor, eps: float = _EPS,
         )
     if not features.is_floating_point():
         raise TypeError(f"forward_splat needs floating-point features, got {features.dtype}")
+    if not bool(torch.isfinite(flow).all()):
+        # NaN/inf would silently splat nothing (an all-zero, "valid-looking" result).
+        raise ValueError("forward_splat: the flow contains NaN or infinite values; every displacement must be "
+                         "finite.")
 
     out_dtype = features.dtype
     # Accumulating many small contributions in half precision loses mass; work in >= fp32.

@@ -53,6 +53,7 @@ __all__ = [
     "prepare_tracks",
     "rasterize",
     "tracks_to_editor_json",
+    "check_canvas",
 ]
 
 # A first point may sit this far outside the canvas (fraction of its size) and is clamped onto it.
@@ -91,7 +92,10 @@ class TrackSet:
 # ----------------------------------------------------------------------------------------------- parsing
 
 def _loads(text: str) -> Any:
-    text = text.strip()
+    text = text.lstrip("\ufeff").strip()  # a UTF-8 byte-order mark (Windows editors) is not part of the JSON
+    if "\x00" in text:
+        raise TrackError("The trajectory text contains NUL characters: it is a binary file, not JSON; give the "
+                         "JSON file the editor saved.")
     if not text:
         raise TrackError("The trajectory text is empty: draw at least one track in the editor.")
     try:
@@ -105,11 +109,28 @@ def _loads(text: str) -> Any:
 
 
 def _as_array(value: Any) -> np.ndarray | None:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        kind = value.dtype == torch.bool if isinstance(value, torch.Tensor) else value.dtype.kind == "b"
+        if kind:  # True/False are not coordinates (they would silently become 1/0)
+            raise TrackError(f"Trajectory coordinates must be numbers; got a boolean array of shape "
+                             f"{tuple(value.shape)}.")
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TrackError("Trajectory coordinates must be real numbers; got a complex tensor.")
         return value.detach().to("cpu", torch.float64).numpy()
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            try:
+                return value.astype(np.float64)
+            except (TypeError, ValueError):
+                raise TrackError(f"Trajectory coordinates must be numbers; got an array of {value.dtype}.") from None
         return value
     return None
+
+
+def _is_number(v: Any) -> bool:
+    """A real number that is not a boolean (JSON true/false must never become 1/0)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _point(p: Any, where: str) -> tuple[float, float]:
@@ -121,11 +142,15 @@ def _point(p: Any, where: str) -> tuple[float, float]:
         x, y = p[0], p[1]
     else:
         raise TrackError(f"{where} is not a point: expected [x, y] or {{\"x\": .., \"y\": ..}}, got {_short(p)}.")
-    try:
-        xf, yf = float(x), float(y)
-    except (TypeError, ValueError):
-        raise TrackError(f"{where} has non-numeric coordinates: {_short(p)}.") from None
-    return xf, yf
+    if not (_is_number(x) and _is_number(y)):
+        if isinstance(x, str) or isinstance(y, str):
+            try:  # numbers written as strings ("12.5") are what some editors store
+                return float(x), float(y)
+            except (TypeError, ValueError):
+                pass
+        raise TrackError(f"{where} has non-numeric coordinates: {_short(p)}; coordinates must be numbers "
+                         "(true/false and text are not).")
+    return float(x), float(y)
 
 
 def _short(value: Any, n: int = 60) -> str:
@@ -177,8 +202,7 @@ def _from_track_dict(data: dict) -> TrackSet:
     if vis is None:
         vis = np.ones((t_src, n), dtype=bool)
     else:
-        v = _as_array(vis)
-        vis = np.asarray(v if v is not None else vis)
+        vis = vis.detach().cpu().numpy() if isinstance(vis, torch.Tensor) else np.asarray(vis)
         if vis.ndim == 3 and vis.shape[0] == 1:
             vis = vis[0]
         if vis.ndim == 1:
@@ -198,12 +222,27 @@ def _from_track_dict(data: dict) -> TrackSet:
     return TrackSet(tracks=tracks, canvas=canvas, times=times)
 
 
+def _int(v: Any) -> int:
+    """An integer from JSON: whole numbers only (no booleans, no 12.7 silently truncated to 12)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError("a boolean is not an integer")
+    if isinstance(v, (float, np.floating)):
+        if not float(v).is_integer():
+            raise ValueError("not a whole number")
+        return int(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, str):
+        return int(v.strip())
+    raise TypeError("not an integer")
+
+
 def _canvas(data: dict) -> tuple[int, int]:
     try:
-        w, h = int(data["width"]), int(data["height"])
-    except (TypeError, ValueError):
-        raise TrackError(f"The trajectory canvas size must be integers; got width={_short(data.get('width'))}, "
-                         f"height={_short(data.get('height'))}.") from None
+        w, h = _int(data["width"]), _int(data["height"])
+    except (TypeError, ValueError, KeyError):
+        raise TrackError(f"The trajectory canvas size must be integers (whole pixels); got "
+                         f"width={_short(data.get('width'))}, height={_short(data.get('height'))}.") from None
     if w < 1 or h < 1:
         raise TrackError(f"The trajectory canvas must be at least 1x1 pixels; got {w}x{h}.")
     return w, h
@@ -221,8 +260,10 @@ def _start_end_list(value: Any, n: int) -> list[tuple[int, int] | None] | None:
             out.append(None)
             continue
         try:
-            s, e = int(se[0]), int(se[1])
-        except (TypeError, ValueError, IndexError):
+            if isinstance(se, (str, dict)) or len(se) != 2:
+                raise TypeError("not a pair")
+            s, e = _int(se[0]), _int(se[1])
+        except (TypeError, ValueError, IndexError, KeyError):
             raise TrackError(f"'start_end' entry {k} must be [start, end] frame numbers or null; got {_short(se)}.") \
                 from None
         out.append((s, e))
@@ -234,7 +275,11 @@ def parse_track_data(data: Any) -> TrackSet:
     if isinstance(data, TrackSet):
         return data
     if isinstance(data, (bytes, bytearray)):
-        data = data.decode("utf-8", errors="replace")
+        try:
+            data = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise TrackError(f"The trajectory data is not UTF-8 text (undecodable byte at position {e.start}); "
+                             "save the JSON as UTF-8.") from None
     if isinstance(data, str):
         data = _loads(data)
     if data is None:
@@ -386,6 +431,28 @@ def _validate_canvas_points(ts: TrackSet, canvas: tuple[int, int]) -> list[np.nd
     return out
 
 
+def check_canvas(canvas: tuple[int, int], size: tuple[int, int], what: str = "the image",
+                 tolerance: float = 0.01) -> None:
+    """Raise :class:`TrackError` when tracks drawn on ``canvas = (w, h)`` cannot belong to ``size = (W, H)``.
+
+    A canvas with the image's shape at another resolution (an editor preview, a downscaled copy) is fine:
+    the tracks are rescaled. A shape that differs by more than ``tolerance`` (relative aspect ratio; one
+    pixel of rounding is always allowed) means they were drawn on another picture or a crop, and rescaling
+    would stretch them: refused, naming both sizes. Front ends that resize frames to SVD's multiples of 64
+    (which changes the shape slightly, the frame and its tracks alike) pass a larger tolerance.
+    """
+    import math
+
+    cw, ch = int(canvas[0]), int(canvas[1])
+    W, H = int(size[0]), int(size[1])
+    if cw < 1 or ch < 1 or W < 1 or H < 1:
+        raise TrackError(f"Sizes must be at least 1x1; got canvas {cw}x{ch} and {what} {W}x{H}.")
+    rounding = abs(cw * H / W - ch) <= 1.0 or abs(ch * W / H - cw) <= 1.0
+    if not rounding and abs(math.log((cw / ch) / (W / H))) > math.log1p(tolerance):
+        raise TrackError(f"The tracks were drawn on a {cw}x{ch} canvas but {what} is {W}x{H}, another shape; "
+                         "draw the tracks on this image (or give the image they were drawn on).")
+
+
 def prepare_tracks(data: Any, canvas_size: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
                    num_frames: int = 14, start_end: Sequence[tuple[int, int] | None] | None = None) -> np.ndarray:
     """Trajectories in any format -> float32 ``[N, T, 2]`` (x, y) at the working resolution.
@@ -398,7 +465,7 @@ def prepare_tracks(data: Any, canvas_size: tuple[int, int] | None = None, size: 
     """
     ts = parse_track_data(data)
     try:
-        num_frames = int(num_frames)
+        num_frames = _int(num_frames)
     except (TypeError, ValueError):
         raise TrackError(f"num_frames must be an integer >= 2; got {_short(num_frames)}.") from None
     if num_frames < 2:
@@ -428,10 +495,10 @@ def prepare_tracks(data: Any, canvas_size: tuple[int, int] | None = None, size: 
         s, e = 0, num_frames - 1
         if se is not None and se[k] is not None:
             s, e = se[k]
+            if s < 0:  # only the end counts from the last frame; a negative start is a mistake, not frame 0
+                raise TrackError(f"Track {k} starts at frame {s}; the start frame must be 0 or more.")
             if e < 0:
                 e += num_frames
-            if s < 0:
-                s += num_frames
             if not (0 <= s <= e <= num_frames - 1) or (s == e and len(t) > 1):
                 raise TrackError(f"Track {k} start/end frames ({se[k][0]}, {se[k][1]}) must satisfy "
                                  f"0 <= start < end <= {num_frames - 1}.")
