@@ -51,6 +51,8 @@ MODEL_SOURCES = {
                "checkpoints"),
     MOFA_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/ckpts/controlnet/"
                 "diffusion_pytorch_model.safetensors", "surgsora"),
+    CMP_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/models/cmp/experiments/semiauto_annot/"
+               "resnet50_vip+mpii_liteflow/checkpoints/ckpt_iter_42000.pth.tar", "surgsora"),
 }
 
 
@@ -439,8 +441,9 @@ def mofa_trajectory_to_video(info: dict) -> Graph:
     g.connect(load, "IMAGE", scale, "image")
     traj = g.add("SurgSoraTrajectories", (400, 40), (460, 740), tracks=_example_tracks(), frames=MOFA_FRAMES)
     g.connect(scale, "IMAGE", traj, "image")
-    # (no download entry for the CMP file: the frontend's Missing Models dialog fetches .safetensors only)
-    decoder = g.add("SurgSoraLoadTrajectoryDecoder", (900, 40), (320, 106), decoder=CMP_FILE)
+    # (the Missing Models dialog lists the CMP file with its source and folder; its download button is for
+    # .safetensors only, so users fetch this one by hand, or pick "analytic")
+    decoder = g.add("SurgSoraLoadTrajectoryDecoder", (900, 40), (320, 106), decoder=CMP_FILE, models=(CMP_FILE,))
     flow = g.add("SurgSoraTracksToFlow", (900, 190), (320, 106))
     g.connect(decoder, "decoder", flow, "decoder")
     g.connect(traj, "tracks", flow, "tracks")
