@@ -12,6 +12,7 @@ take. Cancel stops the sampler within one denoising step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -298,6 +299,12 @@ class SurgSoraSampler:
                adapter=None, conditions=None, motion_signal=None, motion_mask=None):
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}.")
+        for name, value in (("min_cfg", min_cfg), ("max_cfg", max_cfg), ("noise_aug_strength", noise_aug_strength),
+                            ("control_scale", control_scale), ("t_weak", t_weak), ("t_strong", t_strong)):
+            if not math.isfinite(value) or value < 0:  # widgets bound them, prompts sent over the API may not
+                raise ValueError(f"{name} must be a finite number of 0 or more; got {value}.")
+        if motion_bucket_id < 0:
+            raise ValueError(f"motion_bucket_id must be 0 or more; got {motion_bucket_id}.")
         if min_cfg > max_cfg:
             raise ValueError(f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg}).")
         if fps < 1:

@@ -22,7 +22,7 @@ from integration.env import tiny_env
 from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, MOFA_NAME, SAM_NAME, SVD_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
-STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS"}
+STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS", "CONDITIONING", "CLIP_VISION", "VAE"}
 W, H = 128, 64  # working size: multiples of 64
 
 
@@ -56,7 +56,7 @@ def run(nodes, name, **kw):
 # ------------------------------------------------------------------------------------ declarations
 
 def test_every_node_declares_consistent_inputs_and_outputs(nodes):
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 17
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 19
     assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
@@ -456,6 +456,10 @@ def test_sampler_rejects_bad_settings(nodes, generation, frame):
     base = dict(svd=g.svd, image=frame, adapter=g.adapter, conditions=g.conditions, steps=1)
     with pytest.raises(ValueError, match="min_cfg .* must not be larger than max_cfg"):
         run(nodes, "SurgSoraSampler", **base, min_cfg=3.0, max_cfg=1.0)
+    for name, value in (("max_cfg", float("nan")), ("control_scale", float("nan")), ("noise_aug_strength", -0.1),
+                        ("min_cfg", float("inf"))):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number of 0 or more"):
+            run(nodes, "SurgSoraSampler", **{**base, name: value})
     with pytest.raises(ValueError, match="conditions were made for 4 frames"):
         run(nodes, "SurgSoraSampler", **base, frames=6)
     with pytest.raises(ValueError, match="conditions .* input is missing"):
