@@ -21,10 +21,10 @@ from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
 from .models import model_choices, resolve_model
-from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, image_to_depth, latent_previewer,
+from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, latent_previewer,
                       offload_device, on_device, resolve_dtype, torch_device, video_to_image)
 from .perception import SEG_TYPE
-from .trajectory import FLOW_TYPE, _check_flow
+from .trajectory import FLOW_TYPE, _check_flow, depth_for
 
 ADAPTER_TYPE = "SURGSORA_ADAPTER"
 DSI_TYPE = "SURGSORA_DSI_FEATURES"
@@ -147,12 +147,7 @@ class SurgSoraDSIEncode:
             if depth is None:
                 raise ValueError("This adapter has a depth branch: connect a depth map (SurgSora Depth) to the "
                                  "depth input.")
-            d = image_to_depth(depth)
-            if d.shape[0] not in (1, b):
-                raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
-            d = d.expand(b, *d.shape[1:])
-            if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
-                d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+            d = depth_for(depth, b, h, w)
         if adapter.needs_seg:
             seg = seg_features
             channels = adapter.config.seg_channels

@@ -95,6 +95,31 @@ def _flow_for(flow: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return resize_flow(flow, (h, w))
 
 
+def _image_and_flow(image, flow) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE -> [B, 3, H, W] and a flow of batch B or 1 -> [B, T-1, 2, H, W] at the image's size."""
+    x = image_to_bchw(image, "image")
+    b, _, h, w = x.shape
+    f = _check_flow(flow)
+    if f.shape[0] not in (1, b):
+        raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
+    return x, _flow_for(f, h, w).expand(b, *f.shape[1:])
+
+
+def depth_for(depth, b: int, h: int, w: int) -> torch.Tensor:
+    """Any depth node's IMAGE/MASK -> [B, 1, H, W] at the image's size; another aspect ratio is refused."""
+    d = image_to_depth(depth)
+    if d.shape[0] not in (1, b):
+        raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
+    if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
+        try:
+            check_canvas((d.shape[-1], d.shape[-2]), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+        except TrackError:
+            raise ValueError(f"depth is {d.shape[-1]}x{d.shape[-2]} but the image is {w}x{h}, another shape; "
+                             "estimate depth on this image.") from None
+        d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+    return d.expand(b, *d.shape[1:])
+
+
 def flow_colours(flow: torch.Tensor) -> torch.Tensor:
     """flow [B, T-1, 2, H, W] -> IMAGE [B*T, H, W, 3]: frame 0 white (no motion), then the flow colours."""
     colours = flow_to_rgb(flow.float())  # [B, T-1, 3, H, W]
@@ -336,12 +361,8 @@ class SurgSoraMotionPreview:
     CATEGORY = f"{CATEGORY}/trajectory"
 
     def preview(self, image, flow, tracks=None):
-        x = image_to_bchw(image, "image")
-        b, _, h, w = x.shape
-        f = _check_flow(flow)
-        if f.shape[0] not in (1, b):
-            raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
-        f = _flow_for(f, h, w).expand(b, *f.shape[1:])
+        x, f = _image_and_flow(image, flow)
+        h, w = x.shape[-2:]
         video = motion_preview(x, f)  # [B, T, 3, H, W]
         if tracks is not None:
             t = tracks_at(tracks, (w, h), num_frames=video.shape[1])
@@ -377,22 +398,9 @@ class SurgSoraMotionSignal:
     def build(self, image, flow, depth=None, region_masks=None):
         from surgsora.motion.preview import motion_signal
 
-        x = image_to_bchw(image, "image")
+        x, f = _image_and_flow(image, flow)
         b, _, h, w = x.shape
-        f = _check_flow(flow)
-        if f.shape[0] not in (1, b):
-            raise ValueError(f"flow has a batch of {f.shape[0]} but the image {b}; they must match (or flow 1).")
-        f = _flow_for(f, h, w).expand(b, *f.shape[1:])
-        d = None
-        if depth is not None:
-            d = image_to_depth(depth)
-            if d.shape[-2:] != (h, w):
-                try:
-                    check_canvas((d.shape[-1], d.shape[-2]), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
-                except TrackError:
-                    raise ValueError(f"depth is {d.shape[-1]}x{d.shape[-2]} but the image is {w}x{h}, another "
-                                     "shape; estimate depth on this image.") from None
-                d = torch.nn.functional.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
+        d = None if depth is None else depth_for(depth, b, h, w)
         video, mask = motion_signal(x, f, depth=d, regions=_regions_for(region_masks, (h, w)))
         return (video_to_image(video), mask.flatten(0, 2).float())
 
