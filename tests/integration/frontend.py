@@ -159,6 +159,53 @@ class Browser:
     def goto(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
+    # ---- real input events (Input.dispatch*: the browser hit-tests, focuses and builds click counts itself)
+    MODIFIERS = {"alt": 1, "ctrl": 2, "meta": 4, "shift": 8}
+
+    def mouse(self, kind: str, x: float, y: float, button: str = "left", buttons: int = 1, clicks: int = 1,
+              modifiers: int = 0) -> None:
+        """One mouse event: ``kind`` is mousePressed, mouseMoved or mouseReleased."""
+        self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button=button, buttons=buttons, clickCount=clicks,
+                  modifiers=modifiers)
+
+    def click(self, x: float, y: float, button: str = "left", clicks: int = 1, modifiers: int = 0) -> None:
+        """Press and release; ``clicks=2`` is the second click of a double-click (the browser sends dblclick)."""
+        held = {"left": 1, "right": 2, "middle": 4}[button]
+        self.mouse("mousePressed", x, y, button, held, clicks, modifiers)
+        self.mouse("mouseReleased", x, y, button, 0, clicks, modifiers)
+
+    def double_click(self, x: float, y: float) -> None:
+        self.click(x, y, clicks=1)
+        self.click(x, y, clicks=2)
+
+    def drag(self, points: list[tuple[float, float]]) -> None:
+        """Press at the first point, move through the others, release at the last."""
+        self.mouse("mousePressed", *points[0])
+        for x, y in points[1:]:
+            self.mouse("mouseMoved", x, y)
+        self.mouse("mouseReleased", *points[-1], buttons=0)
+
+    def shortcut(self, key: str, *mods: str) -> None:
+        """A key pressed with modifiers as a person does it: modifiers down, key down/up, modifiers up,
+        e.g. ``shortcut("z", "ctrl")``. ``key`` is a letter."""
+        names = {"ctrl": ("Control", "ControlLeft", 17), "shift": ("Shift", "ShiftLeft", 16),
+                 "alt": ("Alt", "AltLeft", 18), "meta": ("Meta", "MetaLeft", 91)}
+        held = 0
+        for m in mods:
+            held |= self.MODIFIERS[m]
+            k, code, vk = names[m]
+            self.call("Input.dispatchKeyEvent", type="rawKeyDown", key=k, code=code, windowsVirtualKeyCode=vk,
+                      modifiers=held)
+        shown = key.upper() if "shift" in mods else key.lower()
+        for kind in ("rawKeyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=shown, code=f"Key{key.upper()}",
+                      windowsVirtualKeyCode=ord(key.upper()), modifiers=held)
+        for m in reversed(mods):
+            held &= ~self.MODIFIERS[m]
+            k, code, vk = names[m]
+            self.call("Input.dispatchKeyEvent", type="keyUp", key=k, code=code, windowsVirtualKeyCode=vk,
+                      modifiers=held)
+
     def wait_for(self, expression: str, timeout: float = 90.0, interval: float = 0.5):
         deadline = time.time() + timeout
         last = None

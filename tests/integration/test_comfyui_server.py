@@ -336,3 +336,187 @@ def test_editor_draws_tracks_with_the_mouse(browser, server):
     prompt = browser.evaluate("window.comfyAPI.app.app.graphToPrompt().then(p => p.output)")
     node = next(n for n in prompt.values() if n["class_type"] == "SurgSoraTrajectories")
     assert json.loads(node["inputs"]["tracks"]) == after
+
+
+# ---------------------------------------------------------------------------------------------- editor editing
+
+EDITOR = """
+(async () => {
+  const app = window.comfyAPI.app.app;
+  const example = EXAMPLE;
+  app.graph.clear();
+  const li = LiteGraph.createNode("LoadImage"); app.graph.add(li); li.pos = [20, 40];
+  li.widgets[0].value = "surgsora_endovis_frame6.png";
+  let tr = LiteGraph.createNode("SurgSoraTrajectories"); app.graph.add(tr); tr.pos = [380, 40];
+  li.connect(0, tr, 0);
+  tr.setSize([640, 760]);
+  if (example) {  // opened as a workflow file with example tracks: a fresh change-tracker history starts there
+    tr.widgets.find(w => w.name === 'tracks').value = example;
+    await app.loadGraphData(app.graph.serialize(), true, true, 'surgsora_editor_example');
+    tr = app.graph.nodes.find(n => n.type === 'SurgSoraTrajectories');
+  }
+  app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];
+  app.graph.setDirtyCanvas(true, true);
+  window.__tr = tr;
+  await new Promise(r => setTimeout(r, 2500));
+  const ed = tr.surgsoraEditor;
+  const c = ed.canvas.getBoundingClientRect();
+  const b = [...ed.root.querySelectorAll('button')].map(x => {
+    const r = x.getBoundingClientRect(); return [x.textContent, r.x + r.width / 2, r.y + r.height / 2]; });
+  return {canvas: [c.x, c.y, c.width, c.height], buttons: b, hasImage: !!ed.image,
+          size: [ed.state.width, ed.state.height]};
+})()
+"""
+
+
+class _Editor:
+    """The editor of one SurgSora Trajectories node (fed by a Load Image) on screen, driven with real mouse and
+    key events; with ``example`` tracks the graph is loaded as a workflow file holding them. ``at`` maps
+    picture pixels to page coordinates."""
+
+    def __init__(self, browser, example: str | None = None):
+        self.b = browser
+        r = browser.evaluate(EDITOR.replace("EXAMPLE", json.dumps(example)))
+        assert r["hasImage"] and r["size"] == [1920, 1080], r
+        self.buttons = {label: (x, y) for label, x, y in r["buttons"]}
+        covered = browser.evaluate(f"document.elementFromPoint({self.at(960, 540)[0]}, {self.at(960, 540)[1]}) !== "
+                                   "window.__tr.surgsoraEditor.canvas")
+        assert not covered, "something covers the editor canvas"
+
+    def at(self, px, py):
+        # measured each time: the canvas gives up height when the info line wraps onto one more line
+        x0, y0, w, h = self.b.evaluate("(() => { const r = window.__tr.surgsoraEditor.canvas.getBoundingClientRect();"
+                                       " return [r.x, r.y, r.width, r.height]; })()")
+        s = min(w / 1920, h / 1080)
+        return x0 + (w - 1920 * s) / 2 + px * s, y0 + (h - 1080 * s) / 2 + py * s
+
+    def press(self, label: str) -> None:
+        self.b.click(*self.buttons[label])
+
+    def text(self) -> str:
+        return self.b.evaluate("window.__tr.widgets.find(w => w.name === 'tracks').value")
+
+    def tracks(self) -> list:
+        text = self.text()
+        return json.loads(text)["tracks"] if text else []
+
+    def same_node(self) -> bool:
+        """False once ComfyUI's global undo has reloaded the graph (it builds new node objects)."""
+        return self.b.evaluate("window.comfyAPI.app.app.graph.getNodeById(window.__tr.id) === window.__tr")
+
+    def active(self) -> int:
+        return self.b.evaluate("window.__tr.surgsoraEditor.active")
+
+
+def _same(tracks, expected, tol=4.0) -> bool:
+    """Same tracks point for point (clicks land on whole page pixels: a few picture pixels off)."""
+    return len(tracks) == len(expected) and all(
+        len(t) == len(e) and all(abs(p[0] - q[0]) <= tol and abs(p[1] - q[1]) <= tol for p, q in zip(t, e))
+        for t, e in zip(tracks, expected))
+
+
+def test_editor_double_click_ends_the_track_with_the_clicked_points(browser, server):
+    ed = _Editor(browser)
+    pts = [(500, 560), (540, 720), (700, 800)]
+    browser.click(*ed.at(*pts[0]))
+    browser.click(*ed.at(*pts[1]))
+    browser.double_click(*ed.at(*pts[2]))
+    assert _same(ed.tracks(), [pts]), ed.tracks()  # no second copy of the last point
+    assert ed.active() == -1  # the track is finished: the next click starts another
+    browser.click(*ed.at(1000, 300))
+    browser.double_click(*ed.at(1200, 300))
+    assert _same(ed.tracks(), [pts, [(1000, 300), (1200, 300)]]), ed.tracks()
+    browser.double_click(*ed.at(1500, 900))  # a double-click on its own is a static anchor
+    assert _same(ed.tracks(), [pts, [(1000, 300), (1200, 300)], [(1500, 900)]]), ed.tracks()
+
+
+def test_editor_keeps_ctrl_z_to_itself(browser, server):
+    """Ctrl+Z / Ctrl+Y / Ctrl+Shift+Z step through the editor's own history; ComfyUI's global undo (which
+    reloads the graph from its history, e.g. with the template's example tracks) never runs meanwhile."""
+    example = json.dumps({"width": 1920, "height": 1080, "tracks": [  # as in the shipped workflows
+        [[500, 560], [515, 640], [535, 720]], [[770, 400], [785, 470], [805, 545]], [[1000, 900]], [[560, 200]]]})
+    ed = _Editor(browser, example)
+    assert ed.text() == example
+    ed.press("Clear")
+    pts = [(400, 300), (600, 400), (800, 500), (1000, 600)]
+    for p in pts:
+        browser.click(*ed.at(*p))
+    ed.press("End track")  # the focus goes back to the editor: the keys still reach it
+    assert _same(ed.tracks(), [pts])
+
+    def step(key, *mods):
+        browser.shortcut(key, *mods)
+        time.sleep(0.6)  # the change tracker acts in the next animation frame, then reloads the graph
+        assert ed.same_node(), f"{'+'.join(mods)}+{key} reached ComfyUI's global undo/redo"
+        return ed.tracks()
+
+    for k in (3, 2, 1, 0):
+        tracks = step("z", "ctrl")
+        assert ed.text() != example and _same(tracks, [pts[:k]] if k else []), (k, tracks)
+    assert step("z", "ctrl") == json.loads(example)["tracks"]  # the fifth undoes Clear, in the editor
+    assert step("y", "ctrl") == []
+    assert _same(step("z", "ctrl", "shift"), [pts[:1]])
+    assert _same(step("y", "ctrl"), [pts[:2]])
+    # ComfyUI's own undo (its menu, or Ctrl+Z outside the editor) agrees: the editor recorded each of its states
+    browser.evaluate("window.comfyAPI.app.app.extensionManager.command.execute('Comfy.Undo')")
+    time.sleep(1)
+    assert not ed.same_node()  # the global undo reloaded the graph ...
+    text = browser.evaluate("window.comfyAPI.app.app.graph.nodes.find(n => n.type === 'SurgSoraTrajectories')"
+                            ".widgets.find(w => w.name === 'tracks').value")
+    assert _same(json.loads(text)["tracks"], [pts[:1]]), text  # ... one editor step back, not the example tracks
+
+
+def test_editor_moves_and_deletes_points(browser, server):
+    ed = _Editor(browser)
+    a, b, c, moved = (500, 560), (700, 600), (900, 640), (760, 820)
+    for p in (a, b, c):
+        browser.click(*ed.at(*p))
+    ed.press("End track")
+    browser.drag([ed.at(*b)] + [ed.at(b[0] + (moved[0] - b[0]) * k / 8, b[1] + (moved[1] - b[1]) * k / 8)
+                                for k in range(1, 9)])
+    assert _same(ed.tracks(), [[a, moved, c]]), ed.tracks()  # moved, nothing added along the way
+    shift = browser.MODIFIERS["shift"]
+    browser.click(*ed.at(*c), modifiers=shift)
+    assert _same(ed.tracks(), [[a, moved]]), ed.tracks()
+    browser.click(*ed.at(*a), modifiers=shift)
+    assert _same(ed.tracks(), [[moved]]), ed.tracks()
+    browser.click(*ed.at(1500, 200), modifiers=shift)  # Shift+click on nothing: no point
+    assert _same(ed.tracks(), [[moved]]), ed.tracks()
+    d, e = (1200, 300), (1300, 500)  # right-click ends a track, even on its last point: it deletes nothing
+    browser.click(*ed.at(*d))
+    browser.click(*ed.at(*e))
+    browser.click(*ed.at(*e), button="right")
+    assert _same(ed.tracks(), [[moved], [d, e]]) and ed.active() == -1, ed.tracks()
+    browser.click(*ed.at(*e), modifiers=shift)  # a track goes with its last point
+    browser.click(*ed.at(*d), modifiers=shift)
+    assert _same(ed.tracks(), [[moved]]), ed.tracks()
+    for expected in ([[moved], [d]], [[moved], [d, e]], [[moved], [d]], [[moved]], [[a, moved]], [[a, moved, c]],
+                     [[a, b, c]]):  # each edit is one undo step
+        browser.shortcut("z", "ctrl")
+        assert _same(ed.tracks(), expected), (expected, ed.tracks())
+    assert ed.same_node()
+
+
+def test_editor_info_line_wraps_with_many_tracks(browser, server):
+    _Editor(browser)
+    many = {"width": 1920, "height": 1080,
+            "tracks": [[[40 + 45 * k, 100], [40 + 45 * k, 300 + 10 * k]] for k in range(35)] + [[[900, 900]]] * 5}
+    r = browser.evaluate("""(async () => {
+      const w = window.__tr.widgets.find(w => w.name === 'tracks');
+      w.value = TEXT; w.callback?.(w.value);
+      await new Promise(r => setTimeout(r, 300));
+      const ed = window.__tr.surgsoraEditor;
+      const box = (el) => { const r = el.getBoundingClientRect(); return [r.top, r.bottom, r.left, r.right]; };
+      return {text: ed.info.textContent, scroll: [ed.info.scrollWidth, ed.info.clientWidth, ed.info.scrollHeight,
+              ed.info.clientHeight], info: box(ed.info), help: box(ed.help), root: box(ed.root), canvas: box(ed.canvas),
+              line: parseFloat(getComputedStyle(ed.info).fontSize)};
+    })()""".replace("TEXT", json.dumps(json.dumps(many))))
+    assert "40 tracks" in r["text"] and r["text"].endswith("40:\u00a0anchor"), r["text"]
+    sw, cw, sh, ch = r["scroll"]
+    assert sw <= cw and sh <= ch, r  # nothing cut off sideways or below
+    assert r["info"][1] - r["info"][0] > 3 * r["line"], r  # it spans lines
+    top, bottom, left, right = r["root"]
+    for name in ("info", "help", "canvas"):  # all inside the node's widget area, the canvas keeps its room
+        t, b_, lft, rgt = r[name]
+        assert top - 0.5 <= t and b_ <= bottom + 0.5 and left - 0.5 <= lft and rgt <= right + 0.5, (name, r)
+    assert r["canvas"][1] - r["canvas"][0] >= 120

@@ -5,8 +5,12 @@
 // (pixels of the picture they were drawn on), so the workflow file, the API prompt and the Python side
 // all see the same thing, and hand-edited JSON shows up here too.
 //
-// Drawing: click to start a track, click (or drag) to add points, double-click / right-click / "End track"
-// to finish it (a one-point track is a static anchor). Undo removes the last point, Clear removes all.
+// Drawing (HELP below is the same list, shown under the canvas): click to start a track, click (or drag) to
+// add points, double-click / right-click / Enter / "End track" to finish it (a one-point track is a static
+// anchor). Drag an existing point to move it; Shift+click a point to delete it (not right-click: that ends the
+// track, and right after the last click the pointer is still on the last point). Every edit
+// (each point added, a move, a delete, Clear) is one step of the editor's own undo/redo: Ctrl+Z, Ctrl+Y or
+// Ctrl+Shift+Z, and the Undo/Redo buttons.
 // Background: the frame the node received in its last run, else the image of an upstream Load Image
 // node, else a picture uploaded with "Load image...".
 
@@ -17,7 +21,13 @@ const NODE_TYPE = "SurgSoraTrajectories";
 // Same palette as surgsora.motion.flow_viz.TRACK_COLOURS, so the editor and the node's preview agree.
 const COLOURS = ["#00ffff", "#ffff00", "#00ff00", "#ff8000", "#40a0ff", "#ff00ff", "#ffffff", "#a0ffa0"];
 const DRAG_SPACING = 12; // canvas pixels between points added while dragging (in picture pixels / zoom)
+const HIT_RADIUS = 8; // CSS pixels: a press this close to a point grabs that point
+const MOVE_THRESHOLD = 4; // CSS pixels a press on a point travels before it moves it (a double-click jitters less)
+const HISTORY = 500; // undo steps kept
 const MIN_HEIGHT = 260;
+const HELP =
+  "Click: add a point \u00b7 drag: draw \u00b7 drag a point: move it \u00b7 Shift+click a point: delete it \u00b7 " +
+  "double-click, right-click, Enter or End track: finish the track \u00b7 Ctrl+Z / Ctrl+Y: undo / redo";
 
 function parseTracks(text) {
   // Returns {width, height, tracks: [[[x, y], ...], ...]} or null for empty/unparseable text.
@@ -106,10 +116,13 @@ class TrajectoryEditor {
     this.image = null;
     this.imageKey = "";
     this.lastText = null;
-    this.dragging = false;
+    this.gesture = null; // the pointer press in progress: {kind: "draw" | "press" | "move", ...}
+    this.undoStack = []; // snapshots (see snapshot()) before each edit
+    this.redoStack = [];
 
     this.root = document.createElement("div");
-    this.root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;";
+    this.root.style.cssText =
+      "position:relative;display:flex;flex-direction:column;gap:4px;width:100%;height:100%;box-sizing:border-box;";
     const bar = document.createElement("div");
     bar.style.cssText = "display:flex;gap:4px;flex-wrap:wrap;font:12px sans-serif;";
     const button = (label, title, fn) => {
@@ -120,24 +133,47 @@ class TrajectoryEditor {
       b.addEventListener("click", (e) => {
         e.stopPropagation();
         fn();
+        this.focusKeys(); // a focused button would leave Ctrl+Z to ComfyUI's global undo
       });
       bar.appendChild(b);
       return b;
     };
     button("End track", "Finish the track being drawn; the next click starts a new one", () => this.endTrack());
-    button("Undo", "Remove the last point (Ctrl+Z)", () => this.undo());
-    button("Clear", "Remove every track", () => this.clear());
+    button("Undo", "Undo the last edit: point added, moved or deleted, Clear (Ctrl+Z)", () => this.undo());
+    button("Redo", "Redo the last undone edit (Ctrl+Y or Ctrl+Shift+Z)", () => this.redo());
+    button("Clear", "Remove every track (Undo brings them back)", () => this.clear());
     button("Load image...", "Upload a picture to draw on", () => this.pickFile());
     this.canvas = document.createElement("canvas");
-    this.canvas.style.cssText = "width:100%;flex:1 1 auto;min-height:120px;background:#222;cursor:crosshair;touch-action:none;";
-    this.canvas.tabIndex = 0;
+    this.canvas.style.cssText =
+      "width:100%;flex:1 1 auto;min-height:120px;background:#222;cursor:crosshair;touch-action:none;" +
+      "outline-offset:-1px;";
+    // The keyboard focus goes to this invisible read-only <input> rather than to the canvas: ComfyUI's change
+    // tracker (a capture listener on window, so stopPropagation cannot reach it) runs its global undo/redo
+    // on Ctrl+Z / Ctrl+Y unless an input or textarea has the focus, and would reload the whole graph under
+    // the editor. Its keybindings likewise leave plain keys (Delete, letters) to a focused input.
+    this.keys = document.createElement("input");
+    this.keys.readOnly = true;
+    this.keys.setAttribute("aria-label", `SurgSora trajectory editor. ${HELP}`);
+    this.keys.style.cssText =
+      "position:absolute;left:0;top:0;width:1px;height:1px;padding:0;border:0;opacity:0;pointer-events:none;";
+    this.keys.addEventListener("keydown", (e) => this.onKey(e));
+    this.keys.addEventListener("focus", () => (this.canvas.style.outline = "1px solid #4a90d9"));
+    this.keys.addEventListener("blur", () => (this.canvas.style.outline = "none"));
+    // Both lines wrap (no cut-off with many tracks) and keep their height: the canvas takes what is left.
     this.info = document.createElement("div");
-    this.info.style.cssText = "font:11px monospace;color:#ccc;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
-    this.root.append(bar, this.canvas, this.info);
+    const wrapping = "flex:0 0 auto;white-space:normal;overflow-wrap:anywhere;";
+    this.info.style.cssText = `${wrapping}font:11px monospace;color:#ccc;`;
+    this.help = document.createElement("div");
+    this.help.style.cssText = `${wrapping}font:10px sans-serif;color:#999;`;
+    this.help.textContent = HELP;
+    this.root.append(this.keys, bar, this.canvas, this.info, this.help);
 
     this.canvas.addEventListener("pointerdown", (e) => this.onDown(e));
     this.canvas.addEventListener("pointermove", (e) => this.onMove(e));
     this.canvas.addEventListener("pointerup", (e) => this.onUp(e));
+    this.canvas.addEventListener("pointercancel", (e) => this.onUp(e));
+    // Both presses of a double-click have already been handled as clicks (the second one adds nothing, see
+    // onUp): the double-click only ends the track.
     this.canvas.addEventListener("dblclick", (e) => {
       e.preventDefault();
       e.stopPropagation();
@@ -146,16 +182,8 @@ class TrajectoryEditor {
     this.canvas.addEventListener("contextmenu", (e) => {
       e.preventDefault();
       e.stopPropagation();
+      this.focusKeys();
       this.endTrack();
-    });
-    this.canvas.addEventListener("keydown", (e) => {
-      if ((e.ctrlKey || e.metaKey) && e.key === "z") {
-        e.preventDefault();
-        e.stopPropagation();
-        this.undo();
-      } else if (e.key === "Enter" || e.key === "Escape") {
-        this.endTrack();
-      }
     });
     new ResizeObserver(() => this.draw()).observe(this.canvas);
   }
@@ -170,6 +198,11 @@ class TrajectoryEditor {
     const text = w ? String(w.value ?? "") : "";
     if (text === this.lastText) return;
     this.lastText = text;
+    // Changed outside the editor (workflow loaded, JSON edited by hand): the history and a press in
+    // progress were about other tracks.
+    this.undoStack = [];
+    this.redoStack = [];
+    this.gesture = null;
     const parsed = parseTracks(text);
     if (parsed) {
       this.state.tracks = parsed.tracks;
@@ -194,6 +227,13 @@ class TrajectoryEditor {
     }
     this.node.setDirtyCanvas?.(true, true);
     this.draw();
+    // Let ComfyUI's change tracker record the edit now, so its history (menu Undo, Ctrl+Z outside the
+    // editor) holds each editor state too; by itself it looks only on mouseup, before a button's click.
+    app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
+  }
+
+  focusKeys() {
+    if (document.activeElement !== this.keys) this.keys.focus({ preventScroll: true });
   }
 
   // ---- background
@@ -288,6 +328,29 @@ class TrajectoryEditor {
     return { x, y, inside: x >= 0 && y >= 0 && x < this.state.width && y < this.state.height, scale: s };
   }
 
+  // The point under the pointer, {track, index}, or null. The end of the track being drawn wins over any
+  // other point within reach: a second click there (as in a double-click) must find it, not a neighbour.
+  hitTest(e) {
+    const p = this.toPicture(e);
+    const reach = (HIT_RADIUS * this.canvas.width) / Math.max(1, this.canvas.getBoundingClientRect().width);
+    const dist = ([x, y]) => Math.hypot(x - p.x, y - p.y) * p.scale;
+    const active = this.state.tracks[this.active];
+    if (active && dist(active[active.length - 1]) <= reach) return { track: this.active, index: active.length - 1 };
+    let best = null;
+    let bestDist = reach;
+    this.state.tracks.forEach((t, k) =>
+      t.forEach((pt, i) => {
+        const d = dist(pt);
+        if (d <= bestDist) [best, bestDist] = [{ track: k, index: i }, d];
+      }),
+    );
+    return best;
+  }
+
+  isActiveEnd(hit) {
+    return hit.track === this.active && hit.index === this.state.tracks[this.active].length - 1;
+  }
+
   // ---- editing
   addPoint(x, y) {
     if (this.active < 0) {
@@ -302,20 +365,51 @@ class TrajectoryEditor {
     this.draw();
   }
 
+  // ---- history: a snapshot before every edit; undo/redo swap whole snapshots (tracks are small).
+  snapshot() {
+    const { width, height, tracks } = this.state;
+    return { width, height, active: this.active, tracks: tracks.map((t) => t.map((p) => [...p])) };
+  }
+
+  restore(snap) {
+    this.state = { width: snap.width, height: snap.height, tracks: snap.tracks };
+    this.active = snap.active;
+  }
+
+  record() {
+    this.undoStack.push(this.snapshot());
+    if (this.undoStack.length > HISTORY) this.undoStack.shift();
+    this.redoStack = [];
+  }
+
   undo() {
-    const i = this.active >= 0 ? this.active : this.state.tracks.length - 1;
-    if (i < 0) return;
-    this.state.tracks[i].pop();
-    if (!this.state.tracks[i].length) {
-      this.state.tracks.splice(i, 1);
-      this.active = -1;
-    } else {
-      this.active = i;
+    if (!this.undoStack.length) return;
+    this.redoStack.push(this.snapshot());
+    this.restore(this.undoStack.pop());
+    this.commit();
+  }
+
+  redo() {
+    if (!this.redoStack.length) return;
+    this.undoStack.push(this.snapshot());
+    this.restore(this.redoStack.pop());
+    this.commit();
+  }
+
+  deletePoint({ track, index }) {
+    this.record();
+    const t = this.state.tracks[track];
+    t.splice(index, 1);
+    if (!t.length) {
+      this.state.tracks.splice(track, 1);
+      if (this.active === track) this.active = -1;
+      else if (this.active > track) this.active -= 1;
     }
     this.commit();
   }
 
   clear() {
+    if (this.state.tracks.length) this.record();
     this.state.tracks = [];
     this.active = -1;
     if (this.image) {
@@ -325,39 +419,87 @@ class TrajectoryEditor {
     this.commit();
   }
 
+  // A press on a point may become a move (it travels MOVE_THRESHOLD) or stays a click (decided in onUp);
+  // a press elsewhere adds a point at once and draws while dragged. The right button is the contextmenu.
   onDown(e) {
     if (e.button !== 0) return;
     e.preventDefault();
     e.stopPropagation();
-    this.canvas.focus();
+    this.focusKeys();
     const p = this.toPicture(e);
-    if (!p.inside) return;
-    this.addPoint(p.x, p.y);
-    this.dragging = true;
-    this.dragFrom = [p.x, p.y];
+    const hit = this.hitTest(e);
+    if (e.shiftKey) {
+      if (hit) this.deletePoint(hit);
+      return;
+    }
+    if (hit) {
+      this.gesture = { kind: "press", hit, x: e.clientX, y: e.clientY, at: [p.x, p.y], inside: p.inside };
+    } else if (p.inside) {
+      this.record();
+      this.addPoint(p.x, p.y);
+      this.gesture = { kind: "draw", from: [p.x, p.y] };
+      this.draw();
+    } else {
+      return;
+    }
     this.canvas.setPointerCapture?.(e.pointerId);
-    this.draw();
   }
 
   onMove(e) {
-    if (!this.dragging) return;
+    const g = this.gesture;
+    if (!g) return;
     e.preventDefault();
     e.stopPropagation();
     const p = this.toPicture(e);
-    const [fx, fy] = this.dragFrom;
-    if (Math.hypot(p.x - fx, p.y - fy) * p.scale >= DRAG_SPACING) {
-      this.addPoint(p.x, p.y);
-      this.dragFrom = [p.x, p.y];
+    if (g.kind === "press" && Math.hypot(e.clientX - g.x, e.clientY - g.y) >= MOVE_THRESHOLD) {
+      this.record();
+      g.kind = "move";
+    }
+    if (g.kind === "move") {
+      // kept on the picture, where it stays visible and can be grabbed again
+      const x = Math.min(Math.max(p.x, 0), this.state.width - 0.1);
+      const y = Math.min(Math.max(p.y, 0), this.state.height - 0.1);
+      this.state.tracks[g.hit.track][g.hit.index] = [x, y];
       this.draw();
+    } else if (g.kind === "draw") {
+      const [fx, fy] = g.from;
+      if (Math.hypot(p.x - fx, p.y - fy) * p.scale >= DRAG_SPACING) {
+        this.record();
+        this.addPoint(p.x, p.y);
+        g.from = [p.x, p.y];
+        this.draw();
+      }
     }
   }
 
   onUp(e) {
-    if (!this.dragging) return;
+    const g = this.gesture;
+    if (!g) return;
     e.stopPropagation();
-    this.dragging = false;
+    this.gesture = null;
     this.canvas.releasePointerCapture?.(e.pointerId);
+    if (g.kind === "press") {
+      // A click on a point adds a point there like any click, except on the end of the track being drawn:
+      // that is the second press of a double-click (or a click to finish there), and a second copy of the
+      // end would make the track stand still for part of the clip.
+      if (this.isActiveEnd(g.hit) || !g.inside) return;
+      this.record();
+      this.addPoint(...g.at);
+    }
     this.commit();
+  }
+
+  onKey(e) {
+    const key = e.key.toLowerCase();
+    const ctrl = (e.ctrlKey || e.metaKey) && !e.altKey;
+    let action = null;
+    if (ctrl && key === "z") action = e.shiftKey ? () => this.redo() : () => this.undo();
+    else if (ctrl && key === "y" && !e.shiftKey) action = () => this.redo();
+    else if (e.key === "Enter" || e.key === "Escape") action = () => this.endTrack();
+    if (!action) return;
+    e.preventDefault();
+    e.stopPropagation();
+    action();
   }
 
   // ---- drawing
@@ -438,9 +580,13 @@ class TrajectoryEditor {
         ctx.setLineDash([]);
       }
     });
-    const parts = this.state.tracks.map((t, k) => `${k + 1}: ${t.length} pt${t.length === 1 ? " (anchor)" : "s"}`);
+    // no-break spaces inside each entry: the line wraps between tracks
+    const parts = this.state.tracks.map((t, k) => `${k + 1}:\u00a0${t.length > 1 ? `${t.length}\u00a0pts` : "anchor"}`);
     const size = `${Math.round(this.state.width)}x${Math.round(this.state.height)}`;
-    this.info.textContent = parts.length ? `${size}  tracks ${parts.join(" | ")}` : `${size}  click to start a track`;
+    const drawing = this.active >= 0 ? ` (drawing ${this.active + 1})` : "";
+    this.info.textContent = parts.length
+      ? `${size}  ${parts.length} track${parts.length === 1 ? "" : "s"}${drawing}: ${parts.join(" | ")}`
+      : `${size}  click to start a track`;
   }
 }
 
