@@ -1,5 +1,7 @@
-"""Shipped workflows: current with their generator, well-formed for the frontend, API twins equal to the UI
-files, and executed in-process through the node functions with tiny real-format checkpoints.
+"""Shipped workflows: current with their generator, served alone from the templates folder with a title, a
+description and a thumbnail each, well-formed for the frontend with nothing overlapping and the note in the
+stored view, previews wired, API twins equal to the UI files, and executed in-process through the node
+functions with tiny real-format checkpoints.
 
 (The real frontend and a real ComfyUI server check the same files in tests/integration/.)
 """
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +21,28 @@ from integration.executor import core_nodes, run_prompt, validate
 from integration.prompts import shrink
 
 REPO = Path(__file__).resolve().parents[1]
-WF = REPO / "workflows"
-NAMES = ["surgsora_trajectory_to_video", "surgsora_motion_preview", "surgsora_flow_from_video",
-         "surgsora_mofa_trajectory_to_video", "surgsora_ttm_trajectory_to_video"]
+WF = REPO / "workflows"  # ComfyUI serves this folder as the pack's templates
+API = REPO / "workflows_api"
+GENERATOR = REPO / "workflows_src" / "make_workflows.py"
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("make_workflows", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _load_generator()  # importing it imports nothing of the pack: node specs are read by object_info()
+NAMES = [t.title for t in GEN.TEMPLATES]
+CORE_KSAMPLER = "SurgSora on Core KSampler"  # needs a full-size SVD checkpoint: ComfyUI detects SVD by its shapes
+TITLE_BAR = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
+EXPECTED_VIDEOS = {"SurgSora Trajectory to Video": {"motion_preview", "video"},
+                   "SurgSora Motion Preview": {"motion_preview", "flow"},
+                   "SurgSora Ground-Truth Flow": {"reference_clip", "gt_flow", "gt_flow_video"},
+                   "SurgSora MOFA-Video-Traj": {"motion_preview", "mofa_video"},
+                   "SurgSora Dual-Clock SVD": {"motion_signal", "ttm_video"}}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +52,7 @@ def env():
 
 @pytest.fixture(scope="module")
 def maker(env):
-    spec = importlib.util.spec_from_file_location("make_workflows", WF / "make_workflows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return GEN
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +65,136 @@ def _ui(name):
 
 
 def _api(name):
-    return json.loads((WF / "api" / f"{name}.json").read_text())
+    return json.loads((API / f"{name}.json").read_text())
 
 
 def test_files_are_what_the_generator_writes(maker, info):
     files = maker.build_all(info)
-    assert {p.name for p in files} == {f"{n}.json" for n in NAMES}
-    for path, text in files.items():
-        assert path.read_text() == text, f"{path.relative_to(REPO)} is stale: run python workflows/make_workflows.py"
-    # ComfyUI serves workflows/*.json as templates: nothing else may sit there
-    assert sorted(p.stem for p in WF.glob("*.json")) == sorted(NAMES)
+    assert {p.relative_to(REPO).as_posix() for p in files} == (
+        {f"workflows/{n}.json" for n in NAMES} | {f"workflows/{n}.jpg" for n in NAMES}
+        | {f"workflows_api/{n}.json" for n in NAMES})
+    for path, content in files.items():
+        assert maker.is_current(path, content), \
+            f"{path.relative_to(REPO)} is stale: run python workflows_src/make_workflows.py"
+    # ComfyUI lists workflows/*.json as templates and serves the whole folder: only the workflows and their
+    # thumbnails may sit there (no script, no spec, no API twin in a subfolder)
+    assert sorted(p.name for p in WF.rglob("*")) == sorted([f"{n}.json" for n in NAMES] + [f"{n}.jpg" for n in NAMES])
+    assert sorted(p.name for p in API.rglob("*")) == sorted(f"{n}.json" for n in NAMES)
+
+
+def test_check_mode_passes_and_catches_a_stale_thumbnail(maker, tmp_path, monkeypatch, capsys):
+    assert maker.main(["--check"]) == 0, capsys.readouterr().out
+    # a thumbnail of another frame / other tracks is stale; a re-encode of the same picture is not
+    import cv2
+
+    t = maker.TEMPLATES[0]
+    img = maker.render_thumbnail(t)
+    same = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert maker.same_picture(same, maker.encode_jpeg(img))
+    other = maker.encode_jpeg(maker.render_thumbnail(maker.TEMPLATES[2]))  # flow picture, other label
+    assert not maker.same_picture(other, maker.encode_jpeg(img))
+    shifted = img.copy()
+    shifted[-48:] = img[-48:][:, ::-1]  # the label band mirrored: a different label
+    assert not maker.same_picture(maker.encode_jpeg(shifted), maker.encode_jpeg(img))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_template_has_title_description_and_thumbnail(name, maker):
+    """What ComfyUI 0.8.0's frontend shows for a custom node's template: the file name as title (and, with
+    '-' and '_' as spaces, as description) and <name>.jpg as thumbnail."""
+    import cv2
+    import numpy as np
+
+    t = next(t for t in maker.TEMPLATES if t.title == name)
+    assert "_" not in name and " " in name and len(name) <= 30, "a readable title that fits the card on one line"
+    assert t.description and "\n" not in t.description and t.description.endswith(".") and len(t.description) <= 170
+    notes = [n for n in _ui(name)["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and notes[0]["title"] == name
+    assert notes[0]["widgets_values"][0].startswith(f"**{name}**: {t.description}\n\n")
+    data = (WF / f"{name}.jpg").read_bytes()
+    assert data[:3] == b"\xff\xd8\xff"  # JPEG: the frontend asks for <name>.jpg
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (maker.THUMB_SIZE, maker.THUMB_SIZE, 3)
+    # made from the real EndoVis frame: the picture above the label band is the frame's centre square (with
+    # the tracks drawn on it, or blended with flow colours), not a placeholder
+    from surgsora.video_io import read_video
+
+    frame = read_video(maker.ENDOVIS_CLIP, start=maker.FRAME_INDEX, count=1)[0]
+    side = frame.shape[0]
+    x0 = (frame.shape[1] - side) // 2
+    square = cv2.resize(frame[:, x0:x0 + side], (maker.THUMB_SIZE,) * 2, interpolation=cv2.INTER_AREA)
+    pic = img[:-48, :, ::-1].astype(np.float32)
+    ref = square[:-48].astype(np.float32)
+    corr = np.corrcoef(pic.mean(-1).ravel(), ref.mean(-1).ravel())[0, 1]
+    assert corr > (0.5 if t.picture == "flow" else 0.9), corr
+
+
+def _rect(node):
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - TITLE_BAR, w, h + TITLE_BAR
+
+
+def _overlap(a, b):
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(a, b):
+    return b[0] <= a[0] and b[1] <= a[1] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_nothing_overlaps_and_the_stored_view_shows_the_note(name, maker, info):
+    ui = _ui(name)
+    nodes = ui["nodes"]
+    for n in nodes:  # at least as tall as the frontend draws the node's sockets and widgets
+        if n["type"] in info:
+            assert n["size"][1] >= maker.node_height(info[n["type"]]), (n["id"], n["type"], n["size"])
+    rects = [(n["id"], n["type"], _rect(n)) for n in nodes]
+    for i, (ia, ta, a) in enumerate(rects):
+        for ib, tb, b in rects[i + 1:]:
+            assert not _overlap(a, b), f"nodes {ia} {ta} and {ib} {tb} overlap"
+    groups = [(g["title"], g["bounding"], math.ceil(g["font_size"] * 1.4)) for g in ui["groups"]]
+    for i, (ta, a, _) in enumerate(groups):
+        for tb, b, _ in groups[i + 1:]:
+            assert not _overlap(a, b), f"groups {ta!r} and {tb!r} overlap"
+    for nid, type_, r in rects:
+        holders = []
+        for title, (x, y, w, h), title_h in groups:
+            if _inside(r, (x, y + title_h, w, h - title_h)):
+                holders.append(title)
+            else:
+                assert not _overlap(r, (x, y, w, h)), f"node {nid} {type_} crosses group {title!r}'s border or title"
+        assert len(holders) <= 1
+        if type_ != "MarkdownNote":
+            assert holders, f"node {nid} {type_} is in no group"
+    # the stored view: the whole note on screen, right of the side bar and below the menu, in a 1280x720 canvas,
+    # at a zoom where the frontend still draws text (below ~0.57 it draws boxes only)
+    ds = ui["extra"]["ds"]
+    note = next(r for _, t, r in rects if t == "MarkdownNote")
+    sx0, sy0 = (note[0] + ds["offset"][0]) * ds["scale"], (note[1] + ds["offset"][1]) * ds["scale"]
+    sx1, sy1 = sx0 + note[2] * ds["scale"], sy0 + note[3] * ds["scale"]
+    assert ds["scale"] >= 0.6
+    assert 64 <= sx0 and 90 <= sy0 and sx1 <= 1280 and sy1 <= 720, (sx0, sy0, sx1, sy1)
+    assert maker.layout_problems(ui) == []  # what --check reports agrees
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_previews_of_tracks_masks_and_depth_are_wired(name):
+    ui = _ui(name)
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    fed = set()
+    for _, src, slot, dst, _, _ in ui["links"]:
+        if by_id[dst]["type"] == "PreviewImage":
+            fed.add((by_id[src]["type"], by_id[src]["outputs"][slot]["name"]))
+    types = {n["type"] for n in ui["nodes"]}
+    if "SurgSoraTrajectories" in types:
+        assert ("SurgSoraTrajectories", "preview") in fed
+    if "SurgSoraSAMMasks" in types:
+        assert ("SurgSoraSAMMasks", "preview") in fed
+    if "SurgSoraDepth" in types:
+        assert ("SurgSoraDepth", "depth_colour") in fed
+    assert fed, "no preview"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,10 +205,10 @@ def test_ui_file_is_a_valid_frontend_graph(name, maker, info):
     assert len(nodes) == len(ui["nodes"]) == ui["last_node_id"]
     types = {n["type"] for n in ui["nodes"]}
     core = set(json.loads(maker.CORE_SPEC.read_text()))
-    assert types <= {t for t in info if t.startswith("SurgSora")} | core | {"Note"}, types
+    assert types <= {t for t in info if t.startswith("SurgSora")} | core | {"MarkdownNote"}, types
     assert any(t.startswith("SurgSora") for t in types)
     for n in ui["nodes"]:
-        if n["type"] == "Note":
+        if n["type"] == "MarkdownNote":
             continue
         spec = info[n["type"]]
         assert len(n["widgets_values"]) == len(maker.widget_slots(spec)), n["type"]
@@ -93,7 +233,49 @@ def test_api_twin_matches_the_ui_file(name, maker, info):
     validate(api, info)  # every widget value in range / in its list, as ComfyUI checks before running
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_core_ksampler_workflow_wiring():
+    """ImageOnlyCheckpointLoader -> SurgSora SVD Conditioning -> SurgSora Apply (SVD) -> VideoLinearCFGGuidance ->
+    KSampler -> VAEDecode -> CreateVideo -> SaveVideo, the conditions made by the SurgSora nodes, sizes agreeing.
+    (It is not run here: ComfyUI builds its SVD model only from a full-size checkpoint, svd_xt.safetensors.)"""
+    api = _api(CORE_KSAMPLER)
+    of = {k: n["class_type"] for k, n in api.items()}
+
+    def one(class_type):
+        (key,) = [k for k, t in of.items() if t == class_type]
+        return key, api[key]["inputs"]
+
+    def src(value):
+        return of[value[0]], value[1]
+
+    _, ckpt = one("ImageOnlyCheckpointLoader")
+    _, cond = one("SurgSoraSVDConditioning")
+    _, apply = one("SurgSoraApplySVD")
+    _, guidance = one("VideoLinearCFGGuidance")
+    _, ks = one("KSampler")
+    _, dec = one("VAEDecode")
+    assert ckpt["ckpt_name"] == "svd_xt.safetensors"
+    assert src(cond["clip_vision"]) == ("ImageOnlyCheckpointLoader", 1) and src(cond["vae"]) == (
+        "ImageOnlyCheckpointLoader", 2)
+    assert src(cond["init_image"]) == ("ImageScale", 0) and src(cond["adapter"])[0] == "SurgSoraLoadAdapter"
+    assert src(apply["positive"]) == ("SurgSoraSVDConditioning", 0)
+    assert src(apply["negative"]) == ("SurgSoraSVDConditioning", 1)
+    assert src(apply["conditions"]) == ("SurgSoraDFMFuse", 0) and src(apply["adapter"])[0] == "SurgSoraLoadAdapter"
+    assert src(guidance["model"]) == ("ImageOnlyCheckpointLoader", 0)
+    assert src(ks["model"]) == ("VideoLinearCFGGuidance", 0)
+    assert src(ks["positive"]) == ("SurgSoraApplySVD", 0) and src(ks["negative"]) == ("SurgSoraApplySVD", 1)
+    assert src(ks["latent_image"]) == ("SurgSoraSVDConditioning", 2)
+    assert src(dec["samples"]) == ("KSampler", 0) and src(dec["vae"]) == ("ImageOnlyCheckpointLoader", 2)
+    saves = [k for k, t in of.items() if t == "SaveVideo"]
+    decoded = [k for k, t in of.items() if t == "CreateVideo" and src(api[k]["inputs"]["images"]) == ("VAEDecode", 0)]
+    assert len(decoded) == 1 and any(api[s]["inputs"]["video"] == [decoded[0], 0] for s in saves)
+    _, scale = one("ImageScale")
+    _, traj = one("SurgSoraTrajectories")
+    assert (cond["width"], cond["height"], cond["video_frames"]) == (scale["width"], scale["height"], traj["frames"])
+    _, fuse = one("SurgSoraDFMFuse")
+    assert src(fuse["flow"]) == ("SurgSoraTracksToFlow", 0)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != CORE_KSAMPLER])
 def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     import nodes
 
@@ -103,12 +285,7 @@ def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     classes = {**nodes.NODE_CLASS_MAPPINGS, **core_nodes(env.root / "input", out_dir)}
     results = run_prompt(shrink(_api(name)), classes, info)
     saved = [item for _, ui in results.values() for item in ui.get("images", [])]
-    expected = {"surgsora_trajectory_to_video": {"motion_preview", "video"},
-                "surgsora_motion_preview": {"motion_preview", "flow"},
-                "surgsora_flow_from_video": {"reference_clip", "gt_flow", "gt_flow_video"},
-                "surgsora_mofa_trajectory_to_video": {"motion_preview", "mofa_video"},
-                "surgsora_ttm_trajectory_to_video": {"motion_signal", "ttm_video"}}[name]
-    assert {s["filename"].rsplit("_", 2)[0] for s in saved} == expected
+    assert {s["filename"].rsplit("_", 2)[0] for s in saved} == EXPECTED_VIDEOS[name]
     for s in saved:
         meta = video_info(out_dir / s["subfolder"] / s["filename"])
         assert (meta["frames"], meta["width"], meta["height"]) == (5, 128, 64), s

@@ -1,0 +1,980 @@
+"""Build the shipped workflows (UI format), their API twins and their template thumbnails, or check that the
+files on disk are current.
+
+    python workflows_src/make_workflows.py           # write workflows/*.json + *.jpg and workflows_api/*.json
+    python workflows_src/make_workflows.py --check   # exit 1 if any file differs from what would be written
+
+``workflows/`` is the folder ComfyUI serves as this pack's templates, so it holds only the UI workflows and
+their thumbnails. ComfyUI v0.8.0 (``app/custom_node_manager.py``) lists ``workflows/*.json`` at
+``/workflow_templates`` and serves the whole folder, subfolders included, at ``/api/workflow_templates/<pack>/``;
+its frontend (1.35.9, ``useTemplateWorkflows`` / ``workflowTemplatesStore``) shows a custom node's template with
+the file name as its title, the file name with ``-``/``_`` read as spaces as its description, and
+``<file name>.jpg`` as its thumbnail (JPEG only). So each file is named by its human title, its one-line
+description opens its instructions note (and its title names that note), and the generator draws a JPEG
+thumbnail from frame 6 of the EndoVis 2017 clip. The API twins live in ``workflows_api/``, this script and the
+core-node snapshot here, in ``workflows_src/``: nothing but workflows is served.
+
+Each workflow is described once, below, as nodes (widget values by input name) and links (by output
+and input name). :class:`Graph` lays it out in the LiteGraph format the ComfyUI frontend saves
+(``version`` 0.4: socket inputs first, then one input per widget, ``widgets_values`` in widget order,
+the seed's "control after generate" value and the upload button's value included). :func:`ui_to_api`
+then derives the ``/prompt`` twin from the UI file alone, following the frontend's ``graphToPrompt``:
+widget values by position, links as ``[node_id, output_slot]``, notes and muted/bypassed nodes left out.
+The integration test loads every UI file in the real frontend and checks that its own ``graphToPrompt``
+gives exactly the API twin, that the stored view shows the whole note, and that no node overlaps another.
+
+Layout: nodes sit in columns inside their group (:func:`lay_group`); a node is as tall as the frontend draws
+it (:func:`node_height`: LiteGraph's ``computeSize`` for sockets and widgets), groups never overlap, and the
+stored view (``extra.ds``) puts the note at the top left at a zoom where the frontend still draws text.
+
+Input specs come from our node classes (imported in-process) and, for the core nodes used, from
+``core_object_info.json`` (ComfyUI v0.8.0 ``/object_info`` entries without their descriptions,
+machine-specific file lists emptied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TEMPLATES_DIR = REPO / "workflows"  # served by ComfyUI as the pack's templates
+API_DIR = REPO / "workflows_api"
+CORE_SPEC = HERE / "core_object_info.json"
+EXAMPLE_TRACKS = REPO / "demo" / "tracks_endovis.json"
+ENDOVIS_CLIP = REPO.parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
+
+# Shared widget values of the shipped workflows (see README: match the adapter's training setup).
+FRAME_FILE = "surgsora_endovis_frame6.png"
+CLIP_FILE = "surgsora_endovis_clip.mp4"
+FRAME_INDEX = 6  # FRAME_FILE is this frame of the EndoVis clip
+WIDTH, HEIGHT, FRAMES, FPS = 448, 256, 21, 7
+SAM_FILE = "sam_vit_b_01ec64.pth"
+DEPTH_FILE = "depth_anything_v2_vits.pth"
+SVD_FILE = "svd_xt.safetensors"
+CMP_FILE = "ckpt_iter_42000.pth.tar"
+ADAPTER = "surgsora_adapter"
+MOFA_FILE = "mofa_traj_controlnet.safetensors"
+MOFA_FRAMES = 25  # MOFA-Video-Traj was trained on SVD-xt's 25 frames
+
+# What the frontend's Missing Models dialog offers to fetch (node properties "models": name, url, directory).
+MODEL_SOURCES = {
+    SVD_FILE: ("https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt/resolve/main/svd_xt.safetensors",
+               "checkpoints"),
+    MOFA_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/ckpts/controlnet/"
+                "diffusion_pytorch_model.safetensors", "surgsora"),
+}
+
+# LiteGraph geometry of the ComfyUI frontend (1.35.9): a node's title bar is drawn above its pos, a group's
+# title is font_size * 1.4 tall, and below a zoom of about 0.57 (8 px / 14 px text) nodes are drawn without text.
+NODE_TITLE = 30
+GROUP_FONT = 24
+GROUP_TITLE = math.ceil(GROUP_FONT * 1.4)
+PAD, ROW_GAP, COL_GAP, GROUP_GAP = 20, 30, 40, 60
+NODE_WIDTH = 340
+VIEW_SCALE = 0.8
+VIEW_MARGIN = (80, 100)  # screen pixels left of and above the note: clear of the side bar, menu and tabs
+# The stored view must show the whole note in this viewport (screen pixels, a small laptop window's canvas).
+MIN_VIEWPORT = (1280, 720)
+
+
+# ============================================================================ node specs
+
+def node_info(cls, name: str) -> dict:
+    """What ComfyUI's /object_info says about a node class (the fields the frontend uses here)."""
+    inputs = cls.INPUT_TYPES()
+    return {
+        "input": inputs,
+        "input_order": {k: list(v) for k, v in inputs.items()},
+        "output": list(cls.RETURN_TYPES),
+        "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+        "name": name,
+        "display_name": getattr(sys.modules.get("nodes"), "NODE_DISPLAY_NAME_MAPPINGS", {}).get(name, name),
+        "output_node": bool(getattr(cls, "OUTPUT_NODE", False)),
+    }
+
+
+def object_info() -> dict:
+    """Input/output specs of our nodes (from the classes) and of the core nodes the workflows use."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    import nodes as ours  # our package: the repo root is on sys.path when run from a checkout
+
+    info = json.loads(CORE_SPEC.read_text())
+    for name, cls in ours.NODE_CLASS_MAPPINGS.items():
+        entry = node_info(cls, name)
+        entry["display_name"] = ours.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)
+        info[name] = entry
+    return info
+
+
+def _spec_type(spec) -> str:
+    t = spec[0]
+    return "COMBO" if isinstance(t, list) else t
+
+
+def _opts(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def is_widget(spec) -> bool:
+    return _spec_type(spec) in WIDGET_TYPES and not _opts(spec).get("forceInput", False)
+
+
+def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) in the node definition's order: required, then optional."""
+    out = []
+    for group in ("required", "optional"):
+        specs = info["input"].get(group, {})
+        for name in info.get("input_order", {}).get(group, list(specs)):
+            out.append((name, specs[name], group == "optional"))
+    return out
+
+
+def widget_slots(info: dict) -> list[tuple[str | None, str]]:
+    """The node's widgets in order as (input name or None for a helper widget, widget type)."""
+    slots = []
+    for name, spec, _ in ordered_inputs(info):
+        if not is_widget(spec):
+            continue
+        t, o = _spec_type(spec), _opts(spec)
+        slots.append((name, t))
+        if t == "INT" and (o.get("control_after_generate") or name in ("seed", "noise_seed")):
+            slots.append((None, "control_after_generate"))
+        elif t == "COMBO" and o.get("control_after_generate"):
+            slots.append((None, "control_after_generate"))
+        elif t == "COMBO" and any(o.get(k) for k in UPLOAD_OPTIONS):
+            slots.append((None, "upload"))
+    return slots
+
+
+def default_value(spec):
+    o = _opts(spec)
+    if "default" in o:
+        return o["default"]
+    t = spec[0]
+    if isinstance(t, list):
+        return t[0] if t else ""
+    if t == "COMBO":
+        return (o.get("options") or [""])[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(t)
+
+
+# Nodes whose drawing is taller or wider than their sockets and widgets: the image preview under Load Image,
+# the trajectory editor, the previews of Preview Image and Save Video, a long combo label.
+NODE_SIZES = {"LoadImage": (NODE_WIDTH, 360), "SurgSoraTrajectories": (460, 740), "PreviewImage": (NODE_WIDTH, 280),
+              "SaveVideo": (NODE_WIDTH, 320), "ImageOnlyCheckpointLoader": (400, None)}
+
+
+def node_height(info: dict) -> int:
+    """The body height the frontend computes for a node (LiteGraph ``computeSize``): 20 px per row of sockets
+    (inputs beside outputs) + 6, and 24 px per widget + 8 when there are widgets."""
+    sockets = sum(1 for _, spec, _ in ordered_inputs(info) if not is_widget(spec))
+    rows = max(sockets, len(info["output"]))
+    widgets = len(widget_slots(info))
+    return rows * 20 + 6 + (widgets * 24 + 8 if widgets else 0)
+
+
+# ============================================================================ UI graph builder
+
+class Node:
+    def __init__(self, graph, node_id, type_, pos, size, title, widgets):
+        self.graph, self.id, self.type, self.pos, self.size, self.title = graph, node_id, type_, pos, size, title
+        self.widgets = widgets
+        self.links_in: dict[str, int] = {}
+        self.links_out: dict[int, list[int]] = {}
+
+    def rect(self) -> tuple[float, float, float, float]:
+        """(x, y, w, h) as drawn, title bar included."""
+        return self.pos[0], self.pos[1] - NODE_TITLE, self.size[0], self.size[1] + NODE_TITLE
+
+
+class Graph:
+    def __init__(self, info: dict):
+        self.info = info
+        self.nodes: list[Node] = []
+        self.links: list[list] = []
+        self.groups: list[dict] = []
+        self.note: Node | None = None
+
+    def add(self, type_: str, pos=None, size=None, title: str | None = None, models=(), **widgets) -> Node:
+        """A node; without ``pos`` it is placed later by :func:`lay_group`. ``size`` defaults to what the
+        frontend draws (:data:`NODE_SIZES`, :func:`node_height`)."""
+        if type_ not in self.info and type_ not in VIRTUAL_NODES:
+            raise KeyError(f"unknown node type {type_}")
+        if type_ in self.info:
+            names = {n for n, spec, _ in ordered_inputs(self.info[type_]) if is_widget(spec)}
+            unknown = set(widgets) - names - {"control_after_generate"}
+            if unknown:
+                raise KeyError(f"{type_} has no widgets {sorted(unknown)}")
+            if size is None:
+                w, h = NODE_SIZES.get(type_, (NODE_WIDTH, None))
+                size = (w, h or node_height(self.info[type_]))
+        node = Node(self, len(self.nodes) + 1, type_, list(pos) if pos is not None else None,
+                    list(size) if size is not None else None, title, widgets)
+        node.models = [{"name": name, "url": MODEL_SOURCES[name][0], "directory": MODEL_SOURCES[name][1]}
+                       for name in models]
+        self.nodes.append(node)
+        return node
+
+    def connect(self, src: Node, output, dst: Node, input_name: str) -> None:
+        outs = self.info[src.type]
+        slot = output if isinstance(output, int) else outs["output_name"].index(output)
+        spec = dict((n, s) for n, s, _ in ordered_inputs(self.info[dst.type]))[input_name]
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src.id, slot, dst.id, input_name, outs["output"][slot]])
+        dst.links_in[input_name] = link_id
+        src.links_out.setdefault(slot, []).append(link_id)
+        if _spec_type(spec) not in (outs["output"][slot], "*"):
+            raise TypeError(f"{src.type}.{outs['output_name'][slot]} ({outs['output'][slot]}) cannot feed "
+                            f"{dst.type}.{input_name} ({_spec_type(spec)})")
+
+    def group(self, title: str, bounding, color: str) -> None:
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [round(v) for v in bounding],
+                            "color": color, "font_size": GROUP_FONT, "flags": {}})
+
+    def view(self) -> dict:
+        """The stored view: the note's top left (title bar included) at VIEW_MARGIN on screen, at VIEW_SCALE."""
+        x, y, _, _ = self.note.rect()
+        return {"scale": VIEW_SCALE, "offset": [round(VIEW_MARGIN[0] / VIEW_SCALE - x, 2),
+                                                round(VIEW_MARGIN[1] / VIEW_SCALE - y, 2)]}
+
+    # ---- serialisation, in the frontend's layout
+    def _inputs(self, node: Node) -> tuple[list[dict], dict[str, int]]:
+        info = self.info[node.type]
+        sockets, widgets = [], []
+        for name, spec, optional in ordered_inputs(info):
+            entry = {"localized_name": name, "name": name}
+            if optional:
+                entry["shape"] = 7
+            entry["type"] = _spec_type(spec)
+            if is_widget(spec):
+                entry["widget"] = {"name": name}
+                entry["link"] = node.links_in.get(name)
+                widgets.append(entry)
+                o = _opts(spec)
+                if entry["type"] == "COMBO" and any(o.get(k) for k in UPLOAD_OPTIONS):
+                    widgets.append({"localized_name": "choose file to upload", "name": "upload", "type": "IMAGEUPLOAD",
+                                    "widget": {"name": "upload"}, "link": None})
+            else:
+                entry["link"] = node.links_in.get(name)
+                sockets.append(entry)
+        ordered = sockets + widgets
+        return ordered, {e["name"]: i for i, e in enumerate(ordered)}
+
+    def _widgets_values(self, node: Node) -> list:
+        info = self.info[node.type]
+        specs = dict((n, s) for n, s, _ in ordered_inputs(info))
+        values = []
+        for name, kind in widget_slots(info):
+            if name is not None:
+                values.append(node.widgets.get(name, default_value(specs[name])))
+            elif kind == "control_after_generate":
+                values.append(node.widgets.get("control_after_generate", "fixed"))
+            else:
+                values.append("image")
+        return values
+
+    def _order(self) -> dict[int, int]:
+        deps = {n.id: {lk[1] for lk in self.links if lk[3] == n.id} for n in self.nodes}
+        order, done = {}, set()
+        while len(done) < len(self.nodes):
+            ready = [n.id for n in self.nodes if n.id not in done and deps[n.id] <= done]
+            for i in ready:
+                order[i] = len(order)
+            done.update(ready)
+        return order
+
+    def ui(self) -> dict:
+        unplaced = [f"{n.id} {n.type}" for n in self.nodes if n.pos is None]
+        if unplaced:
+            raise ValueError(f"nodes never placed: {unplaced}")
+        order = self._order()
+        nodes, slot_of = [], {}
+        for node in self.nodes:
+            if node.type in VIRTUAL_NODES:
+                nodes.append({"id": node.id, "type": node.type, "pos": node.pos, "size": node.size, "flags": {},
+                              "order": order[node.id], "mode": 0, "inputs": [], "outputs": [],
+                              **({"title": node.title} if node.title else {}),
+                              "properties": {}, "widgets_values": [node.widgets["text"]],
+                              "color": "#432", "bgcolor": "#653"})
+                continue
+            inputs, slots = self._inputs(node)
+            slot_of[node.id] = slots
+            info = self.info[node.type]
+            outputs = [{"localized_name": n, "name": n, "type": t, "links": node.links_out.get(i) or None}
+                       for i, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
+            entry = {"id": node.id, "type": node.type, "pos": node.pos, "size": node.size, "flags": {},
+                     "order": order[node.id], "mode": 0, "inputs": inputs, "outputs": outputs}
+            if node.title:
+                entry["title"] = node.title
+            entry["properties"] = {"Node name for S&R": node.type, **({"models": node.models} if node.models else {})}
+            entry["widgets_values"] = self._widgets_values(node)
+            nodes.append(entry)
+        links = [[lid, o, os_, t, slot_of[t][name], typ] for lid, o, os_, t, name, typ in self.links]
+        return {"id": "00000000-0000-0000-0000-000000000000", "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": nodes, "links": links,
+                "groups": self.groups, "config": {}, "extra": {"ds": self.view()}, "version": 0.4}
+
+
+@dataclass
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def right(self) -> float:
+        return self.x + self.w
+
+    @property
+    def bottom(self) -> float:
+        return self.y + self.h
+
+
+def lay_group(g: Graph, title: str, color: str, x: float, y: float, columns: list[list[Node]]) -> Box:
+    """Place ``columns`` of nodes (top to bottom, left to right) inside a new group whose top left is (x, y);
+    returns the group's box. Nodes keep their sizes; a column is as wide as its widest node."""
+    cx = x + PAD
+    top = y + GROUP_TITLE + PAD  # top of the first node's title bar
+    bottom = top
+    for column in columns:
+        cy = top
+        for node in column:
+            if node.pos is not None:
+                raise ValueError(f"node {node.id} {node.type} placed twice")
+            node.pos = [cx, cy + NODE_TITLE]
+            cy += NODE_TITLE + node.size[1] + ROW_GAP
+        bottom = max(bottom, cy - ROW_GAP)
+        cx += max(n.size[0] for n in column) + COL_GAP
+    box = Box(x, y, cx - COL_GAP + PAD - x, bottom + PAD - y)
+    g.group(title, (box.x, box.y, box.w, box.h), color)
+    return box
+
+
+NOTE_WIDTH = 760
+# The MarkdownNote's text in graph units (frontend 1.35.9: 10 px sans-serif, 12 px lines, paragraphs and lists
+# 10 px apart, list items indented 40 px, 10 px padding, the widget 22 px shorter than the node); characters
+# are taken wider than they are and a spare line is added, so the text fits with other fonts too.
+NOTE_CHAR, NOTE_LINE, NOTE_BLOCK_GAP, NOTE_INDENT, NOTE_PAD, NOTE_SPARE = 5.6, 12, 10, 40, 10, 24
+
+
+def note_height(text: str, width: int = NOTE_WIDTH) -> int:
+    """The height a MarkdownNote needs to show ``text`` (paragraphs and numbered lists) without scrolling."""
+    import re
+
+    lines, blocks = 0, 0
+    for block in text.split("\n\n"):
+        blocks += 1
+        for line in block.split("\n"):
+            item = re.match(r"\d+\. ", line)
+            plain = re.sub(r"[*`]", "", line[item.end():] if item else line)
+            per_line = (width - 2 * NOTE_PAD - (NOTE_INDENT if item else 0)) / NOTE_CHAR
+            lines += max(1, math.ceil(len(plain) / per_line))
+    return math.ceil(NOTE_LINE * lines + NOTE_BLOCK_GAP * (blocks - 1) + 2 * NOTE_PAD + NOTE_SPARE)
+
+
+def add_note(g: Graph, t: "Template", body: str) -> Box:
+    """The instructions note at the graph's top left: the template's title (as the note's title and in bold) and
+    description, then ``body`` (markdown: paragraphs, numbered steps). Returns its box, title bar included."""
+    text = f"**{t.title}**: {t.description}\n\n{body}"
+    height = note_height(text)
+    g.note = g.add("MarkdownNote", (0, NODE_TITLE), (NOTE_WIDTH, height), title=t.title, text=text)
+    return Box(0, 0, NOTE_WIDTH, height + NODE_TITLE)
+
+
+# ============================================================================ UI -> API
+
+def ui_to_api(ui: dict, info: dict) -> dict:
+    """The ``/prompt`` form of a UI workflow, computed the way the frontend's ``graphToPrompt`` does."""
+    links = {lk[0]: lk for lk in ui["links"]}
+    prompt = {}
+    for node in sorted(ui["nodes"], key=lambda n: n["order"]):
+        if node["type"] in VIRTUAL_NODES or node.get("mode", 0) != 0:
+            continue
+        spec = info[node["type"]]
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        by_name = {e["name"]: e for e in node.get("inputs", [])}
+        for (name, kind), value in zip(widget_slots(spec), values):
+            if name is not None:
+                inputs[name] = value
+        for name, spec_ in ((n, s) for n, s, _ in ordered_inputs(spec)):
+            entry = by_name.get(name)
+            if entry is not None and entry.get("link") is not None:
+                lk = links[entry["link"]]
+                inputs[name] = [str(lk[1]), lk[2]]
+        title = node.get("title") or spec.get("display_name") or node["type"]
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"], "_meta": {"title": title}}
+    return prompt
+
+
+# ============================================================================ layout checks
+
+def _overlap(a, b) -> bool:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+def _inside(inner, outer) -> bool:
+    ix, iy, iw, ih = inner
+    ox, oy, ow, oh = outer
+    return ox <= ix and oy <= iy and ix + iw <= ox + ow and iy + ih <= oy + oh
+
+
+def layout_problems(ui: dict) -> list[str]:
+    """What overlaps in a UI workflow: nodes (title bar included) on nodes, groups on groups, a node across a
+    group's border or on its title, a node in two groups; and whether the stored view shows the whole note
+    at a zoom where the frontend draws text."""
+    problems = []
+    rects = {n["id"]: (n["pos"][0], n["pos"][1] - NODE_TITLE, n["size"][0], n["size"][1] + NODE_TITLE)
+             for n in ui["nodes"]}
+    names = {n["id"]: f"{n['id']} {n.get('title') or n['type']}" for n in ui["nodes"]}
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            if _overlap(rects[a], rects[b]):
+                problems.append(f"nodes {names[a]} and {names[b]} overlap")
+    groups = [(gr["title"], tuple(gr["bounding"]), gr.get("font_size", GROUP_FONT)) for gr in ui["groups"]]
+    for i, (ta, ba, _) in enumerate(groups):
+        for tb, bb, _ in groups[i + 1:]:
+            if _overlap(ba, bb):
+                problems.append(f"groups {ta!r} and {tb!r} overlap")
+    for nid, r in rects.items():
+        inside = []
+        for title, (x, y, w, h), font in groups:
+            body = (x, y + math.ceil(font * 1.4), w, h - math.ceil(font * 1.4))
+            if _inside(r, body):
+                inside.append(title)
+            elif _overlap(r, (x, y, w, h)):
+                problems.append(f"node {names[nid]} crosses the border or title of group {title!r}")
+        if len(inside) > 1:
+            problems.append(f"node {names[nid]} is in groups {inside}")
+    ds = ui.get("extra", {}).get("ds")
+    notes = [n for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    if not ds or not notes:
+        problems.append("no stored view or no note")
+        return problems
+    if ds["scale"] < 0.6:
+        problems.append(f"stored zoom {ds['scale']} is below the frontend's low-quality threshold (text not drawn)")
+    x, y, w, h = rects[notes[0]["id"]]
+    sx, sy = (x + ds["offset"][0]) * ds["scale"], (y + ds["offset"][1]) * ds["scale"]
+    sw, sh = w * ds["scale"], h * ds["scale"]
+    if sx < VIEW_MARGIN[0] - 1 or sy < VIEW_MARGIN[1] - 1 or sx + sw > MIN_VIEWPORT[0] or sy + sh > MIN_VIEWPORT[1]:
+        problems.append(f"the stored view shows the note at ({sx:.0f}, {sy:.0f}, {sw:.0f} x {sh:.0f}), not inside "
+                        f"{VIEW_MARGIN} .. {MIN_VIEWPORT}")
+    return problems
+
+
+# ============================================================================ the workflows
+
+FRAME_COLOUR, PERCEPTION_COLOUR, TRAJECTORY_COLOUR, GENERATION_COLOUR = "#3f789e", "#8A8", "#b58b2a", "#a1309b"
+STEPS_DRAW = "Draw trajectories in the editor: click to start a track, click or drag to add points, double-click " \
+             "to end it. A one-point track keeps that spot still."
+STEP_FRAME = "Load your first frame (here: frame 6 of the EndoVis 2017 clip). It is resized to 448x256 (multiples " \
+             "of 64, crop disabled so the drawn tracks stay aligned)."
+PREVIEWS = "The Preview Image nodes show the drawn tracks, the SAM masks and the depth of the frame."
+
+
+def _frame(g: Graph):
+    load = g.add("LoadImage", image=FRAME_FILE)
+    scale = g.add("ImageScale", upscale_method="area", width=WIDTH, height=HEIGHT, crop="disabled")
+    g.connect(load, "IMAGE", scale, "image")
+    return load, scale
+
+
+def _preview(g: Graph, src: Node, output: str, title: str) -> Node:
+    p = g.add("PreviewImage", title=title)
+    g.connect(src, output, p, "images")
+    return p
+
+
+def _video(g: Graph, src: Node, output: str, prefix: str) -> list[Node]:
+    video = g.add("CreateVideo", fps=float(FPS))
+    g.connect(src, output, video, "images")
+    save = g.add("SaveVideo", filename_prefix=prefix)
+    g.connect(video, "VIDEO", save, "video")
+    return [video, save]
+
+
+def _trajectories(g: Graph, scale: Node, frames: int = FRAMES) -> tuple[Node, Node]:
+    traj = g.add("SurgSoraTrajectories", tracks=_example_tracks(), frames=frames)
+    g.connect(scale, "IMAGE", traj, "image")
+    return traj, _preview(g, traj, "preview", "Preview: tracks")
+
+
+def _flow(g: Graph, scale: Node, traj: Node, decoder_file: str, masks: Node | None = None) -> tuple[Node, Node]:
+    decoder = g.add("SurgSoraLoadTrajectoryDecoder", decoder=decoder_file)
+    flow = g.add("SurgSoraTracksToFlow")
+    g.connect(decoder, "decoder", flow, "decoder")
+    g.connect(traj, "tracks", flow, "tracks")
+    g.connect(scale, "IMAGE", flow, "image")
+    if masks is not None:
+        g.connect(masks, "masks", flow, "region_masks")
+    return decoder, flow
+
+
+def _motion_preview(g: Graph, scale: Node, flow: Node, traj: Node) -> Node:
+    preview = g.add("SurgSoraMotionPreview")
+    g.connect(scale, "IMAGE", preview, "image")
+    g.connect(flow, "flow", preview, "flow")
+    g.connect(traj, "tracks", preview, "tracks")
+    return preview
+
+
+def _perception(g: Graph, image: tuple[Node, str], tracks: Node | None = None):
+    """SAM features (+ masks prompted at the track starts) and depth of the working frame, with previews:
+    returns (columns for lay_group, seg, masks or None, depth)."""
+    sam = g.add("SurgSoraLoadSAM", model_name=SAM_FILE)
+    seg = g.add("SurgSoraSAMSegment")
+    g.connect(sam, "sam", seg, "sam")
+    g.connect(image[0], image[1], seg, "image")
+    masks = None
+    if tracks is not None:
+        masks = g.add("SurgSoraSAMMasks")
+        g.connect(sam, "sam", masks, "sam")
+        g.connect(image[0], image[1], masks, "image")
+        g.connect(tracks, "tracks", masks, "tracks")
+    dm = g.add("SurgSoraLoadDepthAnything", model_name=DEPTH_FILE)
+    depth = g.add("SurgSoraDepth")
+    g.connect(dm, "depth_model", depth, "depth_model")
+    g.connect(image[0], image[1], depth, "image")
+    previews = ([_preview(g, masks, "preview", "Preview: SAM masks")] if masks is not None else []) + \
+        [_preview(g, depth, "depth_colour", "Preview: depth")]
+    columns = [[sam, dm], [seg] + ([masks] if masks is not None else []) + [depth], previews]
+    return columns, seg, masks, depth
+
+
+def _conditions(g: Graph, image: tuple[Node, str], seg: Node | None, depth: Node | None, flow: tuple[Node, str],
+                adapter_name: str = ADAPTER, mofa: bool = False) -> tuple[Node, Node, Node]:
+    """Load Adapter -> DSI Encode -> DFM Warp + MSF Fuse: returns (adapter, dsi, fuse)."""
+    if mofa:
+        ad = g.add("SurgSoraLoadAdapter", title="Load MOFA-Video-Traj ControlNet", adapter_name=adapter_name,
+                   models=(MOFA_FILE,))
+        dsi = g.add("SurgSoraDSIEncode", title="MOFA condition encoder (frame 0)")
+        fuse = g.add("SurgSoraDFMFuse", title="Warp by the flow")
+    else:
+        ad = g.add("SurgSoraLoadAdapter", adapter_name=adapter_name)
+        dsi = g.add("SurgSoraDSIEncode")
+        fuse = g.add("SurgSoraDFMFuse")
+    g.connect(ad, "adapter", dsi, "adapter")
+    g.connect(image[0], image[1], dsi, "image")
+    if depth is not None:
+        g.connect(depth, "depth", dsi, "depth")
+    if seg is not None:
+        g.connect(seg, "seg_features", dsi, "seg_features")
+    g.connect(ad, "adapter", fuse, "adapter")
+    g.connect(dsi, "dsi_features", fuse, "dsi_features")
+    g.connect(flow[0], flow[1], fuse, "flow")
+    return ad, dsi, fuse
+
+
+def _surgsora_sampler(g: Graph, image: tuple[Node, str], ad: Node | None, fuse: Node | None, prefix: str,
+                      svd_models=(), **sampler) -> list[list[Node]]:
+    """Load SVD -> SurgSora SVD Sampler -> Decode -> video: returns columns for lay_group."""
+    svd = g.add("SurgSoraLoadSVD", ckpt_name=SVD_FILE, models=svd_models)
+    s = g.add("SurgSoraSampler", seed=42, **sampler)
+    g.connect(svd, "svd", s, "svd")
+    g.connect(image[0], image[1], s, "image")
+    if ad is not None:
+        g.connect(ad, "adapter", s, "adapter")
+        g.connect(fuse, "conditions", s, "conditions")
+    dec = g.add("SurgSoraDecode")
+    g.connect(svd, "svd", dec, "svd")
+    g.connect(s, "latent", dec, "latent")
+    return [[svd, s], [dec] + _video(g, dec, "frames", prefix)]
+
+
+NOTE_FULL = f"""1. {STEP_FRAME}
+2. {STEPS_DRAW}
+3. Models: models/sams, models/depthanything, models/surgsora (adapter folder + CMP), models/checkpoints (svd_xt.safetensors). Use the SAM and Depth Anything files the adapter was trained with.
+4. Queue. Change sampler settings freely: SAM, depth and the conditions are cached and not recomputed. {PREVIEWS}"""
+
+
+def trajectory_to_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_FULL)
+    load, scale = _frame(g)
+    traj, tprev = _trajectories(g, scale)
+    pcols, seg, masks, depth = _perception(g, (scale, "IMAGE"), tracks=traj)
+    decoder, flow = _flow(g, scale, traj, CMP_FILE, masks)
+    mprev = _motion_preview(g, scale, flow, traj)
+    mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
+    ad, dsi, fuse = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
+    gen = _surgsora_sampler(g, (scale, "IMAGE"), ad, fuse, "SurgSora/video")
+
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[traj], [tprev, decoder, flow], [mprev] + mvideo])
+    pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, tr.x, tr.bottom + GROUP_GAP, pcols)
+    lay_group(g, "SurgSora adapter + Stable Video Diffusion", GENERATION_COLOUR, max(tr.right, pe.right) + GROUP_GAP,
+              y, [[ad, dsi, fuse]] + gen)
+    return g
+
+
+NOTE_PREVIEW = f"""The trajectories are decoded into dense flow by the analytic decoder and the frame is pushed along it.
+
+1. {STEP_FRAME}
+2. {STEPS_DRAW}
+3. Queue, and look at the motion preview and flow videos (Preview: tracks shows the drawn tracks on the frame)."""
+
+
+def motion_preview(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_PREVIEW)
+    load, scale = _frame(g)
+    traj, tprev = _trajectories(g, scale)
+    decoder, flow = _flow(g, scale, traj, "analytic")
+    mprev = _motion_preview(g, scale, flow, traj)
+    videos = [_video(g, mprev, "video", "SurgSora/motion_preview"), _video(g, flow, "flow_colours", "SurgSora/flow")]
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller (analytic decoder, no weights)", TRAJECTORY_COLOUR, fr.right + GROUP_GAP,
+                   y, [[traj], [tprev, decoder, flow, mprev]])
+    lay_group(g, "Videos: motion preview, flow", GENERATION_COLOUR, tr.right + GROUP_GAP, y, videos)
+    return g
+
+
+NOTE_GT = """Flow frame 0 -> t is estimated from a real clip (OpenCV DIS, chained) instead of decoded from trajectories, and conditions the generation of that clip from its first frame. Compare the generated video with the reference clip.
+
+Models: models/sams, models/depthanything, models/surgsora (adapter folder), models/checkpoints (svd_xt.safetensors). Preview: depth shows the depth of the first frame."""
+
+
+def flow_from_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_GT)
+    load = g.add("LoadVideo", file=CLIP_FILE)
+    parts = g.add("GetVideoComponents")
+    g.connect(load, "VIDEO", parts, "video")
+    scale = g.add("ImageScale", upscale_method="area", width=WIDTH, height=HEIGHT, crop="disabled")
+    g.connect(parts, "images", scale, "image")
+    vflow = g.add("SurgSoraVideoFlow", method="dis", raft_weights="none", start=6, num_frames=14, stride=1)
+    g.connect(scale, "IMAGE", vflow, "frames")
+    pcols, seg, _, depth = _perception(g, (vflow, "first_frame"))
+    clip = _video(g, vflow, "clip", "SurgSora/reference_clip")
+    gt = _video(g, vflow, "flow_colours", "SurgSora/gt_flow")
+    ad, dsi, fuse = _conditions(g, (vflow, "first_frame"), seg, depth, (vflow, "flow"))
+    gen = _surgsora_sampler(g, (vflow, "first_frame"), ad, fuse, "SurgSora/gt_flow_video")
+
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Clip", FRAME_COLOUR, 0, y, [[load, parts, scale]])
+    fl = lay_group(g, "Ground-truth flow (OpenCV DIS)", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[vflow], clip, gt])
+    pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, fl.x, fl.bottom + GROUP_GAP, pcols)
+    lay_group(g, "SurgSora adapter + Stable Video Diffusion", GENERATION_COLOUR, max(fl.right, pe.right) + GROUP_GAP,
+              y, [[ad, dsi, fuse]] + gen)
+    return g
+
+
+NOTE_MOFA = f"""No SurgSora adapter, no SAM, no depth.
+
+1. {STEP_FRAME}
+2. {STEPS_DRAW}
+3. Models: models/checkpoints/svd_xt.safetensors, models/surgsora/mofa_traj_controlnet.safetensors (MOFA-Video-Traj ckpts/controlnet/diffusion_pytorch_model.safetensors, or the whole controlnet folder) and models/surgsora/ckpt_iter_42000.pth.tar (MOFA's CMP decoder; "analytic" needs none).
+4. Queue. MOFA fixes added_time_ids at [6, 128, 0.02], so the sampler's fps and motion bucket are not used."""
+
+
+def mofa_trajectory_to_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_MOFA)
+    load, scale = _frame(g)
+    traj, tprev = _trajectories(g, scale, frames=MOFA_FRAMES)
+    # (no download entry for the CMP file: the frontend's Missing Models dialog fetches .safetensors only)
+    decoder, flow = _flow(g, scale, traj, CMP_FILE)
+    mprev = _motion_preview(g, scale, flow, traj)
+    mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
+    ad, dsi, fuse = _conditions(g, (scale, "IMAGE"), None, None, (flow, "flow"), adapter_name=MOFA_FILE, mofa=True)
+    gen = _surgsora_sampler(g, (scale, "IMAGE"), ad, fuse, "SurgSora/mofa_video", svd_models=(SVD_FILE,))
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller (MOFA's CMP decoder)", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[traj], [tprev, decoder, flow], [mprev] + mvideo])
+    lay_group(g, "MOFA-Video-Traj ControlNet + Stable Video Diffusion XT", GENERATION_COLOUR, tr.right + GROUP_GAP, y,
+              [[ad, dsi, fuse]] + gen)
+    return g
+
+
+NOTE_TTM = """The trajectories become a crude warped animation (occlusion-aware, holes filled from the background) and a mask of what moves. Sampling starts from the animation noised to t_weak; inside the mask the video follows it until t_strong, then SVD denoises freely and makes it realistic.
+
+Models: models/checkpoints/svd_xt.safetensors only. TTM's SVD settings: 50 steps, t_weak 16/50 = 0.32, t_strong 21/50 = 0.42, motion bucket 17, 21 frames. Later t_strong = closer to the drawn motion, earlier = more freedom."""
+
+
+def ttm_trajectory_to_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_TTM)
+    load, scale = _frame(g)
+    traj, tprev = _trajectories(g, scale)
+    decoder, flow = _flow(g, scale, traj, "analytic")
+    signal = g.add("SurgSoraMotionSignal")
+    g.connect(scale, "IMAGE", signal, "image")
+    g.connect(flow, "flow", signal, "flow")
+    svideo = _video(g, signal, "motion_signal", "SurgSora/motion_signal")
+    gen = _surgsora_sampler(g, (scale, "IMAGE"), None, None, "SurgSora/ttm_video", svd_models=(SVD_FILE,), steps=50,
+                            motion_bucket_id=17, t_weak=0.32, t_strong=0.42)
+    sampler_ = gen[0][1]
+    g.connect(signal, "motion_signal", sampler_, "motion_signal")
+    g.connect(signal, "motion_mask", sampler_, "motion_mask")
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller -> motion signal", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[traj], [tprev, decoder, flow], [signal] + svideo])
+    lay_group(g, "Stable Video Diffusion, dual-clock sampling", GENERATION_COLOUR, tr.right + GROUP_GAP, y, gen)
+    return g
+
+
+NOTE_CORE = f"""1. {STEP_FRAME}
+2. {STEPS_DRAW}
+3. Models: models/checkpoints/svd_xt.safetensors (the full SVD-xt file: ComfyUI recognises SVD only from a full-size checkpoint), models/sams, models/depthanything, models/surgsora (adapter folder + CMP).
+4. SurgSora SVD Conditioning encodes the frame the way the adapter was trained (core SVD_img2vid_Conditioning centre-crops it for CLIP); its size and frame count must match the trajectories'. Any core sampler, scheduler or model patch works with SurgSora Apply (SVD); strength 0 gives plain SVD. {PREVIEWS}"""
+
+
+def core_ksampler(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    note = add_note(g, t, NOTE_CORE)
+    load, scale = _frame(g)
+    traj, tprev = _trajectories(g, scale)
+    pcols, seg, masks, depth = _perception(g, (scale, "IMAGE"), tracks=traj)
+    decoder, flow = _flow(g, scale, traj, CMP_FILE, masks)
+    mprev = _motion_preview(g, scale, flow, traj)
+    mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
+    ad, dsi, fuse = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
+    ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
+    cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES, motion_bucket_id=127,
+                 fps=FPS, augmentation_level=0.02, seed=42)
+    g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
+    g.connect(scale, "IMAGE", cond, "init_image")
+    g.connect(ckpt, "VAE", cond, "vae")
+    g.connect(ad, "adapter", cond, "adapter")
+    apply = g.add("SurgSoraApplySVD", strength=1.0, start_percent=0.0, end_percent=1.0)
+    g.connect(cond, "positive", apply, "positive")
+    g.connect(cond, "negative", apply, "negative")
+    g.connect(ad, "adapter", apply, "adapter")
+    g.connect(fuse, "conditions", apply, "conditions")
+    guidance = g.add("VideoLinearCFGGuidance", min_cfg=1.0)
+    g.connect(ckpt, "MODEL", guidance, "model")
+    ks = g.add("KSampler", seed=42, steps=25, cfg=3.0, sampler_name="euler", scheduler="karras", denoise=1.0)
+    g.connect(guidance, "MODEL", ks, "model")
+    g.connect(apply, "positive", ks, "positive")
+    g.connect(apply, "negative", ks, "negative")
+    g.connect(cond, "latent", ks, "latent_image")
+    dec = g.add("VAEDecode")
+    g.connect(ks, "LATENT", dec, "samples")
+    g.connect(ckpt, "VAE", dec, "vae")
+    video = _video(g, dec, "IMAGE", "SurgSora/core_ksampler")
+
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[traj], [tprev, decoder, flow], [mprev] + mvideo])
+    pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, tr.x, tr.bottom + GROUP_GAP, pcols)
+    x = max(tr.right, pe.right) + GROUP_GAP
+    co = lay_group(g, "SurgSora adapter conditions", PERCEPTION_COLOUR, x, y, [[ad, dsi, fuse]])
+    lay_group(g, "Core Stable Video Diffusion: KSampler with SurgSora Apply (SVD)", GENERATION_COLOUR,
+              co.right + GROUP_GAP, y, [[ckpt, cond, guidance], [apply, ks, dec], video])
+    return g
+
+
+def _example_tracks() -> str:
+    data = json.loads(EXAMPLE_TRACKS.read_text())
+    return json.dumps({"width": data["width"], "height": data["height"], "tracks": data["tracks"]})
+
+
+# ============================================================================ templates
+
+@dataclass(frozen=True)
+class Template:
+    """One shipped workflow. ``title`` is its file name (the frontend shows it as the template's title and, with
+    '-' and '_' read as spaces, as its description); ``description`` opens the note; ``label`` is written on
+    the thumbnail, whose picture is the frame with the example tracks (``picture="tracks"``) or with the flow
+    estimated from the clip (``"flow"``)."""
+    title: str
+    description: str
+    build: Callable
+    label: str
+    picture: str = "tracks"
+
+
+TEMPLATES = [
+    Template("SurgSora Trajectory to Video",
+             "Draw trajectories on a surgical frame: SAM, Depth Anything V2 and the SurgSora adapter steer Stable "
+             "Video Diffusion into a video that follows them.", trajectory_to_video, "adapter + SVD"),
+    Template("SurgSora Motion Preview",
+             "Decode drawn trajectories into dense flow and push the frame along it: a motion preview that needs "
+             "no model weights.", motion_preview, "no weights needed"),
+    Template("SurgSora Ground-Truth Flow",
+             "The paper's evaluation mode: flow estimated from a real clip conditions SVD to regenerate that clip "
+             "from its first frame.", flow_from_video, "flow from a clip", picture="flow"),
+    Template("SurgSora MOFA-Video-Traj",
+             "Trajectory-controlled video from released weights: MOFA-Video-Traj's ControlNet on SVD-xt, run exactly "
+             "as published.", mofa_trajectory_to_video, "released weights"),
+    Template("SurgSora Dual-Clock SVD",
+             "Trajectory-controlled video with only Stable Video Diffusion and no training: dual-clock sampling "
+             "(Time-to-Move) on a warped animation.", ttm_trajectory_to_video, "SVD only"),
+    Template("SurgSora on Core KSampler",
+             "SurgSora conditions steer ComfyUI's own SVD: ImageOnlyCheckpointLoader, VideoLinearCFGGuidance and "
+             "core KSampler through SurgSora Apply (SVD).", core_ksampler, "core KSampler"),
+]
+NAMES = [t.title for t in TEMPLATES]
+
+THUMB_SIZE = 384  # square: the template browser shows thumbnails in square tiles (object-fit: cover)
+THUMB_QUALITY = 90
+
+
+def _frame_square(frames):
+    """The centre square of 1920x1080 frames (it holds every example track) resized to THUMB_SIZE."""
+    import cv2
+    import numpy as np
+
+    h, w = frames.shape[1:3]
+    x0 = (w - h) // 2
+    out = [cv2.resize(f[:, x0:x0 + h], (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA) for f in frames]
+    return np.stack(out), x0, THUMB_SIZE / h
+
+
+def render_thumbnail(t: Template):
+    """The template's thumbnail as RGB uint8 [THUMB_SIZE, THUMB_SIZE, 3]: the EndoVis frame, its example tracks (or
+    its flow estimated from the clip, in flow colours) and the template's label on a dark band."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb
+    from surgsora.video_io import read_video
+
+    if t.picture == "flow":
+        frames, _, _ = _frame_square(read_video(ENDOVIS_CLIP, start=FRAME_INDEX, count=14))
+        from surgsora.motion.optical_flow import chained_dis_flow
+
+        flow = chained_dis_flow(frames)[-1]
+        colours = (flow_to_rgb(torch.from_numpy(flow)).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        img = cv2.addWeighted(frames[0], 0.45, colours, 0.55, 0.0)
+    else:
+        frames, x0, s = _frame_square(read_video(ENDOVIS_CLIP, start=FRAME_INDEX, count=1))
+        data = json.loads(EXAMPLE_TRACKS.read_text())
+        tracks = [[[(x - x0) * s, y * s] for x, y in track] for track in data["tracks"]]
+        img = draw_tracks(frames[0], tracks, thickness=3)
+    band = 48  # below the lowest example track
+    img[-band:] = (img[-band:].astype(np.float32) * 0.25).astype(np.uint8)
+    font, scale, thick = cv2.FONT_HERSHEY_DUPLEX, 0.9, 2
+    (tw, th), _ = cv2.getTextSize(t.label, font, scale, thick)
+    cv2.putText(img, t.label, ((THUMB_SIZE - tw) // 2, THUMB_SIZE - (band - th) // 2), font, scale,
+                (255, 255, 255), thick, cv2.LINE_AA)
+    return np.ascontiguousarray(img)
+
+
+def encode_jpeg(img) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY,
+                                                    cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes):
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if img is None else img[..., ::-1]
+
+
+def same_picture(a: bytes, b: bytes) -> bool:
+    """Two JPEGs show the same picture: equal bytes, or equal sizes and pixels within what another JPEG, video
+    decoder or resize build changes (re-encoding at quality 85 or 95: mean 2.6, 0.04 % of pixels off by more
+    than 24; another label: 1.8 % of pixels off by more than 24)."""
+    import numpy as np
+
+    if a == b:
+        return True
+    x, y = decode_jpeg(a), decode_jpeg(b)
+    if x is None or y is None or x.shape != y.shape:
+        return False
+    d = np.abs(x.astype(np.int16) - y.astype(np.int16))
+    return float(d.mean()) < 3 and float((d > 24).mean()) < 1e-3
+
+
+# ============================================================================ files
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def build_all(info: dict | None = None, thumbnails: bool = True) -> dict[Path, str | bytes]:
+    """Every file this script writes: {path: JSON text or JPEG bytes}. Thumbnails need the EndoVis clip."""
+    info = info or object_info()
+    files: dict[Path, str | bytes] = {}
+    for t in TEMPLATES:
+        ui = t.build(info, t).ui()
+        files[TEMPLATES_DIR / f"{t.title}.json"] = _dump(ui)
+        files[API_DIR / f"{t.title}.json"] = _dump(ui_to_api(ui, info))
+        if thumbnails:
+            files[TEMPLATES_DIR / f"{t.title}.jpg"] = encode_jpeg(render_thumbnail(t))
+    return files
+
+
+def is_current(path: Path, content: str | bytes) -> bool:
+    if not path.is_file():
+        return False
+    if isinstance(content, bytes):
+        return same_picture(path.read_bytes(), content)
+    return path.read_text() == content
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only compare with the files on disk")
+    args = ap.parse_args(argv)
+    thumbnails = ENDOVIS_CLIP.is_file()
+    if not thumbnails:
+        print(f"warning: {ENDOVIS_CLIP} is missing: thumbnails are only checked for presence", file=sys.stderr)
+    files = build_all(thumbnails=thumbnails)
+    expected = set(files) | ({TEMPLATES_DIR / f"{n}.jpg" for n in NAMES} if not thumbnails else set())
+    problems = []
+    for t in TEMPLATES:
+        for problem in layout_problems(json.loads(files[TEMPLATES_DIR / f"{t.title}.json"])):
+            problems.append(f"{t.title}: {problem}")
+    stale = [p for p, content in files.items() if not is_current(p, content)]
+    stale += [p for p in expected - set(files) if not p.is_file()]
+    extra = [p for d in (TEMPLATES_DIR, API_DIR) if d.is_dir() for p in sorted(d.rglob("*"))
+             if p.is_file() and p not in expected]
+    for problem in problems:
+        print(f"layout: {problem}")
+    if args.check:
+        for p in stale:
+            print(f"out of date: {p.relative_to(REPO)}")
+        for p in extra:
+            print(f"not written by this script (ComfyUI would serve it as a template file): {p.relative_to(REPO)}")
+        return 1 if stale or extra or problems else 0
+    if problems:
+        return 1
+    for p in stale:
+        if p not in files:
+            continue
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(files.get(p), bytes):
+            p.write_bytes(files[p])
+        else:
+            p.write_text(files[p])
+        print(f"wrote {p.relative_to(REPO)}")
+    for p in extra:
+        print(f"remove (not written by this script): {p.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
