@@ -32,7 +32,10 @@ def cache(tmp_path_factory, endovis_clip, perception):
     out = tmp_path_factory.mktemp("cache")
     specs, problems = discover_clips([endovis_clip], num_frames=T, clip_stride=8)
     assert problems == [] and [s.start for s in specs] == [0, 8, 16]
-    pre = Preprocessor(out, *perception, size=(64, 64), num_frames=T, depth_input_size=70, log=lambda *a: None)
+    # No region masks here (SAM prompting per guide point costs seconds per clip on a CPU); the stage-2
+    # region paths are tested in test_train_stage2.py.
+    pre = Preprocessor(out, *perception, size=(64, 64), num_frames=T, depth_input_size=70, log=lambda *a: None,
+                       regions="none")
     counts = pre.run(specs, progress=False)
     assert counts == {"built": 3}
     return out, pre, specs
@@ -80,7 +83,7 @@ def test_second_run_does_nothing_and_a_truncated_shard_is_rebuilt(cache):
 def test_clip_lock_shares_work_between_processes(cache, tmp_path, perception):
     out, pre, specs = cache
     other = Preprocessor(tmp_path / "c2", *perception, size=(64, 64), num_frames=T, depth_input_size=70,
-                         log=lambda *a: None)
+                         log=lambda *a: None, regions="none")
     lock = other.shard_path(specs[0]).with_suffix(".lock")
     lock.write_text(f"{os.uname().nodename}:{os.getpid()}")  # held by a live process (this one)
     assert other.process(specs[0]) == "busy"
@@ -234,4 +237,21 @@ def test_sigkill_during_checkpoint_write_then_resume_is_exact(cache, tmp_path):
     assert _read_losses(run_dir) == _read_losses(ref)
     a = _load_adapter(ref / "adapter").state_dict()
     b = _load_adapter(run_dir / "adapter").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_latent_cache_leaves_training_unchanged(cache, tmp_path):
+    """Cached frozen-VAE latents and CLIP embeddings are exactly what a recomputation gives."""
+    out, _, _ = cache
+    before = set((out / "latents").glob("*")) if (out / "latents").exists() else set()
+    runs = []
+    for i, off in enumerate((True, False, False)):  # no cache; cache filled; cache read
+        cfg = FitConfig(data=str(out), out=str(tmp_path / f"r{i}"), config="tiny", max_steps=2, lr=1e-3,
+                        checkpoint_every=1000, no_latent_cache=off, seed=5)
+        runs.append(run(cfg)["losses"])
+    new = set((out / "latents").glob("*")) - before  # this seed's frozen models: one new fingerprint folder
+    assert len(new) == 1 and len(list(next(iter(new)).glob("*.safetensors"))) >= 1
+    assert runs[0] == runs[1] == runs[2]
+    a = _load_adapter(tmp_path / "r0" / "adapter").state_dict()
+    b = _load_adapter(tmp_path / "r2" / "adapter").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

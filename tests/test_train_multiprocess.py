@@ -27,7 +27,7 @@ def cache(tmp_path_factory, endovis_clip):
     specs, problems = discover_clips([endovis_clip], num_frames=2, clip_stride=8)
     assert problems == []
     pre = Preprocessor(out, tiny_sam(), tiny_depth(), size=(64, 64), num_frames=2, depth_input_size=70,
-                       log=lambda *a: None)
+                       log=lambda *a: None, regions="none")
     assert pre.run(specs[:2], progress=False) == {"built": 2}
     return out
 

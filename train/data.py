@@ -11,8 +11,15 @@ stage-2 sparse samples. Each clip is one safetensors shard ``clips/<id>.safetens
     flow    float16 [T-1, 2, H, W] flow frame 0 -> t in pixels (x, y)
     points  float32 [N, 2]         stage-2 guide points (x, y) at frame 0
     disp    float32 [T-1, N, 2]    their displacement 0 -> t
+    regions uint8   [M, H, W/8]    stage-2 region masks of frame 0, bit-packed along x (np.packbits)
 
-with the settings in the safetensors metadata (``cache_version``, source, start frame, fps ...).
+with the settings in the safetensors metadata (``cache_version``, source, start frame, fps, padding ...).
+
+Guide points are drawn as published (grid + watershed on the flow resized to 384x384: grid stride 80,
+NMS 15; :mod:`train.sparse`) and mapped to the working size. Region masks are what the stage-2 decoder
+gets at inference: instrument masks supplied with the data (``--masks``, or ``mask_*_f<N>.png`` next to a
+video, N = the clip's first frame in the source) or else SAM masks prompted at the guide points, as the
+CLI prompts SAM at the track starts.
 Shards are written to a temporary name and renamed; a per-clip lock file (``O_EXCL``) lets several
 processes share the work; a shard whose header, size, version or tensors do not check out is rebuilt,
 never read. ``index.json`` lists the complete shards and is rewritten only when it changes.
@@ -24,6 +31,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +42,14 @@ import torch
 from filelock import FileLock
 
 from surgsora.loading.io import ModelFileError, read_safetensors_header
-from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_video, video_info
+from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, read_video, video_info
 
-__all__ = ["CACHE_VERSION", "ClipSpec", "discover_clips", "fit_frames", "Preprocessor", "ClipDataset",
-           "validate_shard", "CacheError"]
+__all__ = ["CACHE_VERSION", "ClipSpec", "discover_clips", "fit_frames", "content_box", "frame_files", "find_region_masks",
+           "load_region_masks", "Preprocessor", "ClipDataset", "validate_shard", "CacheError"]
 
-CACHE_VERSION = 1
-TENSORS = ("frames", "seg", "depth", "flow", "points", "disp")
+CACHE_VERSION = 2  # 2: guide points on the 384 px flow, region masks
+TENSORS = ("frames", "seg", "depth", "flow", "points", "disp", "regions")
+LIST_EXTENSIONS = (".csv", ".txt")
 
 
 class CacheError(RuntimeError):
@@ -59,20 +68,74 @@ def _clip_id(source: Path, start: int) -> str:
     return f"{source.stem}-{digest}-f{start:06d}"
 
 
+def _natural_key(name: str):
+    # frame_2 before frame_10: numbers compare as numbers (zero-padded names sort the same either way).
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The image frames of a frame folder in frame order (numbers in the names sorted numerically)."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                  key=lambda p: _natural_key(p.name))
+
+
 def _frame_count(source: Path) -> int:
     if source.is_dir():
-        return sum(1 for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        return len(frame_files(source))
     info = video_info(source)
     return info["frames"]
+
+
+def _read_clip(source: Path, start: int, count: int) -> np.ndarray:
+    if not source.is_dir():
+        return read_video(source, start=start, count=count)
+    files = frame_files(source)[start:start + count]
+    if not files:
+        raise ValueError(f"{source} has no frames from index {start}")
+    frames = [read_image(p) for p in files]
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError(f"frames {files[0].name}..{files[-1].name} in {source} differ in size")
+    return np.stack(frames)
+
+
+def _read_clip_list(path: Path) -> tuple[dict[Path, list[int]], list[str]]:
+    """A clip list: CSV with a header naming a ``video`` (or ``frames`` / ``folder`` / ``path``) column and an
+    optional ``start`` column, or TXT with one ``PATH [START]`` per line (``#`` comments). Paths are videos
+    or frame folders, relative to the list. Returns {source: [starts]} and problems."""
+    rows: list[tuple[str, str]] = []
+    problems: list[str] = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            table = list(csv.DictReader(f))
+        column = next((c for c in ("video", "frames", "folder", "path") if table and c in table[0]), None)
+        if column is None:
+            return {}, [f"{path}: a clip list needs a header with a video (or frames/folder/path) column and "
+                        "optionally start"]
+        rows = [(r[column], r.get("start") or "0") for r in table]
+    else:
+        for line in path.read_text().splitlines():
+            parts = line.split("#", 1)[0].split()
+            if parts:
+                rows.append((parts[0], parts[1] if len(parts) > 1 else "0"))
+    by_source: dict[Path, list[int]] = {}
+    for i, (name, start) in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+        if not start.strip().isdigit():
+            problems.append(f"{path} line {i}: start {start!r} is not a frame number; skipped")
+            continue
+        source = Path(name)
+        source = source if source.is_absolute() else path.parent / source
+        by_source.setdefault(source, []).append(int(start))
+    return by_source, problems
 
 
 def discover_clips(inputs, num_frames: int, frame_step: int = 1, clip_stride: int | None = None
                    ) -> tuple[list[ClipSpec], list[str]]:
     """Clips of ``num_frames`` frames (every ``frame_step``-th frame) from videos, frame folders or a CSV.
 
-    ``inputs``: paths, each a video, a folder of videos, a folder of frame folders, or a CSV with columns
-    ``video,start`` (CoPESD-style clip lists; paths relative to the CSV). Returns the clips and one
-    message per input that gave none (empty folder, too short, unreadable), so the rest still runs.
+    ``inputs``: paths, each a video, a frame folder, a folder of videos or of frame folders (CoPESD-style:
+    one folder of numbered frames per video), or a clip list (CSV with columns ``video,start`` or TXT lines
+    ``PATH [START]``; see :func:`_read_clip_list`). Returns the clips and one message per input that gave
+    none (empty folder, too short, unreadable), so the rest still runs.
     """
     span = (num_frames - 1) * frame_step + 1
     stride = clip_stride or span
@@ -98,22 +161,14 @@ def discover_clips(inputs, num_frames: int, frame_step: int = 1, clip_stride: in
     for item in map(Path, inputs):
         if not item.exists():
             problems.append(f"{item}: no such file or folder")
-        elif item.suffix.lower() == ".csv":
-            with open(item, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if not rows or "video" not in rows[0]:
-                problems.append(f"{item}: a clip list needs a header with columns video,start")
-                continue
-            by_video: dict[Path, list[int]] = {}
-            for row in rows:
-                video = Path(row["video"])
-                video = video if video.is_absolute() else item.parent / video
-                by_video.setdefault(video, []).append(int(row.get("start") or 0))
-            for video, starts in by_video.items():
-                if video.exists():
-                    add_source(video, sorted(set(starts)))
+        elif item.suffix.lower() in LIST_EXTENSIONS and item.is_file():
+            by_source, list_problems = _read_clip_list(item)
+            problems.extend(list_problems)
+            for source, starts in by_source.items():
+                if source.exists():
+                    add_source(source, sorted(set(starts)))
                 else:
-                    problems.append(f"{item}: listed video {video} does not exist")
+                    problems.append(f"{item}: listed {source} does not exist")
         elif item.is_dir():
             videos = sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
             frame_dirs = sorted(p for p in item.iterdir() if p.is_dir())
@@ -133,25 +188,108 @@ def discover_clips(inputs, num_frames: int, frame_step: int = 1, clip_stride: in
     return specs, problems
 
 
-def fit_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "pad") -> np.ndarray:
-    """Fit RGB frames [T, H, W, 3] to ``size`` = (h, w): ``pad`` (keep aspect, centre on black, as the
-    paper pads 256x197 to 256x256), ``resize`` (stretch) or ``crop`` (keep aspect, centre crop)."""
-    t, h, w, _ = frames.shape
+def _resize_stack(frames: np.ndarray, size_wh: tuple[int, int], interpolation=cv2.INTER_AREA) -> np.ndarray:
+    """[T, H, W, C] -> [T, h, w, C] (cv2 drops a single channel axis: put it back)."""
+    out = np.stack([cv2.resize(f, size_wh, interpolation=interpolation) for f in frames])
+    return out.reshape(*out.shape[:3], frames.shape[-1])
+
+
+def fit_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "pad", pad: str = "center",
+               content_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Fit frames [T, H, W, C] (uint8) to ``size`` = (h, w).
+
+    ``mode``: ``pad`` (keep the aspect ratio, fill the rest with black), ``resize`` (stretch) or ``crop``
+    (keep the aspect ratio, centre crop). With ``pad``, ``content_size`` = (h, w) resizes the content to
+    exactly that size first (the paper: 197x256 content padded to 256x256), and ``pad`` places it:
+    ``center``, or ``bottom`` (content at the top, all padding rows at the bottom, as the paper pads).
+    """
+    t, h, w, c = frames.shape
     th, tw = size
     if mode == "resize":
-        return np.stack([cv2.resize(f, (tw, th), interpolation=cv2.INTER_AREA) for f in frames])
+        return _resize_stack(frames, (tw, th))
     if mode not in ("pad", "crop"):
         raise ValueError(f"--fit must be pad, resize or crop; got {mode!r}")
-    scale = (min if mode == "pad" else max)(th / h, tw / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_AREA) for f in frames])
+    if pad not in ("center", "bottom"):
+        raise ValueError(f"--pad must be center or bottom; got {pad!r}")
     if mode == "pad":
-        out = np.zeros((t, th, tw, 3), dtype=np.uint8)
-        y0, x0 = (th - nh) // 2, (tw - nw) // 2
+        if content_size is not None:
+            nh, nw = content_size
+            if nh > th or nw > tw:
+                raise ValueError(f"--content-size {nh}x{nw} is larger than --size {th}x{tw}")
+        else:
+            scale = min(th / h, tw / w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        resized = _resize_stack(frames, (nw, nh))
+        out = np.zeros((t, th, tw, c), dtype=frames.dtype)
+        y0 = 0 if pad == "bottom" else (th - nh) // 2
+        x0 = (tw - nw) // 2
         out[:, y0:y0 + nh, x0:x0 + nw] = resized
         return out
+    scale = max(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = _resize_stack(frames, (nw, nh))
     y0, x0 = (nh - th) // 2, (nw - tw) // 2
     return np.ascontiguousarray(resized[:, y0:y0 + th, x0:x0 + tw])
+
+
+def content_box(source_hw: tuple[int, int], size: tuple[int, int], mode: str = "pad", pad: str = "center",
+                content_size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the picture inside a frame fitted by :func:`fit_frames` (the rest is padding)."""
+    th, tw = size
+    if mode != "pad":
+        return 0, th, 0, tw
+    h, w = source_hw
+    if content_size is not None:
+        nh, nw = content_size
+    else:
+        scale = min(th / h, tw / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    y0 = 0 if pad == "bottom" else (th - nh) // 2
+    x0 = (tw - nw) // 2
+    return y0, y0 + nh, x0, x0 + nw
+
+
+_MASK_FRAME = re.compile(r"_f0*(\d+)$")
+
+
+def find_region_masks(source: str | os.PathLike, start: int, masks_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Region-mask images for frame ``start`` of ``source`` (a video or frame folder).
+
+    A mask file is an image whose name ends in ``_f<N>`` with N the frame index in the source (any zero
+    padding: ``mask_left_instrument_f06.png`` is frame 6); each file is one region (label values > 0 are
+    inside). Searched in ``masks_dir/<source name>/`` if that folder exists, else ``masks_dir``; without
+    ``masks_dir``, the ``mask_*`` files next to a video (EndoVis-style).
+    """
+    source = Path(source)
+    if masks_dir is not None:
+        folder = Path(masks_dir) / source.stem if (Path(masks_dir) / source.stem).is_dir() else Path(masks_dir)
+        prefix = ""
+    elif source.is_file():
+        folder, prefix = source.parent, "mask"
+    else:
+        return []
+    found = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = _MASK_FRAME.search(p.stem)
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p.name.startswith(prefix) and m \
+                and int(m.group(1)) == start:
+            found.append(p)
+    return found
+
+
+def load_region_masks(paths: list[Path], source_hw: tuple[int, int], size: tuple[int, int], fit: str = "pad",
+                      pad: str = "center", content_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Mask files -> bool [M, h, w] fitted to the working size exactly as the frames are."""
+    masks = []
+    for p in paths:
+        m = read_image(p).max(-1) > 0
+        if m.shape != tuple(source_hw):
+            raise ValueError(f"mask {p.name} is {m.shape[1]}x{m.shape[0]}, the video is {source_hw[1]}x{source_hw[0]}")
+        masks.append(m)
+    if not masks:
+        return np.zeros((0, *size), dtype=bool)
+    stack = (np.stack(masks)[..., None] * np.uint8(255))
+    return fit_frames(stack, size, fit, pad, content_size)[..., 0] > 127
 
 
 def validate_shard(path: Path, num_frames: int | None = None) -> tuple[dict | None, str]:
@@ -235,19 +373,57 @@ class Preprocessor:
     def __init__(self, cache_dir, sam, depth, size: tuple[int, int] = (256, 256), fit: str = "pad",
                  num_frames: int = 21, frame_step: int = 1, flow_method: str = "dis",
                  raft_weights: str | None = None, depth_input_size: int = 518, seed: int = 0,
-                 model_names: dict | None = None, log=print):
+                 model_names: dict | None = None, log=print, pad: str = "center",
+                 content_size: tuple[int, int] | None = None, masks_dir: str | os.PathLike | None = None,
+                 regions: str = "auto"):
+        if regions not in ("auto", "supplied", "sam", "none"):
+            raise ValueError(f"--regions must be auto, supplied, sam or none; got {regions!r}")
         self.cache = Path(cache_dir)
         self.clips_dir = self.cache / "clips"
         self.clips_dir.mkdir(parents=True, exist_ok=True)
         self.sam, self.depth = sam, depth
         self.size, self.fit, self.num_frames, self.frame_step = tuple(size), fit, num_frames, frame_step
+        self.pad, self.content_size = pad, tuple(content_size) if content_size else None
+        self.masks_dir, self.regions = masks_dir, regions
         self.flow_method, self.raft_weights = flow_method, raft_weights
         self.depth_input_size, self.seed = depth_input_size, seed
         self.model_names = model_names or {}
         self.log = log
 
+    @property
+    def settings(self) -> str:
+        """What a shard depends on besides its clip: a shard made with other settings is rebuilt."""
+        content = "x".join(map(str, self.content_size)) if self.content_size else ""
+        return json.dumps([self.size, self.fit, self.pad, content, self.frame_step, self.flow_method,
+                           self.depth_input_size, self.seed, self.regions, str(self.masks_dir or ""),
+                           self.model_names.get("sam", ""), self.model_names.get("depth", "")])
+
     def shard_path(self, spec: ClipSpec) -> Path:
         return self.clips_dir / f"{spec.clip_id}.safetensors"
+
+    def _regions(self, spec: ClipSpec, source_hw, first: torch.Tensor, points: np.ndarray) -> tuple[np.ndarray, str]:
+        """Region masks bool [M, H, W] of frame 0 and where they came from."""
+        h, w = self.size
+        if self.regions in ("auto", "supplied"):
+            paths = find_region_masks(spec.source, spec.start, self.masks_dir)
+            if paths:
+                masks = load_region_masks(paths, source_hw, self.size, self.fit, self.pad, self.content_size)
+                return masks, "supplied:" + ",".join(p.name for p in paths)
+            if self.regions == "supplied":
+                raise ValueError(f"no mask files for frame {spec.start} of {spec.source} "
+                                 f"(looked in {self.masks_dir or Path(spec.source).parent})")
+        if self.regions == "none" or not len(points):
+            return np.zeros((0, h, w), dtype=bool), "none"
+        # As the CLI prompts SAM at each track start: one mask per guide point (pixel centre), duplicates dropped.
+        masks, seen = [], set()
+        with torch.no_grad():
+            for x, y in points:
+                m = self.sam.predict_masks(first, points=np.array([[x + 0.5, y + 0.5]]))[0][0].cpu().numpy()
+                key = hashlib.blake2b(np.packbits(m).tobytes(), digest_size=8).digest()
+                if m.any() and key not in seen:
+                    seen.add(key)
+                    masks.append(m)
+        return (np.stack(masks) if masks else np.zeros((0, h, w), dtype=bool)), "sam"
 
     def compute(self, spec: ClipSpec) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         from surgsora.motion.optical_flow import estimate_flow
@@ -256,10 +432,10 @@ class Preprocessor:
 
         source = Path(spec.source)
         span = (self.num_frames - 1) * self.frame_step + 1
-        raw = read_video(source, start=spec.start, count=span)[:: self.frame_step]
+        raw = _read_clip(source, spec.start, span)[:: self.frame_step]
         if len(raw) != self.num_frames:
             raise ValueError(f"{source}: only {len(raw)} frames from {spec.start}, need {self.num_frames}")
-        frames = fit_frames(raw, self.size, self.fit)
+        frames = fit_frames(raw, self.size, self.fit, self.pad, self.content_size)
         flow = estimate_flow(frames, method=self.flow_method, raft_weights=self.raft_weights)
         first = torch.from_numpy(frames[0]).permute(2, 0, 1)[None].float() / 255.0
         with torch.no_grad():
@@ -267,7 +443,9 @@ class Preprocessor:
             depth = self.depth(first, input_size=self.depth_input_size)[0]
         rng = np.random.default_rng([self.seed, int(hashlib.blake2b(spec.clip_id.encode(), digest_size=4).hexdigest(), 16)])
         points, disp = sparse_samples(flow, rng)
+        regions, regions_from = self._regions(spec, raw.shape[1:3], first, points)
         fps = 0.0 if source.is_dir() else video_info(source)["fps"] / self.frame_step
+        box = content_box(raw.shape[1:3], self.size, self.fit, self.pad, self.content_size)
         tensors = {
             "frames": torch.from_numpy(frames),
             "seg": seg.half().cpu(),
@@ -275,12 +453,15 @@ class Preprocessor:
             "flow": torch.from_numpy(flow).half(),
             "points": torch.from_numpy(points),
             "disp": torch.from_numpy(disp),
+            "regions": torch.from_numpy(np.packbits(regions, axis=-1)),
         }
         meta = {
             "cache_version": str(CACHE_VERSION), "source": str(source), "start": str(spec.start),
             "frame_step": str(self.frame_step), "fps": f"{fps:.4f}", "fit": self.fit,
             "size": f"{self.size[0]}x{self.size[1]}", "flow_method": self.flow_method,
             "sam": self.model_names.get("sam", ""), "depth": self.model_names.get("depth", ""),
+            "pad": self.pad, "content_box": ",".join(map(str, box)), "regions": regions_from,
+            "settings": self.settings,
         }
         return tensors, meta
 
@@ -292,9 +473,9 @@ class Preprocessor:
         status = "built"
         if path.exists():
             meta, reason = validate_shard(path, self.num_frames)
-            if meta is not None:
+            if meta is not None and meta.get("settings") == self.settings:
                 return "cached"
-            self.log(f"rebuilding {path.name}: {reason}")
+            self.log(f"rebuilding {path.name}: {reason or 'made with other preprocessing settings'}")
             status = "rebuilt"
         lock = _ClipLock(path.with_suffix(".lock"))
         if not lock.acquire():
@@ -334,7 +515,9 @@ class Preprocessor:
                 meta, _ = validate_shard(path, self.num_frames)
                 if meta is not None:
                     clips.append({"id": path.stem, "file": f"clips/{path.name}", "source": meta["source"],
-                                  "start": int(meta["start"]), "fps": float(meta["fps"])})
+                                  "start": int(meta["start"]), "fps": float(meta["fps"]),
+                                  "content_box": [int(v) for v in meta["content_box"].split(",")],
+                                  "regions": meta["regions"].split(":")[0]})
             index = {"cache_version": CACHE_VERSION, "num_frames": self.num_frames,
                      "size": list(self.size), "clips": clips}
             text = json.dumps(index, indent=1)
@@ -380,8 +563,12 @@ class ClipDataset(torch.utils.data.Dataset):
         if meta is None:
             raise CacheError(f"{path} is unusable ({reason}): re-run `python -m train preprocess` to rebuild it.")
         item = load_file(str(path))
+        width = item["frames"].shape[2]
+        item["regions"] = torch.from_numpy(np.unpackbits(item["regions"].numpy(), axis=-1, count=width).astype(bool))
         item["fps"] = torch.tensor(float(meta["fps"]))
         item["index"] = torch.tensor(i)
+        # Names this clip's content (the id and the preprocessing settings) for caches of derived values.
+        item["clip_id"] = f"{clip['id']}-{hashlib.blake2b(meta.get('settings', '').encode(), digest_size=4).hexdigest()}"
         return item
 
 

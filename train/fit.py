@@ -4,12 +4,16 @@
    components (``--config tiny``); a trainable adapter from the UNet, an adapter folder, or a
    MOFA-Video ControlNet warm start.
 2. Stage 1 trains every adapter parameter on dense ground-truth flow. Stage 2 decodes the flow from the
-   cached sparse guide points with a trajectory decoder (analytic, or CMP from a file) and freezes the
-   DSI processors and encoders, training the trunk, zero convs and MSF.
+   cached guide points and region masks with the trajectory decoder inference uses (CMP when its
+   checkpoint is in the models folder or given, else the mask-aware analytic decoder), through the
+   CLI's own tracks -> flow function, and freezes the DSI processors and encoders, training the trunk,
+   zero convs and MSF.
 3. Each step: VAE latents of the clip, a noise level per clip (log-normal or cosine-interpolated),
    the noise-augmented frame-0 latent and CLIP embedding exactly as the pipeline builds them at
-   inference (with conditioning dropout), the adapter's conditions (DSI + DFM + MSF, with gradients),
-   its residuals into the frozen UNet, and the EDM loss (``train/objective.py``).
+   inference (with conditioning dropout), ``added_time_ids`` from the pipeline's own ``time_ids`` with
+   the adapter's fps (``--fps``, saved in the adapter config), the adapter's conditions (DSI + DFM + MSF,
+   with gradients), its residuals into the frozen UNet, and the EDM loss (``train/objective.py``). The
+   frozen VAE's latent distribution and the CLIP embedding of each clip are cached after first use.
 4. AdamW (optionally 8-bit), constant LR with warm-up, gradient accumulation and clipping, mixed
    precision and multi-GPU through ``accelerate``; crash-safe checkpoints with exact resume
    (``train/checkpoint.py``); TensorBoard + CSV logs; periodic validation videos.
@@ -23,70 +27,22 @@ on one process or many (the same number as wrote the checkpoint).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-__all__ = ["FitConfig", "run", "stage_trainable"]
+from .config import FitConfig
+
+__all__ = ["FitConfig", "run", "stage_trainable", "stage2_flow", "LatentCache", "flow_decoder"]
 
 # Modules frozen in stage 2 (the DSI processors and encoders); everything else in the adapter trains.
 STAGE2_FROZEN = ("rgb_processor", "depth_processor", "rgb_encoder", "depth_encoder")
-
-
-@dataclass
-class FitConfig:
-    data: str = ""  # preprocessed cache folder (python -m train preprocess --out ...)
-    out: str = "runs/surgsora"
-    config: str = "full"  # "full" (real SVD from --svd) or "tiny" (random tiny components, CPU smoke runs)
-    svd: str = ""  # diffusers folder or single-file svd_xt.safetensors
-    adapter: str = ""  # start from this adapter folder (save_pretrained) instead of the UNet
-    init_from_mofa: str = ""  # warm start trunk/zero convs/RGB stream from MOFA-Video-Traj's ControlNet
-    # Table 3 ablations (saved in the adapter config): drop the SAM features / the depth branch, or fuse
-    # RGB and depth by a plain sum instead of MSF ("msf" | "sum"; without depth the RGB stream is used alone).
-    no_seg_features: bool = False
-    no_depth_branch: bool = False
-    fusion: str = "msf"
-    stage: int = 1
-    flow_decoder: str = "analytic"  # stage 2: "analytic" or a CMP checkpoint path
-    max_steps: int = 10000
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr: float = 2e-5
-    warmup_steps: int = 0
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
-    adam8bit: bool = False
-    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
-    gradient_checkpointing: bool = False
-    sigma_scheme: str = "lognormal"  # lognormal | cosine (k-diffusion's rand_cosine_interpolated, as published)
-    p_mean: float = 0.7  # lognormal
-    p_std: float = 1.6  # lognormal
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
-    sigma_data: float = 0.5  # cosine; the published arguments follow
-    image_d: float = 64.0
-    noise_d_low: float = 32.0
-    noise_d_high: float = 64.0
-    noise_aug_mean: float = -3.0
-    noise_aug_std: float = 0.5
-    drop_clip_prob: float = 0.1
-    drop_latent_prob: float = 0.1
-    motion_bucket_id: int = 127
-    fps: float = 7.0  # used when a clip has no frame rate (frame folders)
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    resume: str = ""  # "latest" or a checkpoint folder
-    validate_every: int = 0
-    validation_steps: int = 25
-    log_every: int = 1
-    seed: int = 0
-    overfit_one_batch: bool = False  # same batch, noise and sigma every step (sanity check of the loop)
-    num_workers: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def stage_trainable(adapter, stage: int) -> list[str]:
@@ -107,8 +63,6 @@ def _build_components(cfg: FitConfig, device):
         components = tiny_svd_components(seed=cfg.seed)
         condition_options = tiny_adapter_options()
     else:
-        if not cfg.svd:
-            raise SystemExit("give --svd PATH (a diffusers SVD folder or svd_xt.safetensors), or --config tiny")
         from surgsora.loading.svd_checkpoint import load_svd
 
         components = load_svd(cfg.svd, device="cpu")
@@ -121,46 +75,69 @@ def _build_components(cfg: FitConfig, device):
 def _build_adapter(cfg: FitConfig, unet, condition_options):
     from surgsora import SurgSoraAdapter
 
+    from .config import ConfigError
+
     if cfg.adapter:
-        return SurgSoraAdapter.from_pretrained(cfg.adapter)
-    from surgsora.model.adapter import MOFA_HEADS, MOFA_SEMANTICS
+        try:
+            # local_files_only: a mistyped folder must never turn into a Hugging Face Hub download.
+            adapter = SurgSoraAdapter.from_pretrained(cfg.adapter, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"--adapter {cfg.adapter} could not be loaded: {first}") from None
+    else:
+        from surgsora.model.adapter import MOFA_HEADS, MOFA_SEMANTICS
 
-    torch.manual_seed(cfg.seed)
-    options = dict(condition_options, use_seg_features=not cfg.no_seg_features,
-                   use_depth_branch=not cfg.no_depth_branch,
-                   fusion_type="rgb" if cfg.no_depth_branch else cfg.fusion)
-    if cfg.init_from_mofa:
-        # Keep MOFA's semantics (injection, residual multiplicity, nearest flow resize): its weights were
-        # trained under them, so the warm-started adapter starts out computing exactly MOFA's function
-        # and the new parts (SAM channels, depth stream, MSF) start at zero. They are saved in config.json.
-        options.update(MOFA_SEMANTICS)
-        if len(unet.config.down_block_types) == 4:
-            options["num_attention_heads"] = MOFA_HEADS  # what MOFA's code ran, whatever its config says
-    try:
-        adapter = SurgSoraAdapter.from_unet(unet, **options)
-    except ValueError as e:
-        raise SystemExit(f"Invalid adapter options: {e}.") from None
-    if cfg.init_from_mofa:
-        from surgsora.loading.warm_start import init_from_mofa
+        torch.manual_seed(cfg.seed)
+        options = dict(condition_options, use_seg_features=not cfg.no_seg_features,
+                       use_depth_branch=not cfg.no_depth_branch,
+                       fusion_type="rgb" if cfg.no_depth_branch else cfg.fusion)
+        if cfg.init_from_mofa:
+            # Keep MOFA's semantics (injection, residual multiplicity, nearest flow resize): its weights were
+            # trained under them, so the warm-started adapter starts out computing exactly MOFA's function
+            # and the new parts (SAM channels, depth stream, MSF) start at zero. They are saved in config.json.
+            options.update(MOFA_SEMANTICS)
+            if len(unet.config.down_block_types) == 4:
+                options["num_attention_heads"] = MOFA_HEADS  # what MOFA's code ran, whatever its config says
+        try:
+            adapter = SurgSoraAdapter.from_unet(unet, **options)
+        except ValueError as e:
+            raise ConfigError(f"Invalid adapter options: {e}.") from None
+        if cfg.init_from_mofa:
+            from surgsora.loading.warm_start import init_from_mofa
 
-        print(init_from_mofa(adapter, cfg.init_from_mofa))
+            print(init_from_mofa(adapter, cfg.init_from_mofa))
+    # The fps SVD is conditioned on travels with the weights: the pipeline samples with it by default.
+    adapter.register_to_config(fps=int(cfg.fps))
     return adapter
 
 
-def _flow_decoder(cfg: FitConfig, device):
-    if cfg.flow_decoder == "analytic":
-        from surgsora.motion.analytic_flow import AnalyticDecoder
+def flow_decoder(spec: str, models: str, device):
+    """(decoder, description) for stage 2: ``auto`` (CMP if its checkpoint is in ``models``, else analytic),
+    ``analytic``, or a CMP checkpoint path."""
+    from surgsora.motion.analytic_flow import AnalyticDecoder
 
-        return AnalyticDecoder()
+    if spec == "auto":
+        from surgsora.loading.catalogue import best_model, list_models
+
+        name = best_model(list_models([models], "cmp"), "cmp")
+        if name is None:
+            return AnalyticDecoder(), (f"the analytic decoder with the cached region masks (no CMP checkpoint "
+                                       f"ckpt_iter_42000.pth.tar in {Path(models) / 'surgsora'})")
+        spec = str(Path(models) / name)
+    if spec == "analytic":
+        return AnalyticDecoder(), "the analytic decoder with the cached region masks"
     from surgsora.motion.cmp import load_cmp
 
-    return load_cmp(cfg.flow_decoder, device=device)
+    return load_cmp(spec, device=device), f"CMP from {spec} (region masks as a motion brush)"
+
+
+_LISTS = ("points", "disp", "regions", "clip_id")  # per-clip sizes differ: kept as lists
 
 
 def _collate(items: list[dict]) -> dict:
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in ("points", "disp")}
-    batch["points"] = [it["points"] for it in items]
-    batch["disp"] = [it["disp"] for it in items]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in _LISTS}
+    for k in _LISTS:
+        batch[k] = [it.get(k) for it in items]
     return batch
 
 
@@ -176,17 +153,83 @@ def _batch_indices(step: int, n: int, batch_size: int, rank: int, world: int, se
     return perm[start:start + batch_size]
 
 
-def _dense_flow_stage2(decoder, frames01: torch.Tensor, points, disp, size) -> torch.Tensor:
-    """Trajectory-decoded flow [B, T-1, 2, H, W] from cached guide points (stage 2)."""
-    from surgsora.motion.tracks import rasterize
+def stage2_flow(decoder, image01: torch.Tensor, points, disp, regions, size) -> torch.Tensor:
+    """Trajectory-decoded flow [B, T-1, 2, H, W] from cached guide points and region masks (stage 2).
 
+    The guide points become tracks [N, T, 2] in the working size's pixel coordinates (pixel centres, as a
+    user's clicks) and go through the inference CLI's own tracks -> flow function with the clip's region
+    masks, so training decodes flow exactly as ``python -m surgsora generate`` does.
+    """
+    from surgsora.cli import _tracks_to_flow
+
+    h, w = size
     flows = []
-    for b in range(frames01.shape[0]):
-        tracks = torch.cat([points[b][None], points[b][None] + disp[b]], dim=0).permute(1, 0, 2)  # [N, T, 2]
-        sparse, mask = rasterize(tracks, size)
+    for b in range(image01.shape[0]):
+        start = points[b].float() + 0.5
+        tracks = torch.cat([start[None], start[None] + disp[b].float()], dim=0).permute(1, 0, 2)  # [N, T, 2]
+        masks = regions[b] if regions is not None else None
+        masks = masks.float()[None] if masks is not None and masks.shape[0] else None
         with torch.no_grad():
-            flows.append(decoder(frames01[b:b + 1].to(sparse.device), sparse, mask))
+            flows.append(_tracks_to_flow(decoder, image01[b:b + 1], tracks, (w, h), masks).cpu())
     return torch.cat(flows)
+
+
+def _fingerprint(*modules, extra: str = "") -> str:
+    """A short hash of the modules' weights: cached latents belong to exactly these frozen models."""
+    h = hashlib.blake2b(extra.encode(), digest_size=8)
+    for module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class LatentCache:
+    """Per-clip frozen-model outputs (VAE latent mean/std of every frame, clean frame-0 CLIP embedding) in
+    ``<data>/latents/<fingerprint>/<clip>.safetensors``, written atomically on first use.
+
+    They depend only on the clip and the frozen weights, and are computed per clip whether cached or not,
+    so a cached value is bit-for-bit what a recomputation gives and training is unchanged by the cache.
+    """
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                print(f"latent cache off: cannot write {folder} ({e.strerror})")
+                self.folder = None
+
+    def _path(self, clip_id: str) -> Path:
+        return self.folder / f"{clip_id}.safetensors"
+
+    def get(self, clip_id: str | None) -> dict | None:
+        if self.folder is None or clip_id is None or not self._path(clip_id).is_file():
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self._path(clip_id)))
+        except (SafetensorError, OSError):
+            return None  # a damaged file is recomputed and rewritten
+
+    def put(self, clip_id: str | None, tensors: dict) -> None:
+        if self.folder is None or clip_id is None:
+            return
+        from safetensors.torch import save_file
+
+        tmp = self.folder / f".{clip_id}.{os.getpid()}.partial"
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, self._path(clip_id))
+        except OSError as e:
+            print(f"latent cache off: cannot write {self.folder} ({e.strerror})")
+            self.folder = None
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def run(cfg: FitConfig, dataset=None) -> dict:
@@ -207,20 +250,22 @@ def run(cfg: FitConfig, dataset=None) -> dict:
     sigma_args = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data,
                       image_d=cfg.image_d, noise_d_low=cfg.noise_d_low, noise_d_high=cfg.noise_d_high)
     check_sigma_args(cfg.sigma_scheme, **sigma_args)  # before minutes of model loading
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    if cfg.device.startswith("cuda:"):
+        torch.cuda.set_device(int(cfg.device.split(":")[1]))  # accelerate then uses this GPU (one process)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=cfg.device == "cpu")
     device = accelerator.device
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for p in clean_partial(ckpt_dir) if ckpt_dir.exists() else []:
-            print(f"removed a partial checkpoint left by an interrupted write: {p.name}")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
 
-    # ---- models
+    # ---- models and data first: a file that fails to load leaves no run folder behind
     components, condition_options = _build_components(cfg, device)
     adapter = _build_adapter(cfg, components["unet"], condition_options)
     trainable = stage_trainable(adapter, cfg.stage)
+    latent_cache = LatentCache(None if cfg.no_latent_cache or dataset is not None and not cfg.data else
+                               Path(cfg.data) / "latents" / _fingerprint(
+                                   components["vae"], components["image_encoder"], extra=str(weight_dtype)))
     if cfg.gradient_checkpointing:
         adapter.enable_gradient_checkpointing()
         components["unet"].enable_gradient_checkpointing()
@@ -228,11 +273,14 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         module = components[name].to(device)
         if module.dtype != weight_dtype:
             module.to(weight_dtype)
-    # The pipeline object gives training the very same first-frame encoders as inference.
+    # The pipeline object gives training the very same first-frame encoders and time ids as inference.
     pipe = SurgSoraPipeline(**components, adapter=adapter)
-    decoder = _flow_decoder(cfg, device) if cfg.stage == 2 else None
+    decoder = None
+    if cfg.stage == 2:
+        decoder, described = flow_decoder(cfg.flow_decoder, cfg.models, device)
+        if accelerator.is_main_process:
+            print(f"stage 2 flow: {described}")
 
-    # ---- data
     dataset = dataset if dataset is not None else ClipDataset(cfg.data)
     height, width = dataset.size
     num_frames = dataset.num_frames
@@ -240,17 +288,28 @@ def run(cfg: FitConfig, dataset=None) -> dict:
     val_index = len(dataset) - 1
     held_out = cfg.validate_every > 0 and len(dataset) > 1
     train_set = torch.utils.data.Subset(dataset, range(len(dataset) - 1)) if held_out else dataset
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in clean_partial(ckpt_dir) if ckpt_dir.exists() else []:
+            print(f"removed a partial checkpoint left by an interrupted write: {p.name}")
+        total = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+        wanted = cfg.extra.get("total_batch")
+        if wanted and wanted != total:
+            print(f"note: the recipe's batch is {wanted} ({cfg.extra.get('processes')} processes x "
+                  f"{cfg.batch_size}); this run's is {total} ({accelerator.num_processes} process(es) x "
+                  f"{cfg.batch_size} x {cfg.grad_accum} accumulation steps)")
 
     # ---- optimisation
     params = [p for p in adapter.parameters() if p.requires_grad]
     if cfg.adam8bit:
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise SystemExit("--adam8bit needs bitsandbytes (pip install bitsandbytes), a CUDA-only package")
+        import bitsandbytes as bnb  # checked by `python -m train fit` before anything starts
+
         optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The fused kernel: one pass over all parameters instead of a Python loop of small ops per tensor
+        # (the per-tensor loop was ~8% of a CPU step in benchmarks/train_step.py).
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))
     warmup = max(0, cfg.warmup_steps)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it per process).
@@ -310,13 +369,24 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         bsz = frames.shape[0]
         pixels = frames * 2 - 1  # RGB in [-1, 1], as at inference
         with torch.no_grad():
-            dist = vae.encode(pixels.flatten(0, 1).to(weight_dtype)).latent_dist
-            eps_vae = torch.randn(dist.mean.shape, generator=generator).to(device, dist.mean.dtype)
-            latents = (dist.mean + dist.std * eps_vae).view(bsz, num_frames, -1, *dist.mean.shape[-2:])
+            means, stds, clip_embs = [], [], []
+            for b, clip_id in enumerate(batch["clip_id"]):
+                # Per clip, cached or not, so the values never depend on the batch composition.
+                frozen = latent_cache.get(clip_id)
+                if frozen is None:
+                    dist = vae.encode(pixels[b].to(weight_dtype)).latent_dist
+                    frozen = {"mean": dist.mean, "std": dist.std, "clip": pipe.encode_clip_image(frames[b, :1])}
+                    latent_cache.put(clip_id, frozen)
+                means.append(frozen["mean"].to(device))
+                stds.append(frozen["std"].to(device))
+                clip_embs.append(frozen["clip"].to(device))
+            mean, std = torch.cat(means), torch.cat(stds)
+            eps_vae = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
+            latents = (mean + std * eps_vae).view(bsz, num_frames, -1, *mean.shape[-2:])
             latents = latents.float() * scaling
             noise_aug = sample_noise_aug(bsz, generator, cfg.noise_aug_mean, cfg.noise_aug_std).to(device)
             cond_latent = pipe.encode_conditioning_latent(pixels[:, 0].to(weight_dtype), noise_aug, generator)
-            clip_emb = pipe.encode_clip_image(frames[:, 0])
+            clip_emb = torch.cat(clip_embs)
             # Conditioning dropout: classifier-free guidance at inference zeroes both.
             drop_clip = torch.rand(bsz, generator=generator) < cfg.drop_clip_prob
             drop_latent = torch.rand(bsz, generator=generator) < cfg.drop_latent_prob
@@ -325,8 +395,8 @@ def run(cfg: FitConfig, dataset=None) -> dict:
             if cfg.stage == 1:
                 flow = batch["flow"].to(device).float()
             else:
-                flow = _dense_flow_stage2(decoder, frames[:, 0], batch["points"], batch["disp"],
-                                          (height, width)).to(device)
+                flow = stage2_flow(decoder, frames[:, 0], batch["points"], batch["disp"], batch["regions"],
+                                   (height, width)).to(device)
 
         sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std, **sigma_args).to(device)
         noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -334,10 +404,10 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         _, _, c_in, c_noise = preconditioning(sigma)
         cond = cond_latent.float().unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
         model_in = torch.cat([c_in * noisy, cond], dim=2).to(weight_dtype)
-        fps = torch.where(batch["fps"] > 0, batch["fps"], torch.tensor(cfg.fps)).to(device)
-        # added_time_ids = [fps - 1, motion_bucket_id, noise_aug_strength], as in the pipeline.
-        time_ids = torch.stack([fps.round() - 1, torch.full_like(fps, cfg.motion_bucket_id), noise_aug], dim=1)
-        time_ids = time_ids.to(weight_dtype)
+        # added_time_ids by the pipeline's own rule: [fps - 1, motion_bucket_id, noise_aug_strength] with the
+        # adapter's fps (--fps, in its config), or the adapter's fixed ids; never the videos' frame rates.
+        time_ids = torch.tensor([pipe.time_ids(None, cfg.motion_bucket_id, float(a)) for a in noise_aug.tolist()],
+                                device=device, dtype=weight_dtype)
 
         with accelerator.accumulate(adapter), accelerator.autocast():
             conditions = raw_adapter.encode_conditions(pixels[:, 0], batch["depth"].to(device).float(),
@@ -419,7 +489,7 @@ def _validate(pipe, adapter, dataset, index: int, folder: Path, step: int, cfg: 
         flow = item["flow"][None].float()
     else:
         size = tuple(frames.shape[-2:])
-        flow = _dense_flow_stage2(decoder, image, [item["points"]], [item["disp"]], size)
+        flow = stage2_flow(decoder, image, [item["points"]], [item["disp"]], [item["regions"]], size)
     device = pipe._execution_device
     video = pipe(image, flow=flow.to(device), depth=item["depth"][None].float().to(device),
                  seg_features=item["seg"][None].float().to(device), num_inference_steps=cfg.validation_steps,
