@@ -403,6 +403,7 @@ def run_preview(args) -> dict:
     from .video_io import encode_video
 
     outs = _outputs(args)
+    args.fps = 7.0 if args.fps is None else args.fps
     if args.decoder != "analytic" and not Path(args.decoder).is_file():
         raise UsageError(f"--decoder: {args.decoder} does not exist; use 'analytic' (no weights) or the path of the "
                          "CMP checkpoint ckpt_iter_42000.pth.tar.")
@@ -628,9 +629,15 @@ def run_generate(args) -> dict:
             adapter = _load_model("The adapter", models["adapter"],
                                   lambda: load_adapter(models["adapter"], dtype=dtype).to(device))
         print(f"Adapter: {describe_adapter(adapter)}.")
-        if adapter.config.get("fixed_time_ids") is not None and (args.fps != 7 or motion_bucket != 127):
+        trained_fps = adapter.config.get("fps", 7)
+        if adapter.config.get("fixed_time_ids") is not None and (args.fps not in (None, 7) or motion_bucket != 127):
             print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
                   "--motion-bucket is not used.")
+        elif args.fps is not None and args.fps != trained_fps:
+            print(f"Note: this adapter was trained at fps {trained_fps}; sampling at --fps {args.fps:g} conditions SVD "
+                  "off its training distribution.")
+    if args.fps is None:  # the adapter's training fps (SVD's id is fps - 1), else SVD's usual 7
+        args.fps = float(adapter.config.get("fps", 7)) if adapter is not None else 7.0
     if ttm:
         print(f"Dual-clock sampling (Time-to-Move) on {'plain SVD' if adapter is None else 'SVD + adapter'}: "
               f"t_weak {args.t_weak}, t_strong {args.t_strong} of {steps} steps.")
@@ -698,7 +705,7 @@ def run_generate(args) -> dict:
     timer.report()
     result = {"out": str(out), "flow_video": str(flow_path) if flow_path else None, "frames": int(video.shape[0]),
               "width": size[0], "height": size[1], "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-              "mode": args.mode, "steps": steps, "models": {k: str(v) for k, v in models.items()},
+              "mode": args.mode, "steps": steps, "fps": args.fps, "models": {k: str(v) for k, v in models.items()},
               "timing_s": {k: round(v, 3) for k, v in timer.stages.items()}}
     print(json.dumps(result))
     return result
@@ -742,7 +749,9 @@ def _common(p: argparse.ArgumentParser, frames_default: int) -> None:
                         "decoder")
     p.add_argument("--resize-masks", action="store_true",
                    help="resize --masks (and preview's --depth) of another size to the frame instead of refusing them")
-    p.add_argument("--fps", type=float, default=7.0, help="frames per second (0 < fps <= 1000)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frames per second of the video, and SVD's fps condition (0 < fps <= 1000; default: the "
+                        "adapter's training fps, else 7)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -842,7 +851,8 @@ def _check_args(args) -> None:
         raise UsageError(f"--frames must be at least 2; got {args.frames}.")
     _integer("--frames", args.frames, 2, MAX_FRAMES)
     try:
-        check_fps(args.fps, "--fps")
+        if args.fps is not None:
+            check_fps(args.fps, "--fps")
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.frame_index < 0:  # -1 used to mean frame 0 without a word

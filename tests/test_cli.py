@@ -87,6 +87,7 @@ def test_generate_runs_the_whole_pipeline_on_tiny_checkpoints(endovis_frame, tmp
     result = _last_json(capsys.readouterr().out)
     assert video_info(out)["frames"] == 4 and video_info(tmp_path / "flow.mp4")["frames"] == 4
     assert Path(result["models"]["decoder"]).name == "ckpt_iter_42000.pth.tar"  # CMP found and used
+    assert result["fps"] == 7  # no --fps: the adapter's training fps
     assert set(result["timing_s"]) >= {"SAM features", "depth", "tracks -> flow", "first frame + conditions",
                                        "denoise", "decode"}
 
