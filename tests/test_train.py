@@ -245,13 +245,13 @@ def test_latent_cache_leaves_training_unchanged(cache, tmp_path):
     out, _, _ = cache
     before = set((out / "latents").glob("*")) if (out / "latents").exists() else set()
     runs = []
-    for i, off in enumerate((True, False, False)):  # no cache; cache filled; cache read
+    for i in range(2):  # the first run computes and stores the latents, the second reads them
         cfg = FitConfig(data=str(out), out=str(tmp_path / f"r{i}"), config="tiny", max_steps=2, lr=1e-3,
-                        checkpoint_every=1000, no_latent_cache=off, seed=5)
+                        checkpoint_every=1000, seed=5)
         runs.append(run(cfg)["losses"])
     new = set((out / "latents").glob("*")) - before  # this seed's frozen models: one new fingerprint folder
     assert len(new) == 1 and len(list(next(iter(new)).glob("*.safetensors"))) >= 1
-    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == runs[1]
     a = _load_adapter(tmp_path / "r0" / "adapter").state_dict()
-    b = _load_adapter(tmp_path / "r2" / "adapter").state_dict()
+    b = _load_adapter(tmp_path / "r1" / "adapter").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

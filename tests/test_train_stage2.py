@@ -54,7 +54,8 @@ def test_supplied_masks_are_found_by_frame_and_fitted_like_the_frames(masked_cli
     assert 1000 < int(regions[0].sum()) < 5000 and not (regions[0] & regions[1]).any()
     # A masks folder with one sub-folder per video takes precedence; the frame number's padding is free.
     (tmp_path / "clip").mkdir()
-    (tmp_path / "clip" / "tool_f6.png").write_bytes((Path(endovis_clip).parent / "mask_left_instrument_f06.png").read_bytes())
+    mask = Path(endovis_clip).parent / "mask_left_instrument_f06.png"
+    (tmp_path / "clip" / "tool_f6.png").write_bytes(mask.read_bytes())
     assert [p.name for p in find_region_masks(endovis_clip, 6, tmp_path)] == ["tool_f6.png"]
 
 
@@ -134,8 +135,6 @@ def test_sample_writes_the_eval_layout_with_and_without_padding(masked_clip, tmp
     """`python -m train sample` output goes straight into `python -m surgsora.eval`; cropped/ drops the black
     rows, which are identical in real and generated videos and would inflate PSNR."""
     import json
-    import subprocess
-    import sys
 
     from surgsora.tiny import tiny_adapter, tiny_svd_components
     from train.sample import sample_cache
@@ -154,11 +153,11 @@ def test_sample_writes_the_eval_layout_with_and_without_padding(masked_clip, tmp
     assert np.load(tmp_path / "s" / "cropped" / "flows" / f"{name}.npy").shape == (T - 1, 2, 144, 256)
 
     # The eval CLI on cropped/ measures the picture rows only (56..200 of the 16:9 clip padded to 256x256).
+    from surgsora.eval.cli import main as eval_main
+
     report = tmp_path / "report.json"
-    subprocess.run([sys.executable, "-m", "surgsora.eval", "--real", str(tmp_path / "s" / "cropped" / "real"),
-                    "--fake", str(tmp_path / "s" / "cropped" / "fake"), "--out", str(report), "--metrics", "psnr",
-                    "--no-plots", "--quiet"], check=True, capture_output=True, timeout=300,
-                   cwd=Path(__file__).resolve().parents[1])
+    assert eval_main(["--real", str(tmp_path / "s" / "cropped" / "real"), "--fake", str(tmp_path / "s" / "cropped" / "fake"),
+                      "--out", str(report), "--metrics", "psnr", "--no-plots", "--quiet"]) == 0
     fake = read_video(tmp_path / "s" / "fake" / name).astype(np.float64)
     mse = ((real.astype(np.float64)[:, 56:200] - fake[:, 56:200]) ** 2).mean(axis=(1, 2, 3))
     expected = float(np.mean(10 * np.log10(255.0 ** 2 / mse)))

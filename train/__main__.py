@@ -175,7 +175,8 @@ def preprocess_main(argv: list[str]) -> int:
             from surgsora.perception.depth import load_depth_anything
             from surgsora.perception.sam import load_sam
 
-            sam, depth = load_sam(values["sam"], device=args.device), load_depth_anything(values["depth"], device=args.device)
+            sam = load_sam(values["sam"], device=args.device)
+            depth = load_depth_anything(values["depth"], device=args.device)
             names = {"sam": Path(values["sam"]).name, "depth": Path(values["depth"]).name}
     except (ModelFileError, OSError, ValueError) as e:
         return _fail(prog, (str(e).strip().splitlines() or [type(e).__name__])[0])

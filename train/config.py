@@ -249,7 +249,8 @@ def check_fit_config(cfg: FitConfig) -> None:
         _check_mofa(cfg.init_from_mofa)
     if cfg.config == "full":
         if not cfg.svd:
-            raise ConfigError("give --svd PATH (a diffusers SVD folder or svd_xt.safetensors), a --recipe, or --config tiny.")
+            raise ConfigError("give --svd PATH (a diffusers SVD folder or svd_xt.safetensors), a --recipe, or "
+                              "--config tiny.")
         if not Path(cfg.svd).exists():
             raise ConfigError(f"--svd {cfg.svd} does not exist; put the SVD checkpoint in {cfg.models}/checkpoints "
                               "or give its path.")
