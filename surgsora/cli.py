@@ -296,15 +296,6 @@ def _decoder(spec: str, device):
     return _load_model("The CMP trajectory decoder", spec, lambda: load_cmp(spec, device=device))
 
 
-def _tracks_to_flow(decoder, image_t, tracks, size, regions):
-    """tracks [N, T, 2] at the working size -> dense flow [1, T-1, 2, H, W]."""
-    from .motion.tracks import rasterize
-
-    w, h = size
-    sparse, mask = rasterize(tracks, (h, w))
-    return decoder(image_t, sparse, mask, region_masks=regions)
-
-
 def _flow_frames(flow, chunk: int = 8):
     """Flow-colour frames [t, H, W, 3] of flow [1, T-1, 2, H, W], a chunk at a time (frame 0 white: no motion yet)."""
     import torch
@@ -421,7 +412,9 @@ def run_preview(args) -> dict:
     with timer("load decoder"):
         decoder = _decoder(args.decoder, "cpu")
     with timer("tracks -> flow"):
-        flow = _tracks_to_flow(decoder, image_t, tracks, size, regions)
+        from .motion.tracks import tracks_to_flow
+
+        flow = tracks_to_flow(decoder, image_t, tracks, size, regions)
     mask = None
     with timer("motion preview"):
         if args.warp == "average":
@@ -659,8 +652,10 @@ def run_generate(args) -> dict:
             del depth_model
     with timer("tracks -> flow"):
         decoder = _decoder(str(models["decoder"]), device)
-        flow = _tracks_to_flow(decoder, image_t.to(device) if models["decoder"] != "analytic" else image_t,
-                               tracks, size, regions)
+        from .motion.tracks import tracks_to_flow
+
+        flow = tracks_to_flow(decoder, image_t.to(device) if models["decoder"] != "analytic" else image_t,
+                              tracks, size, regions)
         del decoder
     with timer("load SVD"):
         svd = _load_model("Stable Video Diffusion", models["svd"],

@@ -17,10 +17,6 @@ SETTINGS = [
     pytest.param("full", {}, dict(use_seg_features=True, use_depth_branch=True, fusion_type="msf"), 12, id="full"),
     pytest.param("no SAM features", dict(no_seg_features=True), dict(use_seg_features=False, use_depth_branch=True,
                                                                      fusion_type="msf"), 7,
-                 # surgsora/model: the depth stream's DepthProcessor always takes the SAM features (its
-                 # conv_out expects them) while use_seg_features=False makes the adapter pass None.
-                 marks=pytest.mark.xfail(raises=AttributeError, strict=True,
-                                         reason="DepthProcessor ignores use_seg_features (surgsora/model/dsi.py)"),
                  id="no-seg-features"),
     pytest.param("no depth", dict(no_depth_branch=True), dict(use_seg_features=True, use_depth_branch=False,
                                                               fusion_type="rgb"), 7, id="no-depth-branch"),
@@ -89,6 +85,12 @@ def test_table3_setting_trains_saves_reloads_and_generates(cache, svd, tmp_path,
     has_depth = any(k.startswith(("depth_processor.", "depth_encoder.")) for k in names)
     assert has_depth == expected["use_depth_branch"]  # "without depth" has no depth parameters at all
     assert adapter.needs_seg == expected["use_seg_features"]
+    # "without SAM" reaches no SAM channel in either stream
+    assert any("seg_proj" in k for k in names) == expected["use_seg_features"]
+    if has_depth:
+        seg_in = adapter.config["seg_channels"] if expected["use_seg_features"] else 0
+        hidden = adapter.config["depth_hidden_channels"][-1]
+        assert adapter.depth_processor.conv_out.weight.shape[1] == hidden + seg_in
     assert any(k.startswith("fusion.") for k in names) == (expected["fusion_type"] == "msf")
     # The one step moved the weights away from the untrained adapter built the same way.
     torch.manual_seed(0)

@@ -92,7 +92,7 @@ def test_stage2_flow_with_instrument_masks_is_closer_to_the_real_flow(masked_cli
 
 def test_stage2_flow_is_the_inference_cli_decoding(masked_clip):
     """Training hands the cached points and masks to surgsora.cli's own tracks -> flow function."""
-    from surgsora.cli import _tracks_to_flow
+    from surgsora.motion.tracks import tracks_to_flow
 
     item, _, _ = masked_clip
     calls = []
@@ -106,7 +106,7 @@ def test_stage2_flow_is_the_inference_cli_decoding(masked_clip):
     stage2_flow(Spy(), image, [item["points"]], [item["disp"]], [item["regions"]], SIZE)
     start = item["points"] + 0.5
     tracks = torch.cat([start[None], start[None] + item["disp"]]).permute(1, 0, 2)
-    _tracks_to_flow(Spy(), image, tracks, SIZE[::-1], item["regions"].float()[None])
+    tracks_to_flow(Spy(), image, tracks, SIZE[::-1], item["regions"].float()[None])
     (s1, m1, r1), (s2, m2, r2) = calls
     assert torch.equal(s1, s2) and torch.equal(m1, m2) and torch.equal(r1, r2)
     assert int(m1[0, 0, 0].sum()) == len(item["points"])  # every guide point is a track start

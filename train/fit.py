@@ -160,7 +160,7 @@ def stage2_flow(decoder, image01: torch.Tensor, points, disp, regions, size) -> 
     user's clicks) and go through the inference CLI's own tracks -> flow function with the clip's region
     masks, so training decodes flow exactly as ``python -m surgsora generate`` does.
     """
-    from surgsora.cli import _tracks_to_flow
+    from surgsora.motion.tracks import tracks_to_flow
 
     h, w = size
     flows = []
@@ -170,7 +170,7 @@ def stage2_flow(decoder, image01: torch.Tensor, points, disp, regions, size) -> 
         masks = regions[b] if regions is not None else None
         masks = masks.float()[None] if masks is not None and masks.shape[0] else None
         with torch.no_grad():
-            flows.append(_tracks_to_flow(decoder, image01[b:b + 1], tracks, (w, h), masks).cpu())
+            flows.append(tracks_to_flow(decoder, image01[b:b + 1], tracks, (w, h), masks).cpu())
     return torch.cat(flows)
 
 

@@ -192,7 +192,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         self.rgb_encoder = FeatureEncoder(c0, self.scale_channels[1:])
         self.depth_processor = self.depth_encoder = self.fusion = None
         if use_depth_branch:
-            self.depth_processor = DepthProcessor(c0, depth_hidden_channels, seg_channels)
+            self.depth_processor = DepthProcessor(c0, depth_hidden_channels, seg_channels, use_seg_features)
             if self.rgb_processor.downscale != self.depth_processor.downscale:
                 raise ValueError(
                     f"conditioning_embedding_channels downsample by {self.rgb_processor.downscale} but "

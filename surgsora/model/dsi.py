@@ -92,26 +92,30 @@ class DepthProcessor(nn.Module):
     features are concatenated; the zero-initialised stride-2 output conv reaches 1/8.
     """
 
-    def __init__(self, out_channels: int = 320, hidden_channels: Sequence[int] = (32, 256), seg_channels: int = 256):
+    def __init__(self, out_channels: int = 320, hidden_channels: Sequence[int] = (32, 256), seg_channels: int = 256,
+                 use_seg_features: bool = True):
         super().__init__()
         chans = [1, *hidden_channels]
         self.convs = nn.ModuleList(
             nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, stride=2) for c_in, c_out in zip(chans[:-1], chans[1:])
         )
+        self.use_seg_features = use_seg_features  # False: the "w/o SAM" ablation, depth alone
         self.conv_out = zero_module(
-            nn.Conv2d(chans[-1] + seg_channels, out_channels, kernel_size=3, padding=1, stride=2)
+            nn.Conv2d(chans[-1] + (seg_channels if use_seg_features else 0), out_channels, kernel_size=3, padding=1,
+                      stride=2)
         )
         self.downscale = 2 ** (len(hidden_channels) + 1)
 
-    def forward(self, depth: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, depth: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
         x = depth
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.convs) - 1:
                 x = F.silu(x)
-        seg = align_seg_features(seg.to(x.dtype), depth.shape[-2:], x.shape[-2:])
-        x = F.silu(torch.cat([x, seg], dim=1))
-        return self.conv_out(x)
+        if self.use_seg_features:
+            seg = align_seg_features(seg.to(x.dtype), depth.shape[-2:], x.shape[-2:])
+            x = torch.cat([x, seg], dim=1)
+        return self.conv_out(F.silu(x))
 
 
 class _EncoderLayer(nn.Module):

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "tracks_to_flow",
     "TrackError",
     "TrackSet",
     "parse_track_data",
@@ -555,3 +556,15 @@ def rasterize(tracks: np.ndarray | torch.Tensor, size: tuple[int, int], mask_cha
     sparse = flat.view(T - 1, 2, b, H, W).permute(2, 0, 1, 3, 4).to(torch.float32).contiguous()
     mask = hit.view(b, 1, 1, H, W).to(torch.float32).expand(b, T - 1, mask_channels, H, W).contiguous()
     return sparse, mask
+
+
+def tracks_to_flow(decoder, image, tracks, size: tuple[int, int], regions=None):
+    """Tracks [N, T, 2] in pixels of the working ``size`` = (width, height) -> dense flow [1, T-1, 2, H, W],
+    decoded by ``decoder`` (CMP or analytic) from the sparse flow :func:`rasterize` writes.
+
+    The one way trajectories become flow: the CLI, the nodes' callers and stage-2 training all use it, so
+    an adapter trains on the flow it is sampled with.
+    """
+    w, h = size
+    sparse, mask = rasterize(tracks, (h, w))
+    return decoder(image, sparse, mask, region_masks=regions)
