@@ -48,37 +48,39 @@ class SurgSoraLoadSAM:
         return (seg,)
 
 
+def _track_set(data, what: str, size: tuple[int, int]):
+    """Tracks in any accepted format, checked against the image's shape; returns (tracks, (sx, sy)) where
+    (sx, sy) scale the tracks' canvas to the image's pixels."""
+    from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data
+
+    w, h = size
+    try:
+        ts = parse_track_data(data)
+        if ts.canvas is not None:
+            check_canvas(ts.canvas, (w, h), "the image", tolerance=0.15)
+    except TrackError as e:
+        raise ValueError(f"{what}: {e}") from None
+    cw, ch = ts.canvas or (w, h)
+    return ts.tracks, (w / cw, h / ch)
+
+
 def _clicks(clicks: str, tracks, size: tuple[int, int]) -> np.ndarray:
     """Clicks (x, y) in pixels of the image of ``size = (W, H)``, from the track starts and/or a JSON list."""
-    from surgsora.motion.tracks import TrackError, parse_track_data
-
-    from surgsora.motion.tracks import START_MARGIN, check_canvas
+    from surgsora.motion.tracks import START_MARGIN
 
     w, h = size
     points = []
     if tracks is not None:
-        try:
-            ts = parse_track_data(tracks)
-            if ts.canvas is not None:
-                check_canvas(ts.canvas, (w, h), "the image", tolerance=0.15)
-        except TrackError as e:
-            raise ValueError(f"tracks: {e}") from None
-        cw, ch = ts.canvas or (w, h)
-        points += [(t[0, 0] * w / cw, t[0, 1] * h / ch) for t in ts.tracks]
+        ts, (sx, sy) = _track_set(tracks, "tracks", size)
+        points += [(t[0, 0] * sx, t[0, 1] * sy) for t in ts]
     text = (clicks or "").strip()
     if text:
         try:
             data = json.loads(text.lstrip("\ufeff"))
         except json.JSONDecodeError as e:
             raise ValueError(f"clicks must be JSON like [[x, y], [x, y]] in image pixels ({e.msg}).") from None
-        try:
-            ts = parse_track_data(data)
-            if ts.canvas is not None:
-                check_canvas(ts.canvas, (w, h), "the image", tolerance=0.15)
-        except TrackError as e:
-            raise ValueError(f"clicks: {e}") from None
-        cw, ch = ts.canvas or (w, h)
-        points += [(x * w / cw, y * h / ch) for t in ts.tracks for x, y in t]
+        ts, (sx, sy) = _track_set(data, "clicks", size)
+        points += [(x * sx, y * sy) for t in ts for x, y in t]
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     # A click just past the border (within the tracks' 5 % margin) is still on the image; further out it
     # is a wrong coordinate system, which clipping would silently turn into a click on the edge.

@@ -22,6 +22,7 @@ import torch
 from surgsora.cli import main as cli_main
 from surgsora.eval.cli import main as eval_main
 from surgsora.video_io import write_video
+from fake_models import fake_models_folder
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the ComfyUI node package (never installed)
@@ -84,13 +85,7 @@ def inputs(tmp_path_factory):
     (d / "tracks_latin1.json").write_bytes('{"width": 96, "height": 64, "tracks": [], "n": "caf\xe9"}'.encode("latin-1"))
     (d / "tracks_binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": print}, d / "pickle.pth")  # a global: not weights
-    models = d / "models"
-    for sub in ("sams", "depthanything", "diffusers/svd", "surgsora/adapter"):
-        (models / sub).mkdir(parents=True)
-    (models / "sams" / "sam.pth").write_bytes(b"x")
-    (models / "depthanything" / "d.pth").write_bytes(b"x")
-    (models / "diffusers" / "svd" / "model_index.json").write_text("{}")
-    (models / "surgsora" / "adapter" / "config.json").write_text('{"_class_name": "SurgSoraAdapter"}')
+    models = fake_models_folder(d / "models")
     corrupt = d / "models_corrupt"
     (corrupt / "surgsora" / "adapter").mkdir(parents=True)
     (corrupt / "surgsora" / "adapter" / "config.json").write_text('{"_class_name": "SurgSora')  # cut short

@@ -13,6 +13,7 @@ import pytest
 
 from surgsora.cli import main
 from surgsora.video_io import read_video, video_info
+from fake_models import fake_models_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TRACKS = REPO / "demo" / "tracks_endovis.json"
@@ -131,13 +132,7 @@ def test_generate_ttm_needs_only_svd_and_uses_sam_and_depth_when_present(endovis
 def test_bad_arguments_get_one_clear_sentence(args, message, endovis_frame, tmp_path):
     frame = tmp_path / "f.png"
     cv2.imwrite(str(frame), cv2.cvtColor(endovis_frame[:64, :64], cv2.COLOR_RGB2BGR))
-    models = tmp_path / "models"
-    for sub in ("sams", "depthanything", "diffusers/svd", "surgsora/adapter"):
-        (models / sub).mkdir(parents=True)
-    (models / "sams" / "sam.pth").write_bytes(b"x")
-    (models / "depthanything" / "d.pth").write_bytes(b"x")
-    (models / "diffusers" / "svd" / "model_index.json").write_text("{}")
-    (models / "surgsora" / "adapter" / "config.json").write_text('{"_class_name": "SurgSoraAdapter"}')
+    models = fake_models_folder(tmp_path / "models")
     args = [a.replace("MODELS", str(models)) for a in args]
     with pytest.raises(SystemExit) as info:
         main(args + ["--image", str(frame), "--out", str(tmp_path / "o.mp4")])
