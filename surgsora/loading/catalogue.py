@@ -140,31 +140,36 @@ def list_models(roots: Sequence[str | os.PathLike], component: str) -> list[str]
     exts = COMPONENTS[component][1]
     is_folder = _FOLDER_TEST.get(component)
     names: set[str] = set()
+    for root, here, dirnames, filenames in _walk(roots):
+        rel = here.relative_to(root)
+        if len(rel.parts) > 4:
+            dirnames[:] = []
+            continue
+        keep = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if is_folder is not None and is_folder(here / d):
+                names.add((rel / d).as_posix())
+            elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
+                keep.append(d)  # never look inside another kind of model folder
+        dirnames[:] = keep
+        for f in filenames:
+            if component == "adapter" and not _is_adapter_file(here / f):
+                continue
+            if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
+                names.add((rel / f).as_posix())
+    return sorted(names)
+
+
+def _walk(roots: Sequence[str | os.PathLike]):
+    """(root, folder, its sub-folder names, its file names) for every folder under the existing ``roots``,
+    links followed; callers prune the walk by editing the sub-folder list in place, as with ``os.walk``."""
     for root in roots:
         root = Path(root)
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            here = Path(dirpath)
-            rel = here.relative_to(root)
-            if len(rel.parts) > 4:
-                dirnames[:] = []
-                continue
-            keep = []
-            for d in sorted(dirnames):
-                if d.startswith("."):
-                    continue
-                if is_folder is not None and is_folder(here / d):
-                    names.add((rel / d).as_posix())
-                elif not ((here / d / "config.json").is_file() or (here / d / "model_index.json").is_file()):
-                    keep.append(d)  # never look inside another kind of model folder
-            dirnames[:] = keep
-            for f in filenames:
-                if component == "adapter" and not _is_adapter_file(here / f):
-                    continue
-                if not f.startswith(".") and f.lower().endswith(exts) and not f.endswith(".partial"):
-                    names.add((rel / f).as_posix())
-    return sorted(names)
+        if root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                yield root, Path(dirpath), dirnames, filenames
 
 
 def corrupt_configs(roots: Sequence[str | os.PathLike], depth: int = 2) -> list[Path]:
@@ -176,23 +181,18 @@ def corrupt_configs(roots: Sequence[str | os.PathLike], depth: int = 2) -> list[
     import json
 
     bad = []
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            here = Path(dirpath)
-            if len(here.relative_to(root).parts) >= depth:
-                dirnames[:] = []
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for f in ("config.json", "model_index.json"):
-                if f in filenames:
-                    try:
-                        ok = isinstance(json.loads((here / f).read_bytes().decode("utf-8-sig")), dict)
-                    except (OSError, ValueError):
-                        ok = False
-                    if not ok:
-                        bad.append(here / f)
+    for root, here, dirnames, filenames in _walk(roots):
+        if len(here.relative_to(root).parts) >= depth:
+            dirnames[:] = []
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in ("config.json", "model_index.json"):
+            if f in filenames:
+                try:
+                    ok = isinstance(json.loads((here / f).read_bytes().decode("utf-8-sig")), dict)
+                except (OSError, ValueError):
+                    ok = False
+                if not ok:
+                    bad.append(here / f)
     return sorted(bad)
 
 
