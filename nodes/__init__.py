@@ -5,7 +5,8 @@
   Trajectories to Flow, Optical Flow from Clip, Motion Preview, Motion Signal (dual-clock).
 * ``generation``: Load Adapter (SurgSora or MOFA-Video-Traj), DSI Encode, DFM Warp + MSF Fuse, Load SVD,
   SVD Sampler (adapter and/or dual-clock), Decode.
-* ``core_svd``: SurgSora Apply (SVD) and SurgSora SVD Conditioning, for ComfyUI's own SVD model and samplers.
+* ``core_svd``: SurgSora Apply (SVD), SurgSora SVD Conditioning and SurgSora Dual-Clock Guider, for ComfyUI's
+  own SVD model and samplers.
 
 Importing this package registers the model folders with ComfyUI's ``folder_paths`` (when ComfyUI is
 there) and nothing else: no model is loaded or downloaded until a node runs.

@@ -13,6 +13,17 @@ loads and offloads it with the UNet; its ``inference_memory_requirements`` count
 device during sampling: the conditions (one copy per batched cond/uncond) and the residuals that live
 through the UNet's pass.
 
+``SurgSora Dual-Clock Guider`` is Time-to-Move's dual-clock sampling as a core GUIDER for
+``SamplerCustomAdvanced`` (any core sampler and scheduler; SurgSora Apply may steer the same conditioning).
+It is core CFG with ComfyUI's own inpainting rule (``KSamplerX0Inpaint``) switched on by the motion mask
+until t_strong: before every model call above sigma(t_strong) the masked latents are replaced by the motion
+signal noised to that sigma, and the call's prediction there by the signal; sampling starts at t_weak
+from the signal noised to sigma(t_weak). For deterministic samplers (Euler, Heun, DPM++ 2M ...) this is
+exactly the pipeline's re-anchoring after each step (with the prediction fixed to the signal, the step
+lands on the signal noised to the next sigma). Two differences from ``SurgSoraPipeline``: the sampler's
+one noise draw both starts and re-noises the anchor (the pipeline draws a second one, as TTM does), and
+ancestral samplers add fresh noise between anchors.
+
 ``SurgSora SVD Conditioning`` returns core CONDITIONING encoded the way SurgSora adapters are trained
 and sampled (core ``SVD_img2vid_Conditioning`` centre-crops the frame for CLIP and adds noise
 augmentation in [0, 1] pixels, i.e. twice the strength in the VAE's [-1, 1] input): CLIP sees the whole
@@ -26,7 +37,9 @@ import functools
 
 import torch
 
-from .generation import ADAPTER_TYPE, CONDITIONS_TYPE, _check_size
+from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices, latent_mask
+
+from .generation import ADAPTER_TYPE, CONDITIONS_TYPE, _check_size, _signal_and_mask
 from .runtime import CATEGORY, comfy_module, image_to_bchw, patcher_for
 
 
@@ -166,6 +179,125 @@ class SurgSoraApplySVD:
         return (out[0], out[1])
 
 
+@functools.lru_cache(maxsize=None)
+def dual_clock_guider_class():
+    """Core ``CFGGuider`` with dual-clock anchoring (made on first use: importing the pack never needs ComfyUI)."""
+    CFGGuider = _comfy("comfy.samplers").CFGGuider
+    clone_options = _comfy("comfy.model_patcher").create_model_options_clone
+
+    class SurgSoraDualClockGuider(CFGGuider):
+        def __init__(self, model_patcher, signal, mask, t_weak, t_strong):
+            super().__init__(model_patcher)
+            self.signal = signal  # [F, C, h, w] VAE latents of the motion signal (ComfyUI scales them in)
+            self.mask = mask  # [F, 1, h, w] in {0, 1}: 1 = follow the signal
+            self.t_weak, self.t_strong = t_weak, t_strong
+
+        def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+                   seed=None):
+            if denoise_mask is not None:
+                raise ValueError("The latent carries a noise mask, but the dual-clock guider masks the video itself; "
+                                 "remove the Set Latent Noise Mask node.")
+            if latent_image.is_nested or tuple(latent_image.shape) != tuple(self.signal.shape):
+                raise ValueError(f"The latent is {tuple(latent_image.shape)} but the motion signal was encoded as "
+                                 f"{tuple(self.signal.shape)} (frames, channels, height/8, width/8); sample the "
+                                 "latent of the same SVD conditioning.")
+            weak, strong = dual_clock_indices(self.t_weak, self.t_strong, sigmas.shape[-1] - 1)
+            sigmas = sigmas[weak:]  # start at t_weak, from the signal noised to that level
+            boundary = float(sigmas[strong - weak])
+            earlier = self.model_options.get("denoise_mask_function")
+
+            def follow_until_t_strong(sigma, mask, extra_options):
+                if earlier is not None:
+                    mask = earlier(sigma, mask, extra_options)
+                # anchored while sigma is above sigma(t_strong); 0 when t_strong is the last step
+                return mask if float(sigma.max()) > boundary * (1 + 1e-4) else torch.ones_like(mask)
+
+            options = self.model_options
+            self.model_options = clone_options(options)
+            self.model_options["denoise_mask_function"] = follow_until_t_strong
+            try:
+                return super().sample(noise, self.signal.to(latent_image), sampler, sigmas,
+                                      denoise_mask=1 - self.mask.to(latent_image), callback=callback,
+                                      disable_pbar=disable_pbar, seed=seed)
+            finally:
+                self.model_options = options
+
+    return SurgSoraDualClockGuider
+
+
+class SurgSoraDualClockGuider:
+    """Dual-clock (Time-to-Move) sampling on ComfyUI's own SVD: a GUIDER for SamplerCustomAdvanced. Where the
+    motion mask is on, the video follows the motion signal until t_strong; elsewhere it denoises freely from
+    t_weak. Works with any core sampler and scheduler, with VideoLinearCFGGuidance, and with SurgSora Apply
+    (SVD) on the same conditioning."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "ComfyUI's SVD model (ImageOnlyCheckpointLoader), patched as you like."}),
+            "positive": ("CONDITIONING", {"tooltip": "From SurgSora SVD Conditioning or SVD_img2vid_Conditioning "
+                                                     "(optionally through SurgSora Apply)."}),
+            "negative": ("CONDITIONING", {"tooltip": "The matching negative conditioning."}),
+            "vae": ("VAE", {"tooltip": "SVD's VAE: encodes the motion signal at the conditioning's video size."}),
+            "motion_signal": ("IMAGE", {"tooltip": "The crude animation, one image per video frame (SurgSora "
+                                                   "Motion Signal)."}),
+            "motion_mask": ("MASK", {"tooltip": "Where the video follows the signal, one mask per frame at the "
+                                               "signal's size (SurgSora Motion Signal)."}),
+            "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale (VideoLinearCFGGuidance on the model makes "
+                                         "it the last frame's)."}),
+            "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
+                                 "tooltip": "Fraction of the schedule skipped: sampling starts here from the noised "
+                                            "signal (Time-to-Move: 0.32)."}),
+            "t_strong": ("FLOAT", {"default": TTM_T_STRONG, "min": 0.0, "max": 1.0, "step": 0.01,
+                                   "tooltip": "Fraction of the schedule until which the masked region follows the "
+                                              "signal (Time-to-Move: 0.42; 1 = to the end)."}),
+        }}
+
+    RETURN_TYPES = ("GUIDER",)
+    OUTPUT_TOOLTIPS = ("For SamplerCustomAdvanced, with the video latent of the same conditioning.",)
+    FUNCTION = "get_guider"
+    CATEGORY = f"{CATEGORY}/sampling"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None):
+        if t_weak is not None and t_strong is not None and not 0 <= t_weak < t_strong <= 1:
+            return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong}), both in [0, 1]."
+        return True
+
+    @torch.no_grad()
+    def get_guider(self, model, positive, negative, vae, motion_signal, motion_mask, cfg=3.0, t_weak=TTM_T_WEAK,
+                   t_strong=TTM_T_STRONG):
+        dual_clock_indices(t_weak, t_strong, 1)  # the fractions' rule, before any work
+        frame = _video_latent_size(positive)
+        signal, mask = _signal_and_mask(motion_signal, motion_mask, 1)
+        signal, mask = signal[0], mask[0]  # [F, 3, H, W] in [0, 1], [F, 1, H, W]
+        for name, x in (("motion_signal", signal), ("motion_mask", mask)):
+            if not bool(torch.isfinite(x).all()) or x.min() < -1e-3 or x.max() > 1 + 1e-3:
+                raise ValueError(f"{name} values must be finite and in [0, 1]; connect SurgSora Motion Signal.")
+        h, w = frame[0] * 8, frame[1] * 8
+        if signal.shape[-2:] != (h, w):  # same resize as the pipeline: the whole canvas to the video size
+            down = h < signal.shape[-2] or w < signal.shape[-1]
+            signal = torch.nn.functional.interpolate(signal.float(), size=(h, w), mode="bilinear",
+                                                     align_corners=False, antialias=down).clamp(0, 1)
+        latents = vae.encode(signal.movedim(1, -1))  # ComfyUI's VAE: [0, 1] BHWC in, posterior mean out
+        guider = dual_clock_guider_class()(model, latents.float().cpu(), latent_mask(mask, frame), float(t_weak),
+                                           float(t_strong))
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return (guider,)
+
+
+def _video_latent_size(conditioning) -> tuple[int, int]:
+    """(h, w) of the video latent an SVD conditioning was made for (its first-frame latent)."""
+    try:
+        latent = conditioning[0][1]["concat_latent_image"]
+    except (IndexError, KeyError, TypeError):
+        raise ValueError("The positive conditioning has no SVD first-frame latent; connect SurgSora SVD "
+                         "Conditioning or SVD_img2vid_Conditioning.") from None
+    return tuple(latent.shape[-2:])
+
+
 class SurgSoraSVDConditioning:
     """Core SVD CONDITIONING encoded the way SurgSora adapters are trained: CLIP sees the whole frame resized to
     224 (core centre-crops it), noise augmentation is added in the VAE's [-1, 1] input, and the adapter's own
@@ -177,10 +309,14 @@ class SurgSoraSVDConditioning:
             "clip_vision": ("CLIP_VISION", {"tooltip": "From ImageOnlyCheckpointLoader."}),
             "init_image": ("IMAGE", {"tooltip": "The first frame."}),
             "vae": ("VAE", {"tooltip": "From ImageOnlyCheckpointLoader."}),
-            "width": ("INT", {"default": 448, "min": 64, "max": 8192, "step": 64}),
-            "height": ("INT", {"default": 256, "min": 64, "max": 8192, "step": 64}),
-            "video_frames": ("INT", {"default": 21, "min": 2, "max": 4096}),
-            "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023}),
+            "width": ("INT", {"default": 448, "min": 64, "max": 8192, "step": 64,
+                              "tooltip": "Video width in pixels (a multiple of 64; the conditions' width)."}),
+            "height": ("INT", {"default": 256, "min": 64, "max": 8192, "step": 64,
+                               "tooltip": "Video height in pixels (a multiple of 64; the conditions' height)."}),
+            "video_frames": ("INT", {"default": 21, "min": 2, "max": 4096,
+                                     "tooltip": "Frames to generate (the trajectories' frame count)."}),
+            "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023,
+                                         "tooltip": "SVD's motion amount id: higher asks for more motion."}),
             "fps": ("INT", {"default": 7, "min": 1, "max": 1024,
                             "tooltip": "SVD's fps id is fps - 1 (SurgSora adapters are trained at 7)."}),
             "augmentation_level": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01,
@@ -238,8 +374,10 @@ class SurgSoraSVDConditioning:
 NODE_CLASS_MAPPINGS = {
     "SurgSoraApplySVD": SurgSoraApplySVD,
     "SurgSoraSVDConditioning": SurgSoraSVDConditioning,
+    "SurgSoraDualClockGuider": SurgSoraDualClockGuider,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SurgSoraApplySVD": "SurgSora Apply (SVD)",
     "SurgSoraSVDConditioning": "SurgSora SVD Conditioning",
+    "SurgSoraDualClockGuider": "SurgSora Dual-Clock Guider",
 }

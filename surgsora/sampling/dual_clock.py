@@ -1,12 +1,15 @@
-"""Dual-clock (Time-to-Move) settings, light enough for the ComfyUI nodes to import at start-up.
+"""Dual-clock (Time-to-Move) settings and the mask rule, light enough for the ComfyUI nodes to import at start-up.
 
 The sampling itself is :class:`surgsora.sampling.pipeline.SurgSoraPipeline` with ``motion_signal``
-(see its module docstring); the motion signal is :func:`surgsora.motion.preview.motion_signal`.
+(see its module docstring), or, on ComfyUI's own SVD, the ``SurgSora Dual-Clock Guider`` node; the motion
+signal is :func:`surgsora.motion.preview.motion_signal`.
 """
 
 from __future__ import annotations
 
-__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices"]
+import torch
+
+__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices", "latent_mask"]
 
 # Time-to-Move's SVD settings (run_svd.py): t_weak at step 16 and t_strong at step 21 of 50, motion bucket 17.
 TTM_T_WEAK, TTM_T_STRONG, TTM_STEPS, TTM_MOTION_BUCKET = 0.32, 0.42, 50, 17
@@ -21,3 +24,10 @@ def dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int,
         raise ValueError(f"steps must be at least 1; got {steps}")
     weak = min(round(t_weak * steps), steps - 1)
     return weak, min(max(round(t_strong * steps), weak + 1), steps)
+
+
+def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pixel mask [N, 1, H, W] in [0, 1] on the latent grid ``size`` as TTM does it: thresholded at 0.5, then
+    nearest sampling (so a latent is anchored or free, never half of each)."""
+    hard = (mask.float() > 0.5).float()
+    return torch.nn.functional.interpolate(hard, size=tuple(size), mode="nearest")

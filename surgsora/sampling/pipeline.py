@@ -55,6 +55,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..model.adapter import SurgSoraAdapter
 from ..model.unet import unet_forward
+from .dual_clock import latent_mask
 
 __all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits"]
 
@@ -252,8 +253,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         if needs_upcasting:
             self.vae.to(dtype=torch.float16)
         latents = (latents * self.vae.config.scaling_factor).unflatten(0, (b, frames))
-        mask = (motion_mask.flatten(0, 1).float() > 0.5).float().to(latents.device)
-        mask = torch.nn.functional.interpolate(mask, size=latents.shape[-2:], mode="nearest").unflatten(0, (b, frames))
+        mask = latent_mask(motion_mask.flatten(0, 1).to(latents.device), latents.shape[-2:]).unflatten(0, (b, frames))
         return MotionAnchor(latents, mask, int(t_weak_index), int(t_strong_index))
 
     # ------------------------------------------------------------------ condition branch

@@ -11,7 +11,11 @@ SVD from the keys). Both UNets then denoise the same input:
 * plain (``apply_model`` vs :func:`surgsora.model.unet.unet_forward`, EDM v-prediction denoised output);
 * with adapter residuals handed over as ComfyUI control (``output`` per skip, ``middle``);
 * through ``SurgSoraControl.get_control`` (what core KSampler calls), against the adapter called directly;
-* ComfyUI's ``y`` (SVD's micro-conditioning embedding) against diffusers' projection of the same ids.
+* ComfyUI's ``y`` (SVD's micro-conditioning embedding) against diffusers' projection of the same ids;
+* ``SurgSora Dual-Clock Guider`` through core sampling (Euler, with the SurgSora control on the same
+  conditioning) against Time-to-Move's loop written here from its description (step, then re-anchor the
+  masked latents to the signal noised to the next sigma until t_strong), plus its two limits: an empty mask
+  is plain sampling from t_weak, a full mask to the end returns the signal.
 """
 
 from __future__ import annotations
@@ -155,7 +159,81 @@ def main() -> None:
     result["control_memory_bytes"] = int(ctrl.inference_memory_requirements(torch.float32))
     result["control_in_denoise_max_abs"] = (comfy_denoised(out) - steered).abs().max().item()
     ctrl.cleanup()
+
+    result.update(dual_clock(patcher, adapter, Conditions([c.cpu() for c in conds], image), context, g))
     print(json.dumps(result))
+
+
+def dual_clock(patcher, adapter, conditions, context, g) -> dict:
+    """The dual-clock guider against an independent TTM loop on the same ComfyUI model (see module doc)."""
+    import comfy.samplers
+
+    core_svd = sys.modules["ComfyUI_SurgSora.nodes.core_svd"]
+    steps, t_weak, t_strong = 6, 0.34, 0.67  # indices 2 and 4 of 6
+    ids = {"fps": FPS, "motion_bucket_id": BUCKET, "augmentation_level": AUG}
+    first = torch.randn(1, 4, H, W, generator=g)
+    positive = [[context, {**ids, "concat_latent_image": first}]]
+    negative = [[torch.zeros_like(context), {**ids, "concat_latent_image": torch.zeros_like(first)}]]
+    positive, negative = core_svd.SurgSoraApplySVD().apply(positive, negative, adapter, conditions)
+    signal = torch.randn(FRAMES, 4, H, W, generator=g) * 5  # raw VAE latents (ComfyUI scales them in)
+    mask = (torch.rand(FRAMES, 1, H, W, generator=g) > 0.5).float()
+    noise = torch.randn(FRAMES, 4, H, W, generator=g)
+    sigmas = comfy.samplers.calculate_sigmas(patcher.model.model_sampling, "karras", steps).float()
+    euler = comfy.samplers.sampler_object("euler")
+    Guider = core_svd.dual_clock_guider_class()
+
+    def guided(m, weak=t_weak, strong=t_strong):
+        guider = Guider(patcher, signal, m, weak, strong)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(2.5)
+        return guider.sample(noise, torch.zeros_like(signal), euler, sigmas, seed=0)
+
+    def ttm(model, x, sigmas, extra_args, callback=None, disable=None):
+        # Time-to-Move: after each step before t_strong, the masked latents become the signal noised to the
+        # next sigma (the sampler's noise); from t_strong on the model denoises freely.
+        anchor = model.latent_image
+        for i in range(len(sigmas) - 1):
+            denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]), **extra_args)
+            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            if i < 4 - 2:  # t_strong 4 - t_weak 2 steps anchored
+                x = mask * (anchor + model.noise * sigmas[i + 1]) + (1 - mask) * x
+        return x
+
+    plain = comfy.samplers.CFGGuider(patcher)
+    plain.set_conds(positive, negative)
+    plain.set_cfg(2.5)
+    reference = plain.sample(noise, signal, comfy.samplers.KSAMPLER(ttm), sigmas[2:], seed=0)
+    sdedit = plain.sample(noise, signal, euler, sigmas[2:], seed=0)
+    out = guided(mask)
+    # the node: signal images resized to the conditioning's video size, encoded by the VAE it is given
+    class MeanVAE:  # stands in for SVD's VAE: 8x8 means of the 3 channels, and one more
+        def encode(self, pixels):
+            x = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1), 8)
+            return torch.cat([x, x.mean(1, keepdim=True)], 1)
+
+    images = torch.rand(FRAMES, H * 16, W * 16, 3, generator=g)
+    masks = (torch.rand(FRAMES, H * 16, W * 16, generator=g) > 0.5).float()
+    (node_guider,) = core_svd.SurgSoraDualClockGuider().get_guider(patcher, positive, negative, MeanVAE(), images,
+                                                                   masks, 2.5, t_weak, t_strong)
+    expected = MeanVAE().encode(torch.nn.functional.interpolate(images.movedim(-1, 1), size=(H * 8, W * 8),
+                                                                mode="bilinear", antialias=True).movedim(1, -1))
+    try:
+        guided(mask, 0.9, 0.5)
+        order_error = ""
+    except ValueError as e:
+        order_error = str(e)
+    return {
+        "dual_clock_vs_ttm_max_abs": (out - reference).abs().max().item(),
+        "dual_clock_scale": reference.abs().max().item(),
+        "dual_clock_free_region_changed": (out - signal).abs().mul(1 - mask).max().item(),
+        "dual_clock_vs_sdedit_in_free_region": (out - sdedit).abs().mul(1 - mask).max().item(),
+        "dual_clock_empty_mask_vs_sdedit": (guided(torch.zeros_like(mask)) - sdedit).abs().max().item(),
+        "dual_clock_full_mask_to_end_vs_signal": (guided(torch.ones_like(mask), t_weak, 1.0) - signal).abs().max().item(),
+        "dual_clock_node_signal_max_abs": (node_guider.signal - expected).abs().max().item(),
+        "dual_clock_node_mask_on_latent_grid": list(node_guider.mask.shape),
+        "dual_clock_node_mask_binary": bool(((node_guider.mask == 0) | (node_guider.mask == 1)).all()),
+        "dual_clock_bad_order": order_error,
+    }
 
 
 if __name__ == "__main__":
