@@ -603,25 +603,33 @@ NOTE_FULL = f"""1. {STEP_FRAME}
 4. Queue. Change sampler settings freely: SAM, depth and the conditions are cached and not recomputed. {PREVIEWS}"""
 
 
-def trajectory_to_video(info: dict, t: Template) -> Graph:
-    g = Graph(info)
-    note = add_note(g, t, NOTE_FULL)
+def _drawn_front(g: Graph, t: Template, note_text: str) -> tuple[Node, tuple[Node, Node, Node], float, float]:
+    """What the workflows that generate from drawn trajectories with the SurgSora adapter share: the note, the
+    frame, the trajectories, SAM features + masks and depth, the CMP flow with its motion preview video and the
+    adapter's conditions, with the Frame, Trajectory Controller and Perception groups laid out. Returns the
+    resized frame, (adapter, DSI encode, DFM fuse) and where the next group goes (top y, left x)."""
+    note = add_note(g, t, note_text)
     load, scale = _frame(g)
     traj, tprev = _trajectories(g, scale)
     pcols, seg, masks, depth = _perception(g, (scale, "IMAGE"), tracks=traj)
     decoder, flow = _flow(g, scale, traj, CMP_FILE, masks)
     mprev = _motion_preview(g, scale, flow, traj)
     mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
-    ad, dsi, fuse = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
-    gen = _surgsora_sampler(g, (scale, "IMAGE"), ad, fuse, "SurgSora/video")
+    conditions = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
 
     y = note.bottom + GROUP_GAP
     fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
     tr = lay_group(g, "Trajectory Controller", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
                    [[traj], [tprev, decoder, flow], [mprev] + mvideo])
     pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, tr.x, tr.bottom + GROUP_GAP, pcols)
-    lay_group(g, "SurgSora adapter + Stable Video Diffusion", GENERATION_COLOUR, max(tr.right, pe.right) + GROUP_GAP,
-              y, [[ad, dsi, fuse]] + gen)
+    return scale, conditions, y, max(tr.right, pe.right) + GROUP_GAP
+
+
+def trajectory_to_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, (ad, dsi, fuse), y, x = _drawn_front(g, t, NOTE_FULL)
+    gen = _surgsora_sampler(g, (scale, "IMAGE"), ad, fuse, "SurgSora/video")
+    lay_group(g, "SurgSora adapter + Stable Video Diffusion", GENERATION_COLOUR, x, y, [[ad, dsi, fuse]] + gen)
     return g
 
 
@@ -743,14 +751,7 @@ NOTE_CORE = f"""1. {STEP_FRAME}
 
 def core_ksampler(info: dict, t: Template) -> Graph:
     g = Graph(info)
-    note = add_note(g, t, NOTE_CORE)
-    load, scale = _frame(g)
-    traj, tprev = _trajectories(g, scale)
-    pcols, seg, masks, depth = _perception(g, (scale, "IMAGE"), tracks=traj)
-    decoder, flow = _flow(g, scale, traj, CMP_FILE, masks)
-    mprev = _motion_preview(g, scale, flow, traj)
-    mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
-    ad, dsi, fuse = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
+    scale, (ad, dsi, fuse), y, x = _drawn_front(g, t, NOTE_CORE)
     ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
     cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES, motion_bucket_id=127,
                  fps=FPS, augmentation_level=0.02, seed=42)
@@ -774,13 +775,6 @@ def core_ksampler(info: dict, t: Template) -> Graph:
     g.connect(ks, "LATENT", dec, "samples")
     g.connect(ckpt, "VAE", dec, "vae")
     video = _video(g, dec, "IMAGE", "SurgSora/core_ksampler")
-
-    y = note.bottom + GROUP_GAP
-    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
-    tr = lay_group(g, "Trajectory Controller", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
-                   [[traj], [tprev, decoder, flow], [mprev] + mvideo])
-    pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, tr.x, tr.bottom + GROUP_GAP, pcols)
-    x = max(tr.right, pe.right) + GROUP_GAP
     co = lay_group(g, "SurgSora adapter conditions", PERCEPTION_COLOUR, x, y, [[ad, dsi, fuse]])
     lay_group(g, "Core Stable Video Diffusion: KSampler with SurgSora Apply (SVD)", GENERATION_COLOUR,
               co.right + GROUP_GAP, y, [[ckpt, cond, guidance], [apply, ks, dec], video])

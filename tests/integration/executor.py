@@ -113,13 +113,33 @@ def _is_link(value) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
+def _validator(class_type: str, classes: dict | None = None):
+    """(the node's VALIDATE_INPUTS, the inputs it takes, or None for all of them when it takes ``**kwargs``), or
+    (None, set()). ``classes`` defaults to this pack's NODE_CLASS_MAPPINGS (the core stand-ins have none)."""
+    import inspect
+
+    if classes is None:
+        try:
+            from nodes import NODE_CLASS_MAPPINGS as classes  # this pack
+        except ImportError:
+            return None, set()
+    fn = getattr(classes.get(class_type), "VALIDATE_INPUTS", None)
+    if fn is None:
+        return None, set()
+    spec = inspect.getfullargspec(fn)
+    return fn, None if spec.varkw else set(spec.args) - {"cls", "self"}
+
+
 def validate(prompt: dict, info: dict) -> None:
-    """ComfyUI's checks before a prompt runs (for the node specs in ``info``), as PromptError."""
+    """ComfyUI's checks before a prompt runs (for the node specs in ``info``), as PromptError. As in ComfyUI, an
+    input that the node's own VALIDATE_INPUTS takes skips the range and list checks: that function judges it (see
+    :func:`run_prompt`)."""
     for nid, node in prompt.items():
         spec = info.get(node["class_type"])
         if spec is None:
             raise PromptError(f"node {nid}: unknown class {node['class_type']}")
         inputs = node["inputs"]
+        _, own = _validator(node["class_type"])
         for group in ("required", "optional"):
             for name, s in spec["input"].get(group, {}).items():
                 if name not in inputs:
@@ -137,6 +157,8 @@ def validate(prompt: dict, info: dict) -> None:
                     if kind not in (out_type, "*") and not (kind == "STRING" and out_type == "STRING"):
                         raise PromptError(f"node {nid}: {name} expects {kind}, gets {out_type}")
                     continue
+                if own is None or name in own:
+                    continue
                 if kind == "COMBO":
                     options = s[0] if isinstance(s[0], list) else opts.get("options", [])
                     # an empty list is a machine-specific file list left out of the spec snapshot
@@ -150,6 +172,13 @@ def validate(prompt: dict, info: dict) -> None:
 def run_prompt(prompt: dict, classes: dict, info: dict) -> dict:
     """Execute ``prompt`` (API format); returns {node_id: (outputs tuple, ui dict)}."""
     validate(prompt, info)
+    for nid, node in prompt.items():  # the nodes' own checks, with their widget values, as ComfyUI calls them
+        fn, own = _validator(node["class_type"], classes)
+        if fn is not None:
+            values = {k: v for k, v in node["inputs"].items() if not _is_link(v) and (own is None or k in own)}
+            verdict = fn(**values)
+            if verdict is not True:
+                raise PromptError(f"node {nid} {node['class_type']}: {verdict}")
     deps = {nid: {v[0] for v in n["inputs"].values() if _is_link(v)} for nid, n in prompt.items()}
     done: dict[str, tuple] = {}
     while len(done) < len(prompt):

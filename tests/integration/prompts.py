@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from .tiny_models import MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER
+from .tiny_models import CORE_ADAPTER_NAME, CORE_SVD_NAME, MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER
 
 MOFA_ADAPTER = "mofa_traj_controlnet.safetensors"  # the released ControlNet the MOFA workflow names
 
@@ -41,4 +41,32 @@ def shrink(prompt: dict, steps: int = 2, small: bool = True) -> dict:
             i["num_frames"] = 5
         elif t == "SurgSoraDepth":
             i["input_size"] = 70
+    return p
+
+
+def core_smallest(prompt: dict, steps: int = 2, strength: float | None = None) -> dict:
+    """The "SurgSora on Core KSampler" graph on the core SVD checkpoint and its adapter
+    (:func:`.tiny_models.write_core_svd`; the checkpoint has the template's file name) at the smallest sizes its
+    widgets and its drawn tracks allow: 128x64 frames (sizes are multiples of 64, and 64x64 is refused as another
+    shape than the tracks' 1920x1080 canvas), 2 frames, ``steps`` KSampler steps, a 70-pixel depth input;
+    ``strength`` sets SurgSora Apply (SVD)'s strength (None: the template's)."""
+    p = copy.deepcopy(prompt)
+    for node in p.values():
+        i, t = node["inputs"], node["class_type"]
+        if t == "ImageOnlyCheckpointLoader":
+            assert i["ckpt_name"] == CORE_SVD_NAME, i
+        elif t == "SurgSoraLoadAdapter":
+            i["adapter_name"] = CORE_ADAPTER_NAME
+        elif t == "ImageScale":
+            i.update(width=128, height=64)
+        elif t == "SurgSoraSVDConditioning":
+            i.update(width=128, height=64, video_frames=2)
+        elif t == "SurgSoraTrajectories":
+            i["frames"] = 2
+        elif t == "SurgSoraDepth":
+            i["input_size"] = 70
+        elif t == "KSampler":
+            i["steps"] = steps
+        elif t == "SurgSoraApplySVD" and strength is not None:
+            i["strength"] = strength
     return p

@@ -1,6 +1,5 @@
 """The pack in a real ComfyUI: server start-up, /object_info, the templates (workflows and thumbnails, nothing
-else), every shipped workflow run over /prompt (all but "SurgSora on Core KSampler": ComfyUI builds its SVD
-model only from a full-size checkpoint), Cancel during sampling, and (with Chromium) the real frontend loading
+else), every shipped workflow run over /prompt, Cancel during sampling, and (with Chromium) the real frontend loading
 the UI workflows (API twin, nothing overlapping, the note in the stored view), the template browser and the editor.
 
 Needs a ComfyUI checkout::
@@ -13,8 +12,11 @@ dependencies. The server runs with ``--cpu`` and ``--base-directory`` set to a t
 a ``custom_nodes`` link to this checkout and the input files; models are tiny random checkpoints in the
 real file formats, in a temporary folder given through ``--extra-model-paths-config``; the workflows run at
 their shipped sizes with the models swapped as in the in-process run (``prompts.shrink``: the tiny SVD folder,
-for MOFA the tiny SVD-xt-layout folder and ControlNet) and 2 steps. The database is a file in the temporary
-folder. Nothing in the ComfyUI checkout is modified. The frontend checks run when
+for MOFA the tiny SVD-xt-layout folder and ControlNet) and 2 steps. "SurgSora on Core KSampler" loads SVD through
+ComfyUI's own ImageOnlyCheckpointLoader, which takes only a checkpoint its detection calls SVD: it runs on the
+smallest such file (``tiny_models.write_core_svd``: 1.8 GiB of random fp16 weights, written when its test
+starts and deleted after) at the smallest sizes the template allows (``prompts.core_smallest``). The database is a
+file in the temporary folder. Nothing in the ComfyUI checkout is modified. The frontend checks run when
 a Chromium is found (``CHROMIUM``, ``chromium`` ...) and are skipped otherwise.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +36,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
@@ -42,8 +46,9 @@ if not COMFYUI:
 
 from .env import write_inputs  # noqa: E402
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
-from .prompts import shrink  # noqa: E402
-from .tiny_models import MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER, write_tiny_models  # noqa: E402
+from .prompts import core_smallest, shrink  # noqa: E402
+from .tiny_models import (CORE_ADAPTER_NAME, CORE_SVD_NAME, MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER,  # noqa: E402
+                          write_tiny_models)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -67,9 +72,11 @@ EXPECTED_OUTPUTS = {"SurgSora Trajectory to Video": {"motion_preview": 21, "vide
                     "SurgSora Ground-Truth Flow": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14},
                     "SurgSora MOFA-Video-Traj": {"motion_preview": 25, "mofa_video": 25},
                     "SurgSora Dual-Clock SVD": {"motion_signal": 21, "ttm_video": 21}}
-# "SurgSora on Core KSampler" is not run here: ComfyUI builds its SVD model only from a full-size checkpoint
-# (svd_xt.safetensors); the frontend checks below load it like the others.
+# "SurgSora on Core KSampler" runs in its own test (test_core_ksampler_workflow_runs): ComfyUI builds its SVD model
+# only from a checkpoint its detection calls SVD, so it gets one of its own (tiny_models.write_core_svd).
+CORE = "SurgSora on Core KSampler"
 RUNNABLE = [n for n in NAMES if n in EXPECTED_OUTPUTS]
+assert sorted(RUNNABLE + [CORE]) == sorted(NAMES)  # every shipped workflow runs on the server
 
 
 def _free_port() -> int:
@@ -258,6 +265,70 @@ def test_cancel_stops_sampling_within_one_step(server):
     assert ended == "execution_interrupted", (ended, steps_seen, server.log_tail())
     assert interrupted_at is not None and max(steps_seen) <= interrupted_at + 1, steps_seen
     assert server.wait(prompt_id)["status"]["status_str"] == "error"
+
+
+def _saved(server, entry) -> dict[str, Path]:
+    """The files the prompt's Save nodes wrote (output/), by file-name prefix."""
+    out = {}
+    for item in (i for o in entry["outputs"].values() for i in o.get("images", [])):
+        if item["type"] == "output":
+            path = server.base / "output" / item["subfolder"] / item["filename"]
+            assert path.is_file(), path
+            out[item["filename"].rsplit("_", 2)[0]] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def core_svd(server):
+    """The SVD single file ComfyUI detects as SVD (checkpoints/svd_xt.safetensors, about 1.8 GiB of random fp16
+    weights) and its SurgSora adapter, written into the server's models folder by a child process, whose memory
+    (about 3 GB at its peak) is returned before ComfyUI loads the file; deleted after the module's tests."""
+    t0 = time.time()
+    code = "import sys; from integration.tiny_models import write_core_svd; write_core_svd(sys.argv[1])"
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO)] + ([os.environ["PYTHONPATH"]]
+                                                                if os.environ.get("PYTHONPATH") else []))
+    run = subprocess.run([sys.executable, "-c", code, str(server.models)], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": path}, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = server.models / "checkpoints" / CORE_SVD_NAME
+    print(f"core SVD checkpoint: {ckpt.stat().st_size / 2 ** 30:.2f} GiB written in {time.time() - t0:.1f} s")
+    yield ckpt
+    ckpt.unlink()  # (pytest keeps the temporary folders of the last runs: do not leave 1.8 GiB in each)
+    shutil.rmtree(server.models / "surgsora" / CORE_ADAPTER_NAME)
+
+
+def test_core_ksampler_workflow_runs(server, core_svd):
+    """The core-KSampler template on the real server: ImageOnlyCheckpointLoader loads the generated checkpoint as
+    SVD (the prompt fails otherwise), core KSampler samples through SurgSora Apply (SVD) and VideoLinearCFGGuidance,
+    at the smallest sizes the template allows (128x64, 2 frames, 2 steps). Both videos have those frames and size, the
+    generated one is a picture, and the same prompt with strength 0 (plain SVD: only Apply and what follows it run
+    again) gives a different video."""
+    from surgsora.video_io import read_video, video_info
+
+    template = json.loads((API / f"{CORE}.json").read_text())
+    videos = {}
+    try:
+        for strength in (1.0, 0.0):
+            t0 = time.time()
+            entry = server.wait(server.queue(core_smallest(template, steps=2, strength=strength)))
+            assert entry["status"]["status_str"] == "success", \
+                json.dumps(entry["status"])[:3000] + server.log_tail()
+            saved = _saved(server, entry)
+            shapes = {k: (v["frames"], v["width"], v["height"]) for k, v in
+                      ((k, video_info(p)) for k, p in saved.items())}
+            # (at strength 0 the motion preview may be reported from ComfyUI's cache or not at all)
+            expected = {"motion_preview", "core_ksampler"} if strength else {"core_ksampler"}
+            assert expected <= set(saved) <= {"motion_preview", "core_ksampler"}, shapes
+            assert all(v == (2, 128, 64) for v in shapes.values()), shapes
+            videos[strength] = read_video(saved["core_ksampler"]).astype(np.float64)
+            print(f"{CORE}, strength {strength}: {time.time() - t0:.1f} s")
+    finally:  # ComfyUI keeps the models (2.5 GB) and the node outputs cached: let them go
+        server.post("/free", {"unload_models": True, "free_memory": True})
+    steered, plain = videos[1.0], videos[0.0]
+    assert steered.std() > 2 and plain.std() > 2, (steered.std(), plain.std())
+    diff = np.abs(steered - plain).mean()
+    print(f"mean |strength 1 - strength 0| = {diff:.2f} / 255")
+    assert diff > 2, diff
 
 
 # ---------------------------------------------------------------------------------------------- frontend
