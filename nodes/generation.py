@@ -20,9 +20,10 @@ import torch
 from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
-from .models import model_choices, resolve_model
-from .runtime import (CATEGORY, PRECISIONS, Progress, check_interrupted, image_to_bchw, latent_previewer,
-                      offload_device, on_device, resolve_dtype, torch_device, video_to_image)
+from .models import model_choices, resolve_model, validate_choice
+from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, check_interrupted, image_to_bchw,
+                      latent_previewer, offload_device, on_device, resolve_dtype, torch_device, video_to_image,
+                      widget_problem)
 from .perception import SEG_TYPE
 from .trajectory import FLOW_TYPE, _check_flow, depth_for
 
@@ -30,7 +31,6 @@ ADAPTER_TYPE = "SURGSORA_ADAPTER"
 DSI_TYPE = "SURGSORA_DSI_FEATURES"
 CONDITIONS_TYPE = "SURGSORA_CONDITIONS"
 SVD_TYPE = "SURGSORA_SVD"
-DEFAULT_ADAPTER = "surgsora_adapter"
 SVD_MULTIPLE = 64  # the SVD UNet downsamples latents (1/8 of the image) three more times
 
 
@@ -92,19 +92,27 @@ class SurgSoraLoadAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "adapter_name": (model_choices("adapter", extra=(DEFAULT_ADAPTER,)),
-                             {"tooltip": "A SurgSora adapter folder, or MOFA-Video-Traj's ControlNet "
-                                         "(mofa_traj_controlnet.safetensors or its controlnet folder), in "
-                                         "models/surgsora."}),
-            "precision": (PRECISIONS, {"default": "auto"}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file (MOFA's ControlNet) if it "
-                                                                   "is missing."}),
+            "adapter_name": (model_choices("adapter"),
+                             {"tooltip": "A SurgSora adapter folder (written by python -m train), or "
+                                         "MOFA-Video-Traj's ControlNet (mofa_traj_controlnet.safetensors or its "
+                                         "controlnet folder), in models/surgsora. An entry marked (download) is not "
+                                         "on disk yet: it is fetched only with 'download' on."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry (MOFA's ControlNet) is "
+                                                                   "fetched from its public source into "
+                                                                   "models/surgsora when the node runs (needs "
+                                                                   "internet). Off: nothing is downloaded."}),
         }}
 
     RETURN_TYPES = (ADAPTER_TYPE,)
     RETURN_NAMES = ("adapter",)
+    OUTPUT_TOOLTIPS = ("The adapter, for DSI Encode, DFM Warp + MSF Fuse and the sampler (or SurgSora Apply (SVD)).",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, adapter_name=None, download=None):
+        return validate_choice("adapter", adapter_name, bool(download))
 
     def load(self, adapter_name, precision="auto", download=False):
         from surgsora.loading.adapters import describe_adapter, load_adapter
@@ -123,7 +131,7 @@ class SurgSoraDSIEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "adapter": (ADAPTER_TYPE,),
+            "adapter": (ADAPTER_TYPE, {"tooltip": "From SurgSora Load Adapter."}),
             "image": ("IMAGE", {"tooltip": "The first frame at the working size (multiples of 64)."}),
         }, "optional": {
             "depth": ("IMAGE", {"tooltip": "Its depth map, near = bright (any depth node's IMAGE output). Needed "
@@ -134,6 +142,7 @@ class SurgSoraDSIEncode:
 
     RETURN_TYPES = (DSI_TYPE,)
     RETURN_NAMES = ("dsi_features",)
+    OUTPUT_TOOLTIPS = ("The first frame's RGB (and depth) features at every UNet scale, for DFM Warp + MSF Fuse.",)
     FUNCTION = "encode"
     CATEGORY = f"{CATEGORY}/conditioning"
 
@@ -174,10 +183,16 @@ class SurgSoraDFMFuse:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"adapter": (ADAPTER_TYPE,), "dsi_features": (DSI_TYPE,), "flow": (FLOW_TYPE,)}}
+        return {"required": {
+            "adapter": (ADAPTER_TYPE, {"tooltip": "The adapter the DSI features were encoded with."}),
+            "dsi_features": (DSI_TYPE, {"tooltip": "From SurgSora DSI Encode."}),
+            "flow": (FLOW_TYPE, {"tooltip": "Flow frame 0 -> t (SurgSora Trajectories to Flow or Optical Flow from "
+                                            "Clip); it sets the frame count."}),
+        }}
 
     RETURN_TYPES = (CONDITIONS_TYPE,)
     RETURN_NAMES = ("conditions",)
+    OUTPUT_TOOLTIPS = ("The adapter's conditions for every frame and scale, for the sampler or SurgSora Apply (SVD).",)
     FUNCTION = "fuse"
     CATEGORY = f"{CATEGORY}/conditioning"
 
@@ -209,17 +224,28 @@ class SurgSoraLoadSVD:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "ckpt_name": (model_choices("svd"), {"tooltip": "svd_xt.safetensors in models/checkpoints, or "
-                                                            "[diffusers] <folder> in models/diffusers."}),
-            "precision": (PRECISIONS, {"default": "auto"}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known checkpoint if it is missing (a "
-                                                                   "gated model: log in with huggingface-cli first)."}),
+            "ckpt_name": (model_choices("svd"), {"tooltip": "Stable Video Diffusion: a single file such as "
+                                                            "svd_xt.safetensors in models/checkpoints, or [diffusers] "
+                                                            "<folder> in models/diffusers. Entries marked (download) "
+                                                            "are not on disk yet: they are fetched only with "
+                                                            "'download' on."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+            "download": ("BOOLEAN", {"default": False,
+                                     "tooltip": "On: a (download) entry is fetched from Hugging Face into "
+                                                "models/checkpoints when the node runs (a gated model: accept its "
+                                                "licence and log in with huggingface-cli first). Off: nothing is "
+                                                "downloaded."}),
         }}
 
     RETURN_TYPES = (SVD_TYPE,)
     RETURN_NAMES = ("svd",)
+    OUTPUT_TOOLTIPS = ("SVD's UNet, VAE and CLIP image encoder, for SurgSora SVD Sampler and SurgSora Decode.",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None, download=None):
+        return validate_choice("svd", ckpt_name, bool(download))
 
     def load(self, ckpt_name, precision="auto", download=False):
         from surgsora.loading.svd_checkpoint import load_svd
@@ -244,18 +270,25 @@ class SurgSoraSampler:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "svd": (SVD_TYPE,),
+                "svd": (SVD_TYPE, {"tooltip": "From SurgSora Load SVD."}),
                 "image": ("IMAGE", {"tooltip": "The first frame."}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
                 "min_cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                       "tooltip": "Guidance on the first frame; ramps linearly to max_cfg."}),
-                "max_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1}),
-                "fps": ("INT", {"default": 7, "min": 1, "max": 1024}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023}),
-                "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01}),
+                "max_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                      "tooltip": "Guidance on the last frame (at least min_cfg)."}),
+                "fps": ("INT", {"default": 7, "min": 1, "max": 1024,
+                                "tooltip": "SVD's frame-rate conditioning (SurgSora adapters are trained at 7)."}),
+                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023,
+                                             "tooltip": "SVD's motion amount conditioning: higher asks for more "
+                                                        "motion."}),
+                "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01,
+                                                 "tooltip": "Noise added to the first frame before it conditions "
+                                                            "SVD: higher lets the video depart more from it."}),
                 "control_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                             "tooltip": "Strength of the SurgSora adapter (0 = plain SVD)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                                 "tooltip": "Seed of the initial noise and of the noise augmentation."}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": 512,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
                 "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -266,7 +299,10 @@ class SurgSoraSampler:
                                                   "this point, then denoise freely (TTM: 21 of 50)."}),
             },
             "optional": {
-                "adapter": (ADAPTER_TYPE,), "conditions": (CONDITIONS_TYPE,),
+                "adapter": (ADAPTER_TYPE, {"tooltip": "From SurgSora Load Adapter; connect it with conditions, or "
+                                                      "neither (plain SVD)."}),
+                "conditions": (CONDITIONS_TYPE, {"tooltip": "From SurgSora DFM Warp + MSF Fuse, made with the same "
+                                                            "adapter."}),
                 "motion_signal": ("IMAGE", {"tooltip": "Dual-clock: the crude animation (SurgSora Motion Signal), one "
                                                        "image per frame."}),
                 "motion_mask": ("MASK", {"tooltip": "Dual-clock: where the video follows the signal, one mask per "
@@ -276,16 +312,24 @@ class SurgSoraSampler:
 
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The video latents, frames as the batch, for SurgSora Decode.",)
     FUNCTION = "sample"
     CATEGORY = f"{CATEGORY}/generation"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, min_cfg=None, max_cfg=None, t_weak=None, t_strong=None):
-        # cross-widget rules, checked before the graph runs (links are not resolved yet: values may be None)
+    def VALIDATE_INPUTS(cls, min_cfg=None, max_cfg=None, t_weak=None, t_strong=None, frames=None):
+        # cross-widget rules, checked before the graph runs (links are not resolved yet: values may be None);
+        # ComfyUI skips its min/max checks for the inputs taken here, so widget_problem does them
+        problem = widget_problem(cls, min_cfg=min_cfg, max_cfg=max_cfg, t_weak=t_weak, t_strong=t_strong,
+                                 frames=frames)
+        if problem:
+            return problem
         if min_cfg is not None and max_cfg is not None and min_cfg > max_cfg:
             return f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg})."
         if t_weak is not None and t_strong is not None and not t_weak < t_strong:
             return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong})."
+        if frames == 1:
+            return "frames must be 0 (the conditions' or motion signal's count) or at least 2; got 1."
         return True
 
     @torch.no_grad()
@@ -392,8 +436,8 @@ class SurgSoraDecode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "svd": (SVD_TYPE,),
-            "latent": ("LATENT",),
+            "svd": (SVD_TYPE, {"tooltip": "The SVD the latents were sampled with (its VAE decodes them)."}),
+            "latent": ("LATENT", {"tooltip": "From SurgSora SVD Sampler."}),
             "decode_chunk_size": ("INT", {"default": 8, "min": 1, "max": 512,
                                           "tooltip": "Frames decoded together: lower uses less memory, higher is "
                                                      "smoother across chunk borders."}),
@@ -401,6 +445,7 @@ class SurgSoraDecode:
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The video as an IMAGE batch, one image per frame (for Create Video / Save Video).",)
     FUNCTION = "decode"
     CATEGORY = f"{CATEGORY}/generation"
 

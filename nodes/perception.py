@@ -16,9 +16,9 @@ import torch
 from surgsora.perception.depth import depth_to_rgb, load_depth_anything
 from surgsora.perception.sam import load_sam
 
-from .models import model_choices, resolve_model
-from .runtime import (CATEGORY, PRECISIONS, Progress, bchw_to_image, check_interrupted, image_to_bchw,
-                      offload_device, on_device, resolve_dtype, torch_device)
+from .models import model_choices, resolve_model, validate_choice
+from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, bchw_to_image, check_interrupted,
+                      image_to_bchw, offload_device, on_device, resolve_dtype, torch_device, widget_problem)
 
 SAM_TYPE = "SURGSORA_SAM"
 DEPTH_MODEL_TYPE = "SURGSORA_DEPTH_MODEL"
@@ -31,15 +31,23 @@ class SurgSoraLoadSAM:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (model_choices("sam"), {"tooltip": "A sam_vit_{b,l,h}_*.pth file in models/sams."}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file that is not in models/sams "
-                                                                   "yet (needs internet)."}),
+            "model_name": (model_choices("sam"), {"tooltip": "A Segment Anything v1 checkpoint (sam_vit_b, _l or "
+                                                             "_h) in models/sams. Entries marked (download) are not "
+                                                             "on disk yet: they are fetched only with 'download' on."}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
+                                                                   "source into models/sams when the node runs (needs "
+                                                                   "internet). Off: nothing is downloaded."}),
         }}
 
     RETURN_TYPES = (SAM_TYPE,)
     RETURN_NAMES = ("sam",)
+    OUTPUT_TOOLTIPS = ("The SAM model, for SurgSora SAM Segment Features and SAM Masks from Clicks.",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name=None, download=None):
+        return validate_choice("sam", model_name, bool(download))
 
     def load(self, model_name, download=False):
         path = resolve_model("sam", model_name, download)
@@ -116,10 +124,14 @@ class SurgSoraSAMSegment:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"sam": (SAM_TYPE,), "image": ("IMAGE",)}}
+        return {"required": {
+            "sam": (SAM_TYPE, {"tooltip": "From SurgSora Load SAM."}),
+            "image": ("IMAGE", {"tooltip": "The frame(s) to encode, any size; one embedding per image."}),
+        }}
 
     RETURN_TYPES = (SEG_TYPE,)
     RETURN_NAMES = ("seg_features",)
+    OUTPUT_TOOLTIPS = ("SAM image embeddings [B, 256, 64, 64], one per image: the segment features of DSI Encode.",)
     FUNCTION = "segment"
     CATEGORY = f"{CATEGORY}/perception"
 
@@ -148,8 +160,8 @@ class SurgSoraSAMMasks:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "sam": (SAM_TYPE,),
-                "image": ("IMAGE",),
+                "sam": (SAM_TYPE, {"tooltip": "From SurgSora Load SAM."}),
+                "image": ("IMAGE", {"tooltip": "The frame the clicks are on (the first image of a batch)."}),
                 "clicks": ("STRING", {"default": "", "multiline": False,
                                       "tooltip": "Extra clicks as JSON [[x, y], ...] in pixels of the image; one "
                                                  "mask per click."}),
@@ -161,6 +173,8 @@ class SurgSoraSAMMasks:
 
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("masks", "preview")
+    OUTPUT_TOOLTIPS = ("One mask per click (0 or 1) at the image's size, in click order: the region masks of the "
+                       "flow node.", "The image with each mask tinted in its own colour.")
     FUNCTION = "predict"
     CATEGORY = f"{CATEGORY}/perception"
 
@@ -192,17 +206,27 @@ class SurgSoraLoadDepthAnything:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (model_choices("depth"), {"tooltip": "depth_anything_v2_vit{s,b,l}.pth, *_fp16.safetensors "
-                                                               "or a Hugging Face folder in models/depthanything."}),
-            "precision": (PRECISIONS, {"default": "auto"}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch a known file that is not in "
-                                                                   "models/depthanything yet (needs internet)."}),
+            "model_name": (model_choices("depth"), {"tooltip": "Depth Anything V2: depth_anything_v2_vit{s,b,l}.pth, "
+                                                               "a *_fp16.safetensors or a Hugging Face folder in "
+                                                               "models/depthanything. Entries marked (download) are "
+                                                               "not on disk yet: they are fetched only with "
+                                                               "'download' on."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
+                                                                   "source into models/depthanything when the node "
+                                                                   "runs (needs internet). Off: nothing is "
+                                                                   "downloaded."}),
         }}
 
     RETURN_TYPES = (DEPTH_MODEL_TYPE,)
     RETURN_NAMES = ("depth_model",)
+    OUTPUT_TOOLTIPS = ("The Depth Anything V2 model, for SurgSora Depth.",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name=None, download=None):
+        return validate_choice("depth", model_name, bool(download))
 
     def load(self, model_name, precision="auto", download=False):
         path = resolve_model("depth", model_name, download)
@@ -217,16 +241,27 @@ class SurgSoraDepth:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "depth_model": (DEPTH_MODEL_TYPE,),
-            "image": ("IMAGE",),
+            "depth_model": (DEPTH_MODEL_TYPE, {"tooltip": "From SurgSora Load Depth Anything V2."}),
+            "image": ("IMAGE", {"tooltip": "The frame(s); depth comes out at their size."}),
             "input_size": ("INT", {"default": 518, "min": 14, "max": 4200, "step": 14,
-                                   "tooltip": "Network input: shorter side in pixels, a multiple of 14."}),
+                                   "tooltip": "Network input: shorter side in pixels, a multiple of 14 (518 as "
+                                              "trained; smaller is faster and coarser)."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
     RETURN_NAMES = ("depth", "depth_map", "depth_colour")
+    OUTPUT_TOOLTIPS = ("Relative depth as a grey IMAGE, normalised per image to [0, 1], near = bright: the depth "
+                       "input of DSI Encode and Motion Signal.", "The same depth as a one-channel MASK [N, H, W].",
+                       "The depth in colour, for viewing.")
     FUNCTION = "estimate"
     CATEGORY = f"{CATEGORY}/perception"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_size=None):
+        problem = widget_problem(cls, input_size=input_size)
+        if problem is None and input_size is not None and input_size % 14:
+            problem = f"input_size must be a multiple of 14 (e.g. 518); got {input_size}."
+        return problem or True
 
     def estimate(self, depth_model, image, input_size=518):
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size % 14 \

@@ -18,9 +18,9 @@ from surgsora.motion.preview import motion_preview
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 
-from .models import model_choices, resolve_model
+from .models import model_choices, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
-                      mask_to_regions, offload_device, on_device, torch_device, video_to_image)
+                      mask_to_regions, offload_device, on_device, torch_device, video_to_image, widget_problem)
 
 FLOW_TYPE = "SURGSORA_FLOW"
 # Tracks, masks, flows and depth made on a frame still fit a resized copy of it whose shape differs this much
@@ -169,7 +169,9 @@ class SurgSoraTrajectories:
                 "canvas_width": ("INT", {"default": 0, "min": 0, "max": 16384,
                                          "tooltip": "Size of the picture the tracks were drawn on, if the JSON does "
                                                     "not say (0 = the image's size)."}),
-                "canvas_height": ("INT", {"default": 0, "min": 0, "max": 16384}),
+                "canvas_height": ("INT", {"default": 0, "min": 0, "max": 16384,
+                                          "tooltip": "Height of that picture (0 = the image's size); set both or "
+                                                     "neither."}),
             },
             "optional": {
                 "image": ("IMAGE", {"tooltip": "The first frame: shown in the editor, and the output pixel frame."}),
@@ -182,8 +184,19 @@ class SurgSoraTrajectories:
 
     RETURN_TYPES = ("TRACKS", "IMAGE")
     RETURN_NAMES = ("tracks", "preview")
+    OUTPUT_TOOLTIPS = ("The tracks resampled to the frame count, in pixels of the image (core TRACKS plus their "
+                       "width and height).", "The tracks drawn on the image (black without one).")
     FUNCTION = "build"
     CATEGORY = f"{CATEGORY}/trajectory"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, canvas_width=None, canvas_height=None):
+        problem = widget_problem(cls, canvas_width=canvas_width, canvas_height=canvas_height)
+        if problem is None and canvas_width is not None and canvas_height is not None \
+                and (canvas_width > 0) != (canvas_height > 0):
+            problem = (f"canvas_width and canvas_height are {canvas_width}x{canvas_height}: set both, or leave both "
+                       "at 0 (use the image's size).")
+        return problem or True
 
     def build(self, tracks, frames=14, canvas_width=0, canvas_height=0, image=None, tracks_json=None,
               tracks_in=None):
@@ -233,17 +246,27 @@ class SurgSoraLoadTrajectoryDecoder:
     def INPUT_TYPES(cls):
         return {"required": {
             "decoder": (model_choices("cmp", extra=("analytic",)),
-                        {"tooltip": "'analytic' needs no weights; a CMP checkpoint goes in models/surgsora."}),
+                        {"tooltip": "'analytic' needs no weights; MOFA-Video's CMP checkpoint "
+                                    "(ckpt_iter_42000.pth.tar) goes in models/surgsora. An entry marked (download) "
+                                    "is not on disk yet: it is fetched only with 'download' on."}),
             "region_motion": (["smooth", "rigid"], {"default": "smooth",
                                                    "tooltip": "Analytic decoder: how a masked region follows its "
-                                                              "tracks."}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "Fetch the CMP checkpoint if it is missing."}),
+                                                              "tracks: smooth = affine fit that follows every "
+                                                              "track, rigid = one rotation + translation."}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
+                                                                   "source into models/surgsora when the node runs "
+                                                                   "(needs internet). Off: nothing is downloaded."}),
         }}
 
     RETURN_TYPES = (DECODER_TYPE,)
     RETURN_NAMES = ("decoder",)
+    OUTPUT_TOOLTIPS = ("The sparse-to-dense flow decoder, for SurgSora Trajectories to Flow.",)
     FUNCTION = "load"
     CATEGORY = f"{CATEGORY}/loaders"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, decoder=None, download=None):
+        return validate_choice("cmp", decoder, bool(download), extra=("analytic",))
 
     def load(self, decoder, region_motion="smooth", download=False):
         if decoder == "analytic":
@@ -267,7 +290,12 @@ class SurgSoraTracksToFlow:
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {"decoder": (DECODER_TYPE,), "tracks": ("TRACKS",), "image": ("IMAGE",)},
+            "required": {
+                "decoder": (DECODER_TYPE, {"tooltip": "From SurgSora Load Trajectory Decoder."}),
+                "tracks": ("TRACKS", {"tooltip": "Trajectories (SurgSora Trajectories or core TRACKS), frame 0 at "
+                                                 "their first point."}),
+                "image": ("IMAGE", {"tooltip": "The first frame; the flow comes out at its size."}),
+            },
             "optional": {"region_masks": ("MASK", {"tooltip": "Masks of the objects the tracks move, made on this "
                                                               "image (another resolution of the same shape is "
                                                               "resized; empty masks or another shape are refused)."})},
@@ -275,6 +303,8 @@ class SurgSoraTracksToFlow:
 
     RETURN_TYPES = (FLOW_TYPE, "IMAGE")
     RETURN_NAMES = ("flow", "flow_colours")
+    OUTPUT_TOOLTIPS = ("Dense flow frame 0 -> t [B, T-1, 2, H, W] in pixels, for DFM Warp + MSF Fuse, Motion Preview "
+                       "and Motion Signal.", "The flow as colours, one image per frame (frame 0 white: no motion).")
     FUNCTION = "decode"
     CATEGORY = f"{CATEGORY}/trajectory"
 
@@ -301,18 +331,34 @@ class SurgSoraVideoFlow:
     def INPUT_TYPES(cls):
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The clip as an IMAGE batch (e.g. Load Video -> Get Video Components)."}),
-            "method": (["dis", "raft"], {"default": "dis"}),
+            "method": (["dis", "raft"], {"default": "dis",
+                                         "tooltip": "dis: OpenCV DIS, no weights, chained frame to frame; raft: "
+                                                    "torchvision RAFT-Large (needs raft_weights)."}),
             "raft_weights": (model_choices("raft", extra=("none",)),
                              {"tooltip": "RAFT-Large weights in models/optical_flow (method raft only)."}),
             "start": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "First frame of the clip used."}),
             "num_frames": ("INT", {"default": 14, "min": 0, "max": 4096, "tooltip": "Frames used (0 = all)."}),
-            "stride": ("INT", {"default": 1, "min": 1, "max": 100}),
+            "stride": ("INT", {"default": 1, "min": 1, "max": 100,
+                               "tooltip": "Take every stride-th frame (2 = half the frame rate)."}),
         }}
 
     RETURN_TYPES = (FLOW_TYPE, "IMAGE", "IMAGE", "IMAGE")
     RETURN_NAMES = ("flow", "first_frame", "clip", "flow_colours")
+    OUTPUT_TOOLTIPS = ("Flow frame 0 -> t of the clip [1, T-1, 2, H, W] in pixels, like Trajectories to Flow's.",
+                       "The clip's first frame used, as a one-image IMAGE.", "The frames used, as an IMAGE batch.",
+                       "The flow as colours, one image per frame (frame 0 white).")
     FUNCTION = "estimate"
     CATEGORY = f"{CATEGORY}/trajectory"
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, method=None, raft_weights=None):
+        problem = widget_problem(cls, method=method)
+        if problem is None and method == "raft" and raft_weights == "none":
+            problem = ("method 'raft' needs a weights file: put raft_large_C_T_SKHT_V2-ff5fadd5.pth in "
+                       "models/optical_flow and choose it in raft_weights, or use method 'dis'.")
+        if problem is None and method != "dis":  # with 'dis' the weights are not used
+            problem = validate_choice("raft", raft_weights, extra=("none",))
+        return problem or True
 
     def estimate(self, frames, method="dis", raft_weights="none", start=0, num_frames=14, stride=1):
         from surgsora.motion.optical_flow import estimate_flow
@@ -351,12 +397,17 @@ class SurgSoraMotionPreview:
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {"image": ("IMAGE",), "flow": (FLOW_TYPE,)},
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The first frame."}),
+                "flow": (FLOW_TYPE, {"tooltip": "Flow frame 0 -> t (SurgSora Trajectories to Flow or Optical Flow "
+                                                "from Clip)."}),
+            },
             "optional": {"tracks": ("TRACKS", {"tooltip": "Draw these tracks on the preview."})},
         }
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The frame pushed along the flow, one image per frame (frame 0 first).",)
     FUNCTION = "preview"
     CATEGORY = f"{CATEGORY}/trajectory"
 

@@ -22,7 +22,8 @@ from integration.env import tiny_env
 from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, MOFA_NAME, SAM_NAME, SVD_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
-STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS", "CONDITIONING", "CLIP_VISION", "VAE"}
+STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS", "CONDITIONING", "CLIP_VISION", "VAE",
+            "MODEL", "GUIDER"}
 W, H = 128, 64  # working size: multiples of 64
 
 
@@ -56,14 +57,14 @@ def run(nodes, name, **kw):
 # ------------------------------------------------------------------------------------ declarations
 
 def test_every_node_declares_consistent_inputs_and_outputs(nodes):
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 19
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 20
     assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
         assert set(spec) <= {"required", "optional", "hidden"}, name
         assert cls.CATEGORY.startswith("SurgSora/"), name
         assert cls.DESCRIPTION, name
-        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES), name
+        assert len(cls.RETURN_TYPES) == len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)), name
         params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
         declared = {**spec.get("required", {}), **spec.get("optional", {})}
         assert set(declared) == set(params) - {"self"}, name
@@ -84,6 +85,28 @@ def test_every_node_declares_consistent_inputs_and_outputs(nodes):
     outputs = {t for c in nodes.NODE_CLASS_MAPPINGS.values() for t in c.RETURN_TYPES}
     # depth, masks, previews and videos leave as standard types that other packs take
     assert {"IMAGE", "MASK", "LATENT", "TRACKS"} <= outputs
+
+
+def test_every_input_and_output_has_a_tooltip(nodes):
+    """What the node library and the hover help show: a plain sentence for every input (widgets and sockets,
+    required and optional) and every output, in every node of the pack (core_svd's included)."""
+    problems = []
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        for group in ("required", "optional"):
+            for inp, s in spec.get(group, {}).items():
+                tip = s[1].get("tooltip") if len(s) > 1 and isinstance(s[1], dict) else None
+                if not isinstance(tip, str) or not tip.strip():
+                    problems.append(f"{name}.{inp}: no tooltip")
+                elif "`" in tip or "\n" in tip:
+                    problems.append(f"{name}.{inp}: tooltip is not one plain line: {tip!r}")
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        if not isinstance(tips, (tuple, list)) or len(tips) != len(cls.RETURN_TYPES):
+            problems.append(f"{name}: OUTPUT_TOOLTIPS {tips!r} needs one entry per output {cls.RETURN_TYPES}")
+        else:
+            problems += [f"{name} output {i}: empty tooltip" for i, t in enumerate(tips)
+                         if not isinstance(t, str) or not t.strip() or "`" in t]
+    assert problems == [], "\n".join(problems)
 
 
 def test_comfyui_loads_the_pack_without_shadowing_its_nodes_module(monkeypatch, env):
@@ -131,12 +154,14 @@ def test_loader_lists_and_clear_errors(nodes, env, tmp_path):
     from surgsora.loading.io import ModelFileError
 
     sam_list = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadSAM"].INPUT_TYPES()["required"]["model_name"][0]
-    assert sam_list[0] == SAM_NAME and "sam_vit_h_4b8939.pth" in sam_list  # local first, then known files
+    # local first, then the known files that are not there, marked
+    assert sam_list == [SAM_NAME, "sam_vit_h_4b8939.pth (download)", "sam_vit_l_0b3195.pth (download)"]
     svd_list = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadSVD"].INPUT_TYPES()["required"]["ckpt_name"][0]
-    assert f"[diffusers] {SVD_FOLDER}" in svd_list and "svd_xt.safetensors" in svd_list
+    assert f"[diffusers] {SVD_FOLDER}" in svd_list and "svd_xt.safetensors (download)" in svd_list
+    assert "svd_xt.safetensors" not in svd_list  # only what is there is listed plain
     adapters = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadAdapter"].INPUT_TYPES()["required"]["adapter_name"][0]
     # SurgSora adapter folders and MOFA's ControlNet (folder here), then the known MOFA file to download
-    assert adapters == [ADAPTER_NAME, MOFA_NAME, "mofa_traj_controlnet.safetensors"]
+    assert adapters == sorted([ADAPTER_NAME, MOFA_NAME]) + ["mofa_traj_controlnet.safetensors (download)"]
     decoders = nodes.NODE_CLASS_MAPPINGS["SurgSoraLoadTrajectoryDecoder"].INPUT_TYPES()["required"]["decoder"][0]
     assert decoders == ["analytic", CMP_NAME]  # adapter folders are never looked into
 
