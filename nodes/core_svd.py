@@ -39,8 +39,9 @@ import torch
 
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices, latent_mask
 
-from .generation import ADAPTER_TYPE, CONDITIONS_TYPE, _check_size, _signal_and_mask
-from .runtime import CATEGORY, comfy_module, image_to_bchw, patcher_for
+from .generation import (ADAPTER_TYPE, CONDITIONS_TYPE, _check_size, _signal_and_mask, dual_clock_order,
+                         dual_clock_widgets)
+from .runtime import CATEGORY, comfy_module, image_to_bchw, patcher_for, widget_problem
 
 
 def _comfy(name: str):
@@ -155,6 +156,9 @@ class SurgSoraApplySVD:
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
+        problem = widget_problem(cls, start_percent=start_percent, end_percent=end_percent)
+        if problem:
+            return problem
         if start_percent is not None and end_percent is not None and start_percent > end_percent:
             return f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})."
         return True
@@ -246,23 +250,23 @@ class SurgSoraDualClockGuider:
             "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance scale (VideoLinearCFGGuidance on the model makes "
                                          "it the last frame's)."}),
-            "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
-                                 "tooltip": "Fraction of the schedule skipped: sampling starts here from the noised "
-                                            "signal (Time-to-Move: 0.32)."}),
-            "t_strong": ("FLOAT", {"default": TTM_T_STRONG, "min": 0.0, "max": 1.0, "step": 0.01,
-                                   "tooltip": "Fraction of the schedule until which the masked region follows the "
-                                              "signal (Time-to-Move: 0.42; 1 = to the end)."}),
+            **dual_clock_widgets(),
         }}
 
     RETURN_TYPES = ("GUIDER",)
+    RETURN_NAMES = ("guider",)
     OUTPUT_TOOLTIPS = ("For SamplerCustomAdvanced, with the video latent of the same conditioning.",)
     FUNCTION = "get_guider"
     CATEGORY = f"{CATEGORY}/sampling"
 
     @classmethod
     def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None):
-        if t_weak is not None and t_strong is not None and not 0 <= t_weak < t_strong <= 1:
-            return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong}), both in [0, 1]."
+        # ComfyUI skips its range checks for the inputs taken here, so widget_problem does them
+        problem = widget_problem(cls, t_weak=t_weak, t_strong=t_strong)
+        if problem:
+            return problem
+        if t_weak is not None and t_strong is not None and not t_weak < t_strong:
+            return dual_clock_order(t_weak, t_strong)
         return True
 
     @torch.no_grad()

@@ -257,6 +257,22 @@ class SurgSoraLoadSVD:
         return (SVDModels(name=ckpt_name, **parts),)
 
 
+def dual_clock_widgets() -> dict:
+    """The t_weak / t_strong widgets, the same on the SurgSora sampler and the core dual-clock guider."""
+    return {
+        "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
+                             "tooltip": "Dual-clock: sampling starts from the motion signal noised to this point of "
+                                        "the schedule (fraction of the steps; TTM: 16 of 50)."}),
+        "t_strong": ("FLOAT", {"default": TTM_T_STRONG, "min": 0.0, "max": 1.0, "step": 0.01,
+                               "tooltip": "Dual-clock: inside the mask the latents follow the signal until this "
+                                          "point, then denoise freely (TTM: 21 of 50; 1 = to the end)."}),
+    }
+
+
+def dual_clock_order(t_weak: float, t_strong: float) -> str:
+    return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong})."
+
+
 class SurgSoraSampler:
     """SVD image-to-video sampling steered by the SurgSora adapter (or MOFA's ControlNet) and/or by a motion
     signal (dual-clock, training-free: plain SVD follows the warped animation inside its mask until t_strong);
@@ -291,12 +307,7 @@ class SurgSoraSampler:
                                  "tooltip": "Seed of the initial noise and of the noise augmentation."}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": 512,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
-                "t_weak": ("FLOAT", {"default": TTM_T_WEAK, "min": 0.0, "max": 1.0, "step": 0.01,
-                                     "tooltip": "Dual-clock: sampling starts from the motion signal noised to this "
-                                                "point of the schedule (fraction of the steps; TTM: 16 of 50)."}),
-                "t_strong": ("FLOAT", {"default": TTM_T_STRONG, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "Dual-clock: inside the mask the latents follow the signal until "
-                                                  "this point, then denoise freely (TTM: 21 of 50)."}),
+                **dual_clock_widgets(),
             },
             "optional": {
                 "adapter": (ADAPTER_TYPE, {"tooltip": "From SurgSora Load Adapter; connect it with conditions, or "
@@ -327,7 +338,7 @@ class SurgSoraSampler:
         if min_cfg is not None and max_cfg is not None and min_cfg > max_cfg:
             return f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg})."
         if t_weak is not None and t_strong is not None and not t_weak < t_strong:
-            return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong})."
+            return dual_clock_order(t_weak, t_strong)
         if frames == 1:
             return "frames must be 0 (the conditions' or motion signal's count) or at least 2; got 1."
         return True

@@ -262,10 +262,7 @@ def _range_cases():
                     cases.append(pytest.param(name, arg, opts["max"] + step, id=f"{name}-{arg}-above"))
             elif isinstance(kind, list):
                 cases.append(pytest.param(name, arg, "no such choice", id=f"{name}-{arg}-choice"))
-    gaps = ("SurgSoraApplySVD-start_percent-below", "SurgSoraApplySVD-end_percent-above")
-    reason = "nodes/core_svd.py: its VALIDATE_INPUTS takes start/end_percent, so ComfyUI skips their range check"
-    return [pytest.param(*c.values, id=c.id, marks=pytest.mark.xfail(reason=reason)) if c.id in gaps else c
-            for c in cases]
+    return cases
 
 
 @pytest.mark.parametrize("name, arg, value", _range_cases())
