@@ -23,9 +23,10 @@ for _family in (perception, trajectory, generation, core_svd):
     NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)
 
-# The node's docstring is its description in the ComfyUI node library.
+# The node's docstring is its description in the ComfyUI node library, which shows text as is: the
+# reST back-ticks go.
 for _cls in NODE_CLASS_MAPPINGS.values():
     if "DESCRIPTION" not in _cls.__dict__ and _cls.__doc__:
-        _cls.DESCRIPTION = " ".join(_cls.__doc__.split())
+        _cls.DESCRIPTION = " ".join(_cls.__doc__.replace("`", "").split())
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -89,7 +89,8 @@ def test_every_node_declares_consistent_inputs_and_outputs(nodes):
 
 def test_every_input_and_output_has_a_tooltip(nodes):
     """What the node library and the hover help show: a plain sentence for every input (widgets and sockets,
-    required and optional) and every output, in every node of the pack (core_svd's included)."""
+    required and optional) and every output, and a description without reST mark-up, in every node of the pack
+    (core_svd's included)."""
     problems = []
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()
@@ -106,6 +107,9 @@ def test_every_input_and_output_has_a_tooltip(nodes):
         else:
             problems += [f"{name} output {i}: empty tooltip" for i, t in enumerate(tips)
                          if not isinstance(t, str) or not t.strip() or "`" in t]
+        description = getattr(cls, "DESCRIPTION", "")
+        if not description.strip() or "`" in description:  # the node library shows it as is
+            problems.append(f"{name}: description is empty or shows reST back-ticks: {description[:60]!r}")
     assert problems == [], "\n".join(problems)
 
 
