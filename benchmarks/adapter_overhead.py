@@ -29,10 +29,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # comfy_step.py puts the repo after ComfyUI (whose `nodes` must win); keep that order
+    sys.path.insert(0, str(REPO))
 
 from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
 
@@ -40,9 +43,92 @@ from surgsora import SurgSoraAdapter  # noqa: E402
 from surgsora.loading.warm_start import mofa_adapter_config  # noqa: E402
 from surgsora.model.unet import unet_forward  # noqa: E402
 
+# A tiny SVD UNet for smoke runs: 64-channel attention heads, as ComfyUI's SVD model assumes.
+TINY_UNET = dict(
+    block_out_channels=(64, 128), layers_per_block=1, in_channels=8, out_channels=4,
+    down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    cross_attention_dim=64, num_attention_heads=(1, 2), projection_class_embeddings_input_dim=768,
+    addition_time_embed_dim=256)
+TINY_ADAPTER = dict(conditioning_embedding_channels=(8, 8, 8, 16), depth_hidden_channels=(8, 16))
+
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def give_zero_layers_values(*modules: torch.nn.Module, std: float = 0.02) -> None:
+    """Fill zero-initialised parameters with small random values, so adapters do real work (as after training)."""
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                if not p.any():
+                    p.normal_(0, std)
+
+
+def build_unet_and_adapter(tiny: bool = False) -> tuple[UNetSpatioTemporalConditionModel, SurgSoraAdapter]:
+    """The SVD UNet (diffusers defaults = SVD/SVD-xt, or ``TINY_UNET``; random weights) and a SurgSoraAdapter
+    built from it, zero layers filled, both in eval mode without gradients."""
+    unet = UNetSpatioTemporalConditionModel(**(TINY_UNET if tiny else {})).eval().requires_grad_(False)
+    adapter = SurgSoraAdapter.from_unet(unet, **(TINY_ADAPTER if tiny else {})).eval().requires_grad_(False)
+    give_zero_layers_values(adapter)
+    return unet, adapter
+
+
+def step_inputs(unet, size: int, frames: int, batch: int = 1) -> dict[str, torch.Tensor]:
+    """Random inputs of one denoising step (``batch`` rows, e.g. 2 for a CFG-batched step) and of the
+    condition branch (one video: image in [-1, 1], depth, SAM features, flow in pixels)."""
+    h = size // 8
+    return dict(
+        sample=torch.randn(batch, frames, unet.config.in_channels, h, h),
+        timestep=torch.tensor(1.5),
+        ehs=torch.randn(batch, 1, unet.config.cross_attention_dim),
+        time_ids=torch.tensor([[6.0, 127.0, 0.02]]).repeat(batch, 1),
+        image=torch.rand(1, 3, size, size) * 2 - 1,
+        depth=torch.rand(1, 1, size, size),
+        seg=torch.randn(1, 256, 64, 64),
+        flow=torch.randn(1, frames - 1, 2, size, size) * 4,
+    )
+
+
+def encode_conditions(adapter, x: dict) -> list[torch.Tensor]:
+    """The condition branch (DSI + DFM + MSF) of one video, computed once."""
+    with torch.no_grad():
+        return adapter.encode_conditions(x["image"], x["depth"], x["seg"], x["flow"])
+
+
+def bare_and_cached_steps(unet, adapter, x: dict, cached) -> tuple[Callable, Callable]:
+    """(one bare UNet step, one SurgSora step with cached conditions: adapter trunk + UNet with residuals),
+    as SurgSoraPipeline.denoise runs them; call them under ``torch.no_grad()``."""
+    def bare():
+        return unet_forward(unet, x["sample"], x["timestep"], x["ehs"], x["time_ids"])
+
+    def surgsora_cached():
+        down, mid = adapter(x["sample"], x["timestep"], x["ehs"], x["time_ids"], cached)
+        return unet_forward(unet, x["sample"], x["timestep"], x["ehs"], x["time_ids"], down, mid)
+
+    return bare, surgsora_cached
+
+
+def time_interleaved(variants: dict[str, Callable], repeats: int, before: Callable | None = None,
+                     after: Callable | None = None) -> dict[str, list[float]]:
+    """Run ``variants`` in turn, ``repeats`` + 1 rounds (round 0 is a warm-up, not kept); seconds per call.
+
+    ``before(name)`` and ``after(name)`` run around each call, outside the timed span."""
+    times = {k: [] for k in variants}
+    for r in range(repeats + 1):
+        for name, fn in variants.items():
+            if before is not None:
+                before(name)
+            t1 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t1
+            if after is not None:
+                after(name)
+            if r:
+                times[name].append(dt)
+            print(f"round {r} {name:10s} {dt:7.2f} s{'  (warm-up)' if r == 0 else ''}", flush=True)
+    return times
 
 
 def main() -> None:
@@ -56,39 +142,23 @@ def main() -> None:
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
-    unet = UNetSpatioTemporalConditionModel().eval().requires_grad_(False)
-    adapter = SurgSoraAdapter.from_unet(unet).eval().requires_grad_(False)
+    unet, adapter = build_unet_and_adapter()
     mofa = SurgSoraAdapter(**mofa_adapter_config({}, 320)).eval().requires_grad_(False)  # MOFA's real widths
-    # Give the zero-initialised layers values so the adapters do real work (as after training).
-    with torch.no_grad():
-        for p in list(adapter.parameters()) + list(mofa.parameters()):
-            if not p.any():
-                p.normal_(0, 0.02)
+    give_zero_layers_values(mofa)
     print(f"built real-size UNet ({sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B params) and adapter "
           f"({sum(p.numel() for p in adapter.parameters()) / 1e9:.2f} B) in {time.perf_counter() - t0:.0f} s",
           flush=True)
 
     s, t = args.size, args.frames
     h = s // 8
-    sample = torch.randn(1, t, 8, h, h)
-    timestep = torch.tensor(1.5)
-    ehs = torch.randn(1, 1, 1024)
-    time_ids = torch.tensor([[6.0, 127.0, 0.02]])
-    image = torch.rand(1, 3, s, s) * 2 - 1
-    depth = torch.rand(1, 1, s, s)
-    seg = torch.randn(1, 256, 64, 64)
-    flow = torch.randn(1, t - 1, 2, s, s) * 4
+    x = step_inputs(unet, s, t)
+    sample, timestep, ehs, time_ids = x["sample"], x["timestep"], x["ehs"], x["time_ids"]
+    image, depth, seg, flow = x["image"], x["depth"], x["seg"], x["flow"]
 
     with torch.no_grad():
-        cached = adapter.encode_conditions(image, depth, seg, flow)
+        cached = encode_conditions(adapter, x)
         mofa_cached = mofa.encode_conditions(image, None, None, flow)
-
-        def bare():
-            return unet_forward(unet, sample, timestep, ehs, time_ids)
-
-        def surgsora_cached():
-            down, mid = adapter(sample, timestep, ehs, time_ids, cached)
-            return unet_forward(unet, sample, timestep, ehs, time_ids, down, mid)
+        bare, surgsora_cached = bare_and_cached_steps(unet, adapter, x, cached)
 
         def surgsora_recompute():
             conds = adapter.encode_conditions(image, depth, seg, flow)
@@ -120,15 +190,7 @@ def main() -> None:
         variants = {"bare": bare, "cached": surgsora_cached, "recompute": surgsora_recompute,
                     "mofa": mofa_cached_step, "dual_clock": dual_clock, "dual_clock_adapter": dual_clock_adapter,
                     "condition": condition_branch}
-        times = {k: [] for k in variants}
-        for r in range(args.repeats + 1):  # round 0 is a warm-up
-            for name, fn in variants.items():
-                t1 = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t1
-                if r:
-                    times[name].append(dt)
-                print(f"round {r} {name:10s} {dt:7.2f} s{'  (warm-up)' if r == 0 else ''}", flush=True)
+        times = time_interleaved(variants, args.repeats)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
