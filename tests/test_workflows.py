@@ -37,6 +37,8 @@ def _load_generator():
 GEN = _load_generator()  # importing it imports nothing of the pack: node specs are read by object_info()
 NAMES = [t.title for t in GEN.TEMPLATES]
 CORE_KSAMPLER = "SurgSora on Core KSampler"  # needs a full-size SVD checkpoint: ComfyUI detects SVD by its shapes
+CORE_DUAL_CLOCK = "SurgSora Dual-Clock Core Sampler"  # the same checkpoint
+CORE_SVD = (CORE_KSAMPLER, CORE_DUAL_CLOCK)  # run on the real server only (tests/integration)
 TITLE_BAR = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
 EXPECTED_VIDEOS = {"SurgSora Trajectory to Video": {"motion_preview", "video"},
                    "SurgSora Motion Preview": {"motion_preview", "flow"},
@@ -106,7 +108,9 @@ def test_template_has_title_description_and_thumbnail(name, maker):
     import numpy as np
 
     t = next(t for t in maker.TEMPLATES if t.title == name)
-    assert "_" not in name and " " in name and len(name) <= 30, "a readable title that fits the card on one line"
+    # fits the template card on one line: frontend 1.35.9 gives the title 250 px of 14 px bold Inter, where these
+    # 32 characters ("SurgSora Dual-Clock Core Sampler") take 239 px and 35 wrap (the real frontend checks it)
+    assert "_" not in name and " " in name and len(name) <= 32, "a readable title that fits the card on one line"
     assert t.description and "\n" not in t.description and t.description.endswith(".") and len(t.description) <= 170
     notes = [n for n in _ui(name)["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1 and notes[0]["title"] == name
@@ -275,7 +279,54 @@ def test_core_ksampler_workflow_wiring():
     assert src(fuse["flow"]) == ("SurgSoraTracksToFlow", 0)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != CORE_KSAMPLER])
+def test_core_dual_clock_workflow_wiring():
+    """Frame -> trajectories -> analytic flow -> SurgSora Motion Signal; ImageOnlyCheckpointLoader (svd_xt, with its
+    download entry) -> SurgSora SVD Conditioning (motion bucket 17) and VideoLinearCFGGuidance -> SurgSora Dual-Clock
+    Guider (TTM's t_weak / t_strong) -> SamplerCustomAdvanced (RandomNoise, euler, BasicScheduler karras) on the
+    conditioning's latent -> VAEDecode -> CreateVideo -> SaveVideo, sizes agreeing. (Run on the real server only.)"""
+    api = _api(CORE_DUAL_CLOCK)
+    of = {k: n["class_type"] for k, n in api.items()}
+
+    def one(class_type):
+        (key,) = [k for k, t in of.items() if t == class_type]
+        return api[key]["inputs"]
+
+    def src(value):
+        return of[value[0]], value[1]
+
+    ckpt, cond = one("ImageOnlyCheckpointLoader"), one("SurgSoraSVDConditioning")
+    guidance, guider = one("VideoLinearCFGGuidance"), one("SurgSoraDualClockGuider")
+    sample, sched = one("SamplerCustomAdvanced"), one("BasicScheduler")
+    signal, dec = one("SurgSoraMotionSignal"), one("VAEDecode")
+    scale, traj = one("ImageScale"), one("SurgSoraTrajectories")
+    assert not {"SurgSoraLoadAdapter", "SurgSoraLoadSAM", "SurgSoraLoadDepthAnything", "KSampler"} & set(of.values())
+    assert ckpt["ckpt_name"] == "svd_xt.safetensors"
+    loader = next(n for n in _ui(CORE_DUAL_CLOCK)["nodes"] if n["type"] == "ImageOnlyCheckpointLoader")
+    assert [m["name"] for m in loader["properties"]["models"]] == ["svd_xt.safetensors"]  # Missing Models dialog
+    assert src(signal["image"]) == ("ImageScale", 0) and src(signal["flow"]) == ("SurgSoraTracksToFlow", 0)
+    assert src(cond["clip_vision"]) == ("ImageOnlyCheckpointLoader", 1) and src(cond["init_image"]) == ("ImageScale", 0)
+    assert cond["motion_bucket_id"] == 17 and "adapter" not in cond
+    assert src(guidance["model"]) == ("ImageOnlyCheckpointLoader", 0)
+    assert src(guider["model"]) == src(sched["model"]) == ("VideoLinearCFGGuidance", 0)
+    assert src(guider["positive"]) == ("SurgSoraSVDConditioning", 0)
+    assert src(guider["negative"]) == ("SurgSoraSVDConditioning", 1)
+    assert src(guider["vae"]) == ("ImageOnlyCheckpointLoader", 2)
+    assert src(guider["motion_signal"]) == ("SurgSoraMotionSignal", 0)
+    assert src(guider["motion_mask"]) == ("SurgSoraMotionSignal", 1)
+    assert (guider["t_weak"], guider["t_strong"]) == (0.32, 0.42)
+    assert src(sample["guider"]) == ("SurgSoraDualClockGuider", 0) and src(sample["noise"]) == ("RandomNoise", 0)
+    assert src(sample["sampler"]) == ("KSamplerSelect", 0) and one("KSamplerSelect")["sampler_name"] == "euler"
+    assert src(sample["sigmas"]) == ("BasicScheduler", 0) and sched["scheduler"] == "karras" and sched["denoise"] == 1
+    assert src(sample["latent_image"]) == ("SurgSoraSVDConditioning", 2)
+    assert src(dec["samples"]) == ("SamplerCustomAdvanced", 0) and src(dec["vae"]) == ("ImageOnlyCheckpointLoader", 2)
+    saves = {api[k]["inputs"]["filename_prefix"]: src(api[api[k]["inputs"]["video"][0]]["inputs"]["images"])
+             for k, t in of.items() if t == "SaveVideo"}
+    assert saves == {"SurgSora/core_dual_clock": ("VAEDecode", 0),
+                     "SurgSora/motion_signal": ("SurgSoraMotionSignal", 0)}
+    assert (cond["width"], cond["height"], cond["video_frames"]) == (scale["width"], scale["height"], traj["frames"])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in CORE_SVD])
 def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     import nodes
 

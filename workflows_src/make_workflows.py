@@ -720,9 +720,16 @@ NOTE_TTM = """The trajectories become a crude warped animation (occlusion-aware,
 Models: models/checkpoints/svd_xt.safetensors only. TTM's SVD settings: 50 steps, t_weak 16/50 = 0.32, t_strong 21/50 = 0.42, motion bucket 17, 21 frames. Later t_strong = closer to the drawn motion, earlier = more freedom."""
 
 
-def ttm_trajectory_to_video(info: dict, t: Template) -> Graph:
-    g = Graph(info)
-    note = add_note(g, t, NOTE_TTM)
+# Time-to-Move's SVD settings (fractions of the schedule: steps 16 and 21 of 50), motion bucket 17
+TTM_STEPS, TTM_T_WEAK, TTM_T_STRONG, TTM_MOTION_BUCKET = 50, 0.32, 0.42, 17
+
+
+def _signal_front(g: Graph, t: Template, note_text: str) -> tuple[Node, Node, float, float]:
+    """What the dual-clock workflows share: the note, the frame, the trajectories, the analytic flow (SAM and
+    depth are optional for the motion signal and left out) and the motion signal with its video, with the Frame
+    and Trajectory Controller groups laid out. Returns the resized frame, the motion signal node and where the
+    next group goes (top y, left x)."""
+    note = add_note(g, t, note_text)
     load, scale = _frame(g)
     traj, tprev = _trajectories(g, scale)
     decoder, flow = _flow(g, scale, traj, "analytic")
@@ -730,16 +737,23 @@ def ttm_trajectory_to_video(info: dict, t: Template) -> Graph:
     g.connect(scale, "IMAGE", signal, "image")
     g.connect(flow, "flow", signal, "flow")
     svideo = _video(g, signal, "motion_signal", "SurgSora/motion_signal")
-    gen = _surgsora_sampler(g, (scale, "IMAGE"), None, None, "SurgSora/ttm_video", svd_models=(SVD_FILE,), steps=50,
-                            motion_bucket_id=17, t_weak=0.32, t_strong=0.42)
-    sampler_ = gen[0][1]
-    g.connect(signal, "motion_signal", sampler_, "motion_signal")
-    g.connect(signal, "motion_mask", sampler_, "motion_mask")
     y = note.bottom + GROUP_GAP
     fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
     tr = lay_group(g, "Trajectory Controller -> motion signal", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
                    [[traj], [tprev, decoder, flow], [signal] + svideo])
-    lay_group(g, "Stable Video Diffusion, dual-clock sampling", GENERATION_COLOUR, tr.right + GROUP_GAP, y, gen)
+    return scale, signal, y, tr.right + GROUP_GAP
+
+
+def ttm_trajectory_to_video(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, signal, y, x = _signal_front(g, t, NOTE_TTM)
+    gen = _surgsora_sampler(g, (scale, "IMAGE"), None, None, "SurgSora/ttm_video", svd_models=(SVD_FILE,),
+                            steps=TTM_STEPS, motion_bucket_id=TTM_MOTION_BUCKET, t_weak=TTM_T_WEAK,
+                            t_strong=TTM_T_STRONG)
+    sampler_ = gen[0][1]
+    g.connect(signal, "motion_signal", sampler_, "motion_signal")
+    g.connect(signal, "motion_mask", sampler_, "motion_mask")
+    lay_group(g, "Stable Video Diffusion, dual-clock sampling", GENERATION_COLOUR, x, y, gen)
     return g
 
 
@@ -778,6 +792,52 @@ def core_ksampler(info: dict, t: Template) -> Graph:
     co = lay_group(g, "SurgSora adapter conditions", PERCEPTION_COLOUR, x, y, [[ad, dsi, fuse]])
     lay_group(g, "Core Stable Video Diffusion: KSampler with SurgSora Apply (SVD)", GENERATION_COLOUR,
               co.right + GROUP_GAP, y, [[ckpt, cond, guidance], [apply, ks, dec], video])
+    return g
+
+
+CORE_DUAL_STEPS = 25  # TTM's 50 halved, as core SVD workflows sample; t_weak / t_strong are fractions of any count
+NOTE_CORE_DUAL = f"""1. {STEP_FRAME}
+2. {STEPS_DRAW} The trajectories become a crude warped animation (the motion signal, saved as a video) and a mask of what moves.
+3. Models: models/checkpoints/svd_xt.safetensors only (the full SVD-xt file: ComfyUI recognises SVD only from a full-size checkpoint). SAM and Depth Anything are optional: SurgSora SAM Masks into the motion signal's region_masks and SurgSora Depth into its depth decide what is in front.
+4. t_weak and t_strong are fractions of the scheduler's sigmas, so any step count works: sampling starts from the motion signal noised to t_weak; inside the mask the video follows it until t_strong, then SVD denoises freely. Time-to-Move: 0.32 and 0.42 (steps 16 and 21 of 50; 8 and 10 of the 25 here), motion bucket 17. Later t_strong = closer to the drawn motion, earlier = more freedom.
+5. Any core sampler, scheduler and model patch works. The latent must be SurgSora SVD Conditioning's (its size and frame count the trajectories')."""
+
+
+def core_dual_clock(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, signal, y, x = _signal_front(g, t, NOTE_CORE_DUAL)
+    ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
+    cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES,
+                 motion_bucket_id=TTM_MOTION_BUCKET, fps=FPS, augmentation_level=0.02, seed=42)
+    g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
+    g.connect(scale, "IMAGE", cond, "init_image")
+    g.connect(ckpt, "VAE", cond, "vae")
+    guidance = g.add("VideoLinearCFGGuidance", min_cfg=1.0)
+    g.connect(ckpt, "MODEL", guidance, "model")
+    guider = g.add("SurgSoraDualClockGuider", cfg=3.0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG)
+    g.connect(guidance, "MODEL", guider, "model")
+    g.connect(cond, "positive", guider, "positive")
+    g.connect(cond, "negative", guider, "negative")
+    g.connect(ckpt, "VAE", guider, "vae")
+    g.connect(signal, "motion_signal", guider, "motion_signal")
+    g.connect(signal, "motion_mask", guider, "motion_mask")
+    noise = g.add("RandomNoise", noise_seed=42)
+    sampler_ = g.add("KSamplerSelect", sampler_name="euler")
+    sigmas = g.add("BasicScheduler", scheduler="karras", steps=CORE_DUAL_STEPS, denoise=1.0)
+    g.connect(guidance, "MODEL", sigmas, "model")
+    sample = g.add("SamplerCustomAdvanced")
+    g.connect(noise, "NOISE", sample, "noise")
+    g.connect(guider, "guider", sample, "guider")
+    g.connect(sampler_, "SAMPLER", sample, "sampler")
+    g.connect(sigmas, "SIGMAS", sample, "sigmas")
+    g.connect(cond, "latent", sample, "latent_image")
+    dec = g.add("VAEDecode")
+    g.connect(sample, "output", dec, "samples")
+    g.connect(ckpt, "VAE", dec, "vae")
+    video = _video(g, dec, "IMAGE", "SurgSora/core_dual_clock")
+    lay_group(g, "Core Stable Video Diffusion: SamplerCustomAdvanced with the SurgSora Dual-Clock Guider",
+              GENERATION_COLOUR, x, y, [[ckpt, cond, guidance], [guider, noise, sampler_, sigmas],
+                                        [sample, dec] + video])
     return g
 
 
@@ -820,6 +880,9 @@ TEMPLATES = [
     Template("SurgSora on Core KSampler",
              "SurgSora conditions steer ComfyUI's own SVD: ImageOnlyCheckpointLoader, VideoLinearCFGGuidance and "
              "core KSampler through SurgSora Apply (SVD).", core_ksampler, "core KSampler"),
+    Template("SurgSora Dual-Clock Core Sampler",
+             "Trajectory-controlled video on ComfyUI's own SVD, no training: the SurgSora Dual-Clock Guider runs "
+             "Time-to-Move sampling in core SamplerCustomAdvanced.", core_dual_clock, "core dual-clock"),
 ]
 NAMES = [t.title for t in TEMPLATES]
 

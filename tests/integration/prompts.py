@@ -44,12 +44,13 @@ def shrink(prompt: dict, steps: int = 2, small: bool = True) -> dict:
     return p
 
 
-def core_smallest(prompt: dict, steps: int = 2, strength: float | None = None) -> dict:
-    """The "SurgSora on Core KSampler" graph on the core SVD checkpoint and its adapter
-    (:func:`.tiny_models.write_core_svd`; the checkpoint has the template's file name) at the smallest sizes its
-    widgets and its drawn tracks allow: 128x64 frames (sizes are multiples of 64, and 64x64 is refused as another
-    shape than the tracks' 1920x1080 canvas), 2 frames, ``steps`` KSampler steps, a 70-pixel depth input;
-    ``strength`` sets SurgSora Apply (SVD)'s strength (None: the template's)."""
+def core_smallest(prompt: dict, steps: int = 2, strength: float | None = None, **guider) -> dict:
+    """A core-SVD template ("SurgSora on Core KSampler", "SurgSora Dual-Clock Core Sampler") on the core SVD
+    checkpoint and its adapter (:func:`.tiny_models.write_core_svd`; the checkpoint has the templates' file name) at
+    the smallest sizes its widgets and its drawn tracks allow: 128x64 frames (sizes are multiples of 64, and 64x64 is
+    refused as another shape than the tracks' 1920x1080 canvas), 2 frames, ``steps`` sampling steps (KSampler, or
+    BasicScheduler for SamplerCustomAdvanced), a 70-pixel depth input; ``strength`` sets SurgSora Apply (SVD)'s
+    strength (None: the template's), ``guider`` the Dual-Clock Guider's widgets (t_weak, t_strong, cfg)."""
     p = copy.deepcopy(prompt)
     for node in p.values():
         i, t = node["inputs"], node["class_type"]
@@ -65,8 +66,23 @@ def core_smallest(prompt: dict, steps: int = 2, strength: float | None = None) -
             i["frames"] = 2
         elif t == "SurgSoraDepth":
             i["input_size"] = 70
-        elif t == "KSampler":
+        elif t in ("KSampler", "BasicScheduler"):
             i["steps"] = steps
         elif t == "SurgSoraApplySVD" and strength is not None:
             i["strength"] = strength
+        elif t == "SurgSoraDualClockGuider":
+            assert set(guider) <= set(i), guider
+            i.update(guider)
+    return p
+
+
+def empty_motion_mask(prompt: dict) -> dict:
+    """The same prompt with the Dual-Clock Guider's motion mask emptied by a core ThresholdMask (mask > 1: all 0),
+    so nothing is anchored to the motion signal: the video only starts from it at t_weak."""
+    p = copy.deepcopy(prompt)
+    (key,) = [k for k, n in p.items() if n["class_type"] == "SurgSoraDualClockGuider"]
+    empty = str(max(int(k) for k in p) + 1)
+    p[empty] = {"inputs": {"mask": p[key]["inputs"]["motion_mask"], "value": 1.0}, "class_type": "ThresholdMask",
+                "_meta": {"title": "Empty motion mask"}}
+    p[key]["inputs"]["motion_mask"] = [empty, 0]
     return p

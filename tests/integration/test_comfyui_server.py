@@ -12,10 +12,11 @@ dependencies. The server runs with ``--cpu`` and ``--base-directory`` set to a t
 a ``custom_nodes`` link to this checkout and the input files; models are tiny random checkpoints in the
 real file formats, in a temporary folder given through ``--extra-model-paths-config``; the workflows run at
 their shipped sizes with the models swapped as in the in-process run (``prompts.shrink``: the tiny SVD folder,
-for MOFA the tiny SVD-xt-layout folder and ControlNet) and 2 steps. "SurgSora on Core KSampler" loads SVD through
-ComfyUI's own ImageOnlyCheckpointLoader, which takes only a checkpoint its detection calls SVD: it runs on the
-smallest such file (``tiny_models.write_core_svd``: 1.8 GiB of random fp16 weights, written when its test
-starts and deleted after) at the smallest sizes the template allows (``prompts.core_smallest``). The database is a
+for MOFA the tiny SVD-xt-layout folder and ControlNet) and 2 steps. "SurgSora on Core KSampler" and "SurgSora
+Dual-Clock Core Sampler" load SVD through ComfyUI's own ImageOnlyCheckpointLoader, which takes only a checkpoint
+its detection calls SVD: they run on the smallest such file (``tiny_models.write_core_svd``: 1.75 GiB of random fp16
+weights, written once when the first of them starts, shared, and deleted after the module) at the smallest sizes the
+templates allow (``prompts.core_smallest``). The database is a
 file in the temporary folder. Nothing in the ComfyUI checkout is modified. The frontend checks run when
 a Chromium is found (``CHROMIUM``, ``chromium`` ...) and are skipped otherwise.
 """
@@ -72,11 +73,13 @@ EXPECTED_OUTPUTS = {"SurgSora Trajectory to Video": {"motion_preview": 21, "vide
                     "SurgSora Ground-Truth Flow": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14},
                     "SurgSora MOFA-Video-Traj": {"motion_preview": 25, "mofa_video": 25},
                     "SurgSora Dual-Clock SVD": {"motion_signal": 21, "ttm_video": 21}}
-# "SurgSora on Core KSampler" runs in its own test (test_core_ksampler_workflow_runs): ComfyUI builds its SVD model
-# only from a checkpoint its detection calls SVD, so it gets one of its own (tiny_models.write_core_svd).
+# The core-SVD templates run in tests of their own (test_core_ksampler_workflow_runs,
+# test_core_dual_clock_workflow_runs): ComfyUI builds its SVD model only from a checkpoint its detection calls SVD,
+# so they share one of their own (tiny_models.write_core_svd).
 CORE = "SurgSora on Core KSampler"
+CORE_DUAL = "SurgSora Dual-Clock Core Sampler"
 RUNNABLE = [n for n in NAMES if n in EXPECTED_OUTPUTS]
-assert sorted(RUNNABLE + [CORE]) == sorted(NAMES)  # every shipped workflow runs on the server
+assert sorted(RUNNABLE + [CORE, CORE_DUAL]) == sorted(NAMES)  # every shipped workflow runs on the server
 
 
 def _free_port() -> int:
@@ -282,7 +285,8 @@ def _saved(server, entry) -> dict[str, Path]:
 def core_svd(server):
     """The SVD single file ComfyUI detects as SVD (checkpoints/svd_xt.safetensors, about 1.8 GiB of random fp16
     weights) and its SurgSora adapter, written into the server's models folder by a child process, whose memory
-    (about 3 GB at its peak) is returned before ComfyUI loads the file; deleted after the module's tests."""
+    (about 3 GB at its peak) is returned before ComfyUI loads the file; written once for both core-SVD templates
+    and deleted after the module's tests."""
     t0 = time.time()
     code = "import sys; from integration.tiny_models import write_core_svd; write_core_svd(sys.argv[1])"
     path = os.pathsep.join([str(REPO / "tests"), str(REPO)] + ([os.environ["PYTHONPATH"]]
@@ -329,6 +333,59 @@ def test_core_ksampler_workflow_runs(server, core_svd):
     diff = np.abs(steered - plain).mean()
     print(f"mean |strength 1 - strength 0| = {diff:.2f} / 255")
     assert diff > 2, diff
+
+
+def test_core_dual_clock_workflow_runs(server, core_svd):
+    """The dual-clock template on the real server, on the same generated checkpoint: the SurgSora Dual-Clock Guider
+    drives core SamplerCustomAdvanced (RandomNoise, KSamplerSelect, BasicScheduler) on ComfyUI's SVD through
+    VideoLinearCFGGuidance, at 128x64, 2 frames, 2 steps (t_weak 0.32 / t_strong 0.42 of 2 steps: start at step 1 from
+    the signal noised to that sigma, the mask anchored to the end). The motion signal and the video have those frames
+    and size and the video is a picture. The guider acts: with the motion mask emptied (core ThresholdMask: nothing
+    follows the signal) the video changes, more inside the mask than outside it; with t_weak 0 (start from noise
+    instead of the noised signal) it changes a lot. Only the guider, the sampler and what follows them run again."""
+    from PIL import Image
+
+    from surgsora.video_io import read_video, video_info
+
+    from .prompts import empty_motion_mask
+
+    prompt = core_smallest(json.loads((API / f"{CORE_DUAL}.json").read_text()), steps=2)
+    signal = next(k for k, n in prompt.items() if n["class_type"] == "SurgSoraMotionSignal")
+    prompt["900"] = {"inputs": {"mask": [signal, 1]}, "class_type": "MaskToImage"}  # to look at the motion mask
+    prompt["901"] = {"inputs": {"images": ["900", 0]}, "class_type": "PreviewImage"}
+    runs = {"template": prompt, "empty mask": empty_motion_mask(prompt), "t_weak 0": core_smallest(prompt, t_weak=0.0)}
+    videos = {}
+    try:
+        for name, p in runs.items():
+            t0 = time.time()
+            entry = server.wait(server.queue(p))
+            assert entry["status"]["status_str"] == "success", \
+                json.dumps(entry["status"])[:3000] + server.log_tail()
+            saved = _saved(server, entry)
+            shapes = {k: (v["frames"], v["width"], v["height"]) for k, v in
+                      ((k, video_info(path)) for k, path in saved.items())}
+            # (after the first run the motion signal may be reported from ComfyUI's cache or not at all)
+            expected = {"motion_signal", "core_dual_clock"} if name == "template" else {"core_dual_clock"}
+            assert expected <= set(saved) <= {"motion_signal", "core_dual_clock"}, shapes
+            assert all(v == (2, 128, 64) for v in shapes.values()), shapes
+            videos[name] = read_video(saved["core_dual_clock"]).astype(np.float64)
+            if name == "template":
+                items = entry["outputs"]["901"]["images"]
+                mask = np.stack([np.asarray(Image.open(server.base / i["type"] / i["subfolder"] / i["filename"])
+                                            .convert("L")) for i in items]) > 127
+            print(f"{CORE_DUAL}, {name}: {time.time() - t0:.1f} s")
+    finally:  # ComfyUI keeps the models and the node outputs cached: let them go
+        server.post("/free", {"unload_models": True, "free_memory": True})
+    video = videos["template"]
+    assert all(v.std() > 2 for v in videos.values()), {k: v.std() for k, v in videos.items()}
+    assert mask.shape == video.shape[:3] and 0 < mask.mean() < 1, (mask.shape, mask.mean())
+    free = np.abs(video - videos["empty mask"]).mean(-1)
+    inside, outside = free[mask].mean(), free[~mask].mean()
+    noise = np.abs(video - videos["t_weak 0"]).mean()
+    print(f"mean |template - empty mask| = {free.mean():.2f} / 255 (inside the mask {inside:.2f}, outside "
+          f"{outside:.2f}); mean |template - t_weak 0| = {noise:.2f}")
+    assert free.mean() > 2 and inside > outside, (free.mean(), inside, outside)
+    assert noise > 10, noise
 
 
 # ---------------------------------------------------------------------------------------------- frontend
