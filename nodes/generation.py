@@ -20,7 +20,7 @@ import torch
 from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
-from .models import model_choices, resolve_model, validate_choice
+from .models import download_widget, model_choices, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, check_interrupted, image_to_bchw,
                       latent_previewer, offload_device, on_device, resolve_dtype, torch_device, video_to_image,
                       widget_problem)
@@ -98,10 +98,7 @@ class SurgSoraLoadAdapter:
                                          "controlnet folder), in models/surgsora. An entry marked (download) is not "
                                          "on disk yet: it is fetched only with 'download' on."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry (MOFA's ControlNet) is "
-                                                                   "fetched from its public source into "
-                                                                   "models/surgsora when the node runs (needs "
-                                                                   "internet). Off: nothing is downloaded."}),
+            "download": download_widget("surgsora"),
         }}
 
     RETURN_TYPES = (ADAPTER_TYPE,)
@@ -230,11 +227,8 @@ class SurgSoraLoadSVD:
                                                             "are not on disk yet: they are fetched only with "
                                                             "'download' on."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
-            "download": ("BOOLEAN", {"default": False,
-                                     "tooltip": "On: a (download) entry is fetched from Hugging Face into "
-                                                "models/checkpoints when the node runs (a gated model: accept its "
-                                                "licence and log in with huggingface-cli first). Off: nothing is "
-                                                "downloaded."}),
+            "download": download_widget("checkpoints", "from Hugging Face; a gated model: accept its licence and "
+                                                       "log in with huggingface-cli first"),
         }}
 
     RETURN_TYPES = (SVD_TYPE,)

@@ -69,6 +69,13 @@ def _where(folders: tuple[str, ...]) -> str:
     return " or ".join(str(root) for f in folders for root in folder_roots(f))
 
 
+def download_widget(folder: str, note: str = "needs internet") -> tuple:
+    """The loaders' 'download' switch: fetch a '(download)' entry into models/<folder> when the node runs."""
+    return ("BOOLEAN", {"default": False, "tooltip": f"On: a (download) entry is fetched from its public source "
+                                                     f"into models/{folder} when the node runs ({note}). Off: "
+                                                     "nothing is downloaded."})
+
+
 def download_entry(name: str) -> str:
     """The list entry of a known file that is not on disk yet."""
     return name + DOWNLOAD_MARK

@@ -16,7 +16,7 @@ import torch
 from surgsora.perception.depth import depth_to_rgb, load_depth_anything
 from surgsora.perception.sam import load_sam
 
-from .models import model_choices, resolve_model, validate_choice
+from .models import download_widget, model_choices, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, bchw_to_image, check_interrupted,
                       image_to_bchw, offload_device, on_device, resolve_dtype, torch_device, widget_problem)
 
@@ -34,9 +34,7 @@ class SurgSoraLoadSAM:
             "model_name": (model_choices("sam"), {"tooltip": "A Segment Anything v1 checkpoint (sam_vit_b, _l or "
                                                              "_h) in models/sams. Entries marked (download) are not "
                                                              "on disk yet: they are fetched only with 'download' on."}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
-                                                                   "source into models/sams when the node runs (needs "
-                                                                   "internet). Off: nothing is downloaded."}),
+            "download": download_widget("sams"),
         }}
 
     RETURN_TYPES = (SAM_TYPE,)
@@ -212,10 +210,7 @@ class SurgSoraLoadDepthAnything:
                                                                "not on disk yet: they are fetched only with "
                                                                "'download' on."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
-                                                                   "source into models/depthanything when the node "
-                                                                   "runs (needs internet). Off: nothing is "
-                                                                   "downloaded."}),
+            "download": download_widget("depthanything"),
         }}
 
     RETURN_TYPES = (DEPTH_MODEL_TYPE,)

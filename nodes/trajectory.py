@@ -18,7 +18,7 @@ from surgsora.motion.preview import motion_preview
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 
-from .models import model_choices, resolve_model, validate_choice
+from .models import download_widget, model_choices, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
                       mask_to_regions, offload_device, on_device, torch_device, video_to_image, widget_problem)
 
@@ -253,9 +253,7 @@ class SurgSoraLoadTrajectoryDecoder:
                                                    "tooltip": "Analytic decoder: how a masked region follows its "
                                                               "tracks: smooth = affine fit that follows every "
                                                               "track, rigid = one rotation + translation."}),
-            "download": ("BOOLEAN", {"default": False, "tooltip": "On: a (download) entry is fetched from its public "
-                                                                   "source into models/surgsora when the node runs "
-                                                                   "(needs internet). Off: nothing is downloaded."}),
+            "download": download_widget("surgsora"),
         }}
 
     RETURN_TYPES = (DECODER_TYPE,)
