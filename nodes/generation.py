@@ -20,7 +20,7 @@ import torch
 from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
 
-from .models import download_widget, model_choices, resolve_model, validate_choice
+from .models import download_widget, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, check_interrupted, image_to_bchw,
                       latent_previewer, offload_device, on_device, resolve_dtype, torch_device, video_to_image,
                       widget_problem)
@@ -92,11 +92,9 @@ class SurgSoraLoadAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "adapter_name": (model_choices("adapter"),
-                             {"tooltip": "A SurgSora adapter folder (written by python -m train), or "
-                                         "MOFA-Video-Traj's ControlNet (mofa_traj_controlnet.safetensors or its "
-                                         "controlnet folder), in models/surgsora. An entry marked (download) is not "
-                                         "on disk yet: it is fetched only with 'download' on."}),
+            "adapter_name": model_widget("adapter", "A SurgSora adapter folder (written by python -m train), or "
+                                                    "MOFA-Video-Traj's ControlNet (mofa_traj_controlnet.safetensors "
+                                                    "or its controlnet folder), in models/surgsora."),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
             "download": download_widget("surgsora"),
         }}
@@ -221,11 +219,8 @@ class SurgSoraLoadSVD:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "ckpt_name": (model_choices("svd"), {"tooltip": "Stable Video Diffusion: a single file such as "
-                                                            "svd_xt.safetensors in models/checkpoints, or [diffusers] "
-                                                            "<folder> in models/diffusers. Entries marked (download) "
-                                                            "are not on disk yet: they are fetched only with "
-                                                            "'download' on."}),
+            "ckpt_name": model_widget("svd", "Stable Video Diffusion: a single file such as svd_xt.safetensors "
+                                             "in models/checkpoints, or [diffusers] <folder> in models/diffusers."),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
             "download": download_widget("checkpoints", "from Hugging Face; a gated model: accept its licence and "
                                                        "log in with huggingface-cli first"),

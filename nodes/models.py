@@ -69,6 +69,12 @@ def _where(folders: tuple[str, ...]) -> str:
     return " or ".join(str(root) for f in folders for root in folder_roots(f))
 
 
+def model_widget(component: str, tooltip: str, extra: tuple[str, ...] = ()) -> tuple:
+    """A loader's model list (:func:`model_choices`) with its tooltip, which also says what a marked entry is."""
+    return (model_choices(component, extra), {"tooltip": f"{tooltip} An entry marked (download) is not on disk yet: "
+                                                         "it is fetched only with 'download' on."})
+
+
 def download_widget(folder: str, note: str = "needs internet") -> tuple:
     """The loaders' 'download' switch: fetch a '(download)' entry into models/<folder> when the node runs."""
     return ("BOOLEAN", {"default": False, "tooltip": f"On: a (download) entry is fetched from its public source "

@@ -16,7 +16,7 @@ import torch
 from surgsora.perception.depth import depth_to_rgb, load_depth_anything
 from surgsora.perception.sam import load_sam
 
-from .models import download_widget, model_choices, resolve_model, validate_choice
+from .models import download_widget, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, bchw_to_image, check_interrupted,
                       image_to_bchw, offload_device, on_device, resolve_dtype, torch_device, widget_problem)
 
@@ -31,9 +31,8 @@ class SurgSoraLoadSAM:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (model_choices("sam"), {"tooltip": "A Segment Anything v1 checkpoint (sam_vit_b, _l or "
-                                                             "_h) in models/sams. Entries marked (download) are not "
-                                                             "on disk yet: they are fetched only with 'download' on."}),
+            "model_name": model_widget("sam", "A Segment Anything v1 checkpoint (sam_vit_b, _l or _h) in "
+                                              "models/sams."),
             "download": download_widget("sams"),
         }}
 
@@ -204,11 +203,8 @@ class SurgSoraLoadDepthAnything:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (model_choices("depth"), {"tooltip": "Depth Anything V2: depth_anything_v2_vit{s,b,l}.pth, "
-                                                               "a *_fp16.safetensors or a Hugging Face folder in "
-                                                               "models/depthanything. Entries marked (download) are "
-                                                               "not on disk yet: they are fetched only with "
-                                                               "'download' on."}),
+            "model_name": model_widget("depth", "Depth Anything V2: depth_anything_v2_vit{s,b,l}.pth, a "
+                                                "*_fp16.safetensors or a Hugging Face folder in models/depthanything."),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
             "download": download_widget("depthanything"),
         }}

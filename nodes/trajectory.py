@@ -18,7 +18,7 @@ from surgsora.motion.preview import motion_preview
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 
-from .models import download_widget, model_choices, resolve_model, validate_choice
+from .models import download_widget, model_choices, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
                       mask_to_regions, offload_device, on_device, torch_device, video_to_image, widget_problem)
 
@@ -245,10 +245,8 @@ class SurgSoraLoadTrajectoryDecoder:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "decoder": (model_choices("cmp", extra=("analytic",)),
-                        {"tooltip": "'analytic' needs no weights; MOFA-Video's CMP checkpoint "
-                                    "(ckpt_iter_42000.pth.tar) goes in models/surgsora. An entry marked (download) "
-                                    "is not on disk yet: it is fetched only with 'download' on."}),
+            "decoder": model_widget("cmp", "'analytic' needs no weights; MOFA-Video's CMP checkpoint "
+                                           "(ckpt_iter_42000.pth.tar) goes in models/surgsora.", extra=("analytic",)),
             "region_motion": (["smooth", "rigid"], {"default": "smooth",
                                                    "tooltip": "Analytic decoder: how a masked region follows its "
                                                               "tracks: smooth = affine fit that follows every "
