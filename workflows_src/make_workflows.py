@@ -757,6 +757,25 @@ def ttm_trajectory_to_video(info: dict, t: Template) -> Graph:
     return g
 
 
+def _core_svd(g: Graph, scale: Node, motion_bucket_id: int) -> tuple[Node, Node]:
+    """ComfyUI's own SVD checkpoint and SurgSora SVD Conditioning of the scaled frame (the core templates)."""
+    ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
+    cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES,
+                 motion_bucket_id=motion_bucket_id, fps=FPS, augmentation_level=0.02, seed=42)
+    g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
+    g.connect(scale, "IMAGE", cond, "init_image")
+    g.connect(ckpt, "VAE", cond, "vae")
+    return ckpt, cond
+
+
+def _core_decode(g: Graph, ckpt: Node, src: Node, output: str, prefix: str) -> tuple[Node, list[Node]]:
+    """Core VAE Decode of a core sampler's latent, then the saved video."""
+    dec = g.add("VAEDecode")
+    g.connect(src, output, dec, "samples")
+    g.connect(ckpt, "VAE", dec, "vae")
+    return dec, _video(g, dec, "IMAGE", prefix)
+
+
 NOTE_CORE = f"""1. {STEP_FRAME}
 2. {STEPS_DRAW}
 3. Models: models/checkpoints/svd_xt.safetensors (the full SVD-xt file: ComfyUI recognises SVD only from a full-size checkpoint), models/sams, models/depthanything, models/surgsora (adapter folder + CMP).
@@ -766,12 +785,7 @@ NOTE_CORE = f"""1. {STEP_FRAME}
 def core_ksampler(info: dict, t: Template) -> Graph:
     g = Graph(info)
     scale, (ad, dsi, fuse), y, x = _drawn_front(g, t, NOTE_CORE)
-    ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
-    cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES, motion_bucket_id=127,
-                 fps=FPS, augmentation_level=0.02, seed=42)
-    g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
-    g.connect(scale, "IMAGE", cond, "init_image")
-    g.connect(ckpt, "VAE", cond, "vae")
+    ckpt, cond = _core_svd(g, scale, motion_bucket_id=127)
     g.connect(ad, "adapter", cond, "adapter")
     apply = g.add("SurgSoraApplySVD", strength=1.0, start_percent=0.0, end_percent=1.0)
     g.connect(cond, "positive", apply, "positive")
@@ -785,10 +799,7 @@ def core_ksampler(info: dict, t: Template) -> Graph:
     g.connect(apply, "positive", ks, "positive")
     g.connect(apply, "negative", ks, "negative")
     g.connect(cond, "latent", ks, "latent_image")
-    dec = g.add("VAEDecode")
-    g.connect(ks, "LATENT", dec, "samples")
-    g.connect(ckpt, "VAE", dec, "vae")
-    video = _video(g, dec, "IMAGE", "SurgSora/core_ksampler")
+    dec, video = _core_decode(g, ckpt, ks, "LATENT", "SurgSora/core_ksampler")
     co = lay_group(g, "SurgSora adapter conditions", PERCEPTION_COLOUR, x, y, [[ad, dsi, fuse]])
     lay_group(g, "Core Stable Video Diffusion: KSampler with SurgSora Apply (SVD)", GENERATION_COLOUR,
               co.right + GROUP_GAP, y, [[ckpt, cond, guidance], [apply, ks, dec], video])
@@ -806,12 +817,7 @@ NOTE_CORE_DUAL = f"""1. {STEP_FRAME}
 def core_dual_clock(info: dict, t: Template) -> Graph:
     g = Graph(info)
     scale, signal, y, x = _signal_front(g, t, NOTE_CORE_DUAL)
-    ckpt = g.add("ImageOnlyCheckpointLoader", ckpt_name=SVD_FILE, models=(SVD_FILE,))
-    cond = g.add("SurgSoraSVDConditioning", width=WIDTH, height=HEIGHT, video_frames=FRAMES,
-                 motion_bucket_id=TTM_MOTION_BUCKET, fps=FPS, augmentation_level=0.02, seed=42)
-    g.connect(ckpt, "CLIP_VISION", cond, "clip_vision")
-    g.connect(scale, "IMAGE", cond, "init_image")
-    g.connect(ckpt, "VAE", cond, "vae")
+    ckpt, cond = _core_svd(g, scale, motion_bucket_id=TTM_MOTION_BUCKET)
     guidance = g.add("VideoLinearCFGGuidance", min_cfg=1.0)
     g.connect(ckpt, "MODEL", guidance, "model")
     guider = g.add("SurgSoraDualClockGuider", cfg=3.0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG)
@@ -831,10 +837,7 @@ def core_dual_clock(info: dict, t: Template) -> Graph:
     g.connect(sampler_, "SAMPLER", sample, "sampler")
     g.connect(sigmas, "SIGMAS", sample, "sigmas")
     g.connect(cond, "latent", sample, "latent_image")
-    dec = g.add("VAEDecode")
-    g.connect(sample, "output", dec, "samples")
-    g.connect(ckpt, "VAE", dec, "vae")
-    video = _video(g, dec, "IMAGE", "SurgSora/core_dual_clock")
+    dec, video = _core_decode(g, ckpt, sample, "output", "SurgSora/core_dual_clock")
     lay_group(g, "Core Stable Video Diffusion: SamplerCustomAdvanced with the SurgSora Dual-Clock Guider",
               GENERATION_COLOUR, x, y, [[ckpt, cond, guidance], [guider, noise, sampler_, sigmas],
                                         [sample, dec] + video])
