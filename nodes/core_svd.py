@@ -37,7 +37,8 @@ import functools
 
 import torch
 
-from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices, latent_mask
+from surgsora.sampling.dual_clock import (TTM_T_STRONG, TTM_T_WEAK, check_unit_range, dual_clock_indices, latent_mask,
+                                          resize_frames)
 
 from .generation import (ADAPTER_TYPE, CONDITIONS_TYPE, _check_size, _signal_and_mask, dual_clock_order,
                          dual_clock_widgets)
@@ -277,13 +278,8 @@ class SurgSoraDualClockGuider:
         signal, mask = _signal_and_mask(motion_signal, motion_mask, 1)
         signal, mask = signal[0], mask[0]  # [F, 3, H, W] in [0, 1], [F, 1, H, W]
         for name, x in (("motion_signal", signal), ("motion_mask", mask)):
-            if not bool(torch.isfinite(x).all()) or x.min() < -1e-3 or x.max() > 1 + 1e-3:
-                raise ValueError(f"{name} values must be finite and in [0, 1]; connect SurgSora Motion Signal.")
-        h, w = frame[0] * 8, frame[1] * 8
-        if signal.shape[-2:] != (h, w):  # same resize as the pipeline: the whole canvas to the video size
-            down = h < signal.shape[-2] or w < signal.shape[-1]
-            signal = torch.nn.functional.interpolate(signal.float(), size=(h, w), mode="bilinear",
-                                                     align_corners=False, antialias=down).clamp(0, 1)
+            check_unit_range(name, x, "; connect SurgSora Motion Signal.")
+        signal = resize_frames(signal.float(), frame[0] * 8, frame[1] * 8)  # as the pipeline: the whole canvas
         latents = vae.encode(signal.movedim(1, -1))  # ComfyUI's VAE: [0, 1] BHWC in, posterior mean out
         guider = dual_clock_guider_class()(model, latents.float().cpu(), latent_mask(mask, frame), float(t_weak),
                                            float(t_strong))
@@ -360,8 +356,7 @@ class SurgSoraSVDConditioning:
         out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
         pooled = out[2].to(mm.intermediate_device()).unsqueeze(0)
 
-        frame = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
-                                                antialias=height < x.shape[-2] or width < x.shape[-1])
+        frame = resize_frames(x, height, width)  # as the pipeline encodes the first frame
         noise = torch.randn(frame.shape, generator=torch.Generator().manual_seed(int(seed)))
         # ComfyUI's VAE maps [0, 1] to [-1, 1] itself: half the noise here is `strength * noise` there
         latent = vae.encode((frame + augmentation_level * noise / 2).movedim(1, -1))

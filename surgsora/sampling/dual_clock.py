@@ -1,4 +1,4 @@
-"""Dual-clock (Time-to-Move) settings and the mask rule, light enough for the ComfyUI nodes to import at start-up.
+"""Dual-clock (Time-to-Move) settings and the rules for its inputs (value range, resize, mask), light enough for the ComfyUI nodes to import at start-up.
 
 The sampling itself is :class:`surgsora.sampling.pipeline.SurgSoraPipeline` with ``motion_signal``
 (see its module docstring), or, on ComfyUI's own SVD, the ``SurgSora Dual-Clock Guider`` node; the motion
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices", "latent_mask"]
+__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices", "latent_mask",
+           "check_unit_range", "resize_frames"]
 
 # Time-to-Move's SVD settings (run_svd.py): t_weak at step 16 and t_strong at step 21 of 50, motion bucket 17.
 TTM_T_WEAK, TTM_T_STRONG, TTM_STEPS, TTM_MOTION_BUCKET = 0.32, 0.42, 50, 17
@@ -31,3 +32,19 @@ def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     nearest sampling (so a latent is anchored or free, never half of each)."""
     hard = (mask.float() > 0.5).float()
     return torch.nn.functional.interpolate(hard, size=tuple(size), mode="nearest")
+
+
+def check_unit_range(name: str, x: torch.Tensor, fix: str = "") -> None:
+    """One sentence unless ``x`` is finite and in [0, 1] (1e-3 of slack for rounding); ``fix`` ends it."""
+    if not bool(torch.isfinite(x).all()) or x.min() < -1e-3 or x.max() > 1 + 1e-3:
+        raise ValueError(f"{name} values must be finite and in [0, 1]{fix}")
+
+
+def resize_frames(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] -> (height, width): bilinear, antialiased when shrinking, kept in [0, 1]. The
+    whole canvas is scaled (no crop), so a frame and its motion signal stay aligned at any video size."""
+    if images.shape[-2:] == (height, width):
+        return images
+    down = height < images.shape[-2] or width < images.shape[-1]
+    return torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False,
+                                           antialias=down).clamp(0, 1)

@@ -55,7 +55,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..model.adapter import SurgSoraAdapter
 from ..model.unet import unet_forward
-from .dual_clock import latent_mask
+from .dual_clock import check_unit_range, latent_mask, resize_frames
 
 __all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits"]
 
@@ -153,12 +153,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
     # ------------------------------------------------------------------ first frame
     def _pixels(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Images [B,3,H,W] in [0,1] -> [-1,1] at (height, width) on the execution device (antialiased resize)."""
-        image = image.to(self._execution_device)
-        if image.shape[-2:] != (height, width):
-            down = height < image.shape[-2] or width < image.shape[-1]
-            image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear",
-                                                    align_corners=False, antialias=down).clamp(0, 1)
-        return image * 2.0 - 1.0
+        return resize_frames(image.to(self._execution_device), height, width) * 2.0 - 1.0
 
     @torch.no_grad()
     def encode_clip_image(self, image: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
@@ -237,8 +232,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
             raise ValueError(f"motion_mask is {tuple(motion_mask.shape[-2:])} (H, W) but motion_signal is "
                              f"{tuple(motion_signal.shape[-2:])}: give both at the same size")
         for name, x in (("motion_signal", motion_signal), ("motion_mask", motion_mask)):
-            if not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3:
-                raise ValueError(f"{name} values must be finite and in [0, 1]")
+            check_unit_range(name, x)
         if not 0 <= t_weak_index < t_strong_index:
             raise ValueError(f"need 0 <= t_weak_index < t_strong_index; got {t_weak_index} and {t_strong_index}")
         height = height or motion_signal.shape[-2]
