@@ -69,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="let core decide from free RAM whether cond and uncond share one model call (default: "
                          "they always do, so every step is timed alike)")
     args = ap.parse_args(argv)
-    args.size = args.size or (64 if args.tiny else 256)
-    args.frames = args.frames or (3 if args.tiny else 14)
+    # None = not given (an explicit 0 must be refused below, not replaced by the default)
+    args.size = (64 if args.tiny else 256) if args.size is None else args.size
+    args.frames = (3 if args.tiny else 14) if args.frames is None else args.frames
     if args.size % 64 or args.size <= 0 or args.frames < 2 or args.repeats < 1 or args.threads < 1:
         ap.error("--size must be a positive multiple of 64, --frames at least 2, --repeats and --threads at least 1")
     return args
