@@ -2,7 +2,7 @@
 
 The released folder (``ckpts/controlnet`` of huggingface.co/MyNiuuu/MOFA-Video-Traj) holds ``config.json``
 (FlowControlNet fields) and ``diffusion_pytorch_model.safetensors`` (683 tensors, names and shapes in
-``../shared/fixtures/checkpoint_manifests/mofa_traj_controlnet.json``). :func:`write_tiny_mofa_controlnet`
+``tests/fixtures/checkpoint_manifests/mofa_traj_controlnet.json``). :func:`write_tiny_mofa_controlnet`
 writes the same two files with tiny widths; the tensors come from :class:`mofa_reference.RefFlowControlNet`,
 whose full-size key set ``test_mofa_reference.py`` checks against the manifest.
 
@@ -27,9 +27,10 @@ __all__ = [
     "mofa_predicted_config",
 ]
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MANIFEST = SHARED / "fixtures" / "checkpoint_manifests" / "mofa_traj_controlnet.json"
-PREDICTED_CONFIG = SHARED / "fixtures" / "checkpoint_manifests" / "mofa_traj_controlnet_config.PREDICTED.json"
+from data_paths import MANIFESTS
+
+MANIFEST = MANIFESTS / "mofa_traj_controlnet.json"
+PREDICTED_CONFIG = MANIFESTS / "mofa_traj_controlnet_config.PREDICTED.json"
 TINY_CONDITIONING_CHANNELS = (8, 8, 8, 16)
 
 

@@ -57,7 +57,7 @@ def test_full_size_parameter_layout_matches_unet_and_mofa():
     import json
     from pathlib import Path
 
-    manifests = Path(__file__).resolve().parents[2] / "shared/fixtures/checkpoint_manifests"
+    from data_paths import MANIFESTS as manifests
     unet = json.loads((manifests / "svd_xt_diffusers_unet.json").read_text())["tensors"]
     mofa = json.loads((manifests / "mofa_traj_controlnet.json").read_text())["tensors"]
     trunk_groups = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")

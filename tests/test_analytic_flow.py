@@ -13,7 +13,7 @@ from surgsora.motion.tracks import rasterize
 from surgsora.video_io import read_image
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "endovis17_clip"
+from data_paths import ENDOVIS as DATA
 
 
 def _track(start, disps):

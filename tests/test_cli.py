@@ -29,7 +29,7 @@ def test_preview_translates_the_frame_by_the_drawn_track(endovis_frame, tmp_path
     frame = tmp_path / "frame.png"
     cv2.imwrite(str(frame), cv2.cvtColor(endovis_frame, cv2.COLOR_RGB2BGR))
     mask = tmp_path / "all.png"
-    cv2.imwrite(str(mask), np.full((1080, 1920), 255, np.uint8))
+    cv2.imwrite(str(mask), np.full(endovis_frame.shape[:2], 255, np.uint8))
     tracks = json.dumps({"width": 256, "height": 144, "tracks": [[[100.5, 70.5], [108.5, 70.5]]]})
     out = tmp_path / "out" / "preview.mp4"
     assert main(["preview", "--image", str(frame), "--tracks", tracks, "--frames", "5", "--size", "256x144",

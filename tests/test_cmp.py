@@ -12,8 +12,9 @@ from surgsora.motion.cmp import (CMPConfig, CMPDecoder, CMPNet, build_cmp, flow_
 from surgsora.loading.io import ModelFileError
 from surgsora.motion.tracks import rasterize
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MANIFEST = SHARED / "fixtures" / "checkpoint_manifests" / "mofa_cmp_ckpt_iter_42000.json"
+from data_paths import MANIFESTS
+
+MANIFEST = MANIFESTS / "mofa_cmp_ckpt_iter_42000.json"
 TINY = CMPConfig(base_width=8, blocks=(1, 1, 1, 1), img_enc_dim=16, sparse_enc_dim=8, dec_dim=16)
 
 

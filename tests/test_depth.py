@@ -25,9 +25,7 @@ from surgsora.perception.depth import (
 from surgsora.loading.io import ModelFileError
 from surgsora.video_io import read_video
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MANIFESTS = SHARED / "fixtures" / "checkpoint_manifests"
-CLIP = SHARED / "data" / "endovis17_clip" / "clip.mp4"
+from data_paths import CLIP, MANIFESTS
 
 TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=1, out_indices=[1, 2, 3, 4],
             neck_hidden_sizes=[8, 16, 32, 64], fusion_hidden_size=16, head_hidden_size=8)
@@ -35,7 +33,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=1, out_indi
 
 @pytest.fixture(scope="module")
 def frame():
-    return read_video(CLIP, start=6, count=1)[0]  # RGB uint8 [1080, 1920, 3]
+    return read_video(CLIP, start=6, count=1)[0]  # RGB uint8 [360, 640, 3]
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +145,8 @@ def test_converted_model_matches_original_layout_and_native_transformers(tiny_hf
     native = DepthAnythingForDepthEstimation.from_pretrained(tmp_path / "hf").eval()
     assert est_pth.variant == "custom" and est_hf.variant == "custom"
 
-    # 518x518 real-frame input: square, so the position embedding is used as stored in both layouts.
-    x = est_pth.preprocess(torch.from_numpy(frame[:, 420:1500]).permute(2, 0, 1)[None].float() / 255, 518)
+    # 518x518 real-frame input (the centre square): square, so the position embedding is used as stored in both layouts.
+    x = est_pth.preprocess(torch.from_numpy(frame[:, 140:500]).permute(2, 0, 1)[None].float() / 255, 518)
     assert x.shape == (1, 3, 518, 518)
     with torch.no_grad():
         ref = _reference_forward(original, x, blocks_out=[0, 1, 2, 3], heads=1)
@@ -205,11 +203,11 @@ def test_estimator_on_real_frame(tiny_hf, frame, tmp_path):
     est = load_depth_anything(tmp_path / "d.pth")
     x = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255
     d = est(frame, input_size=266)  # numpy uint8 HWC, as read_video returns it
-    assert d.shape == (1, 1, 1080, 1920) and d.dtype == torch.float32
+    assert d.shape == (1, 1, 360, 640) and d.dtype == torch.float32
     assert d.min() == 0 and d.max() == 1 and d.std() > 0.01
     # float tensor input, batched with a darkened copy: deterministic, and each image normalised on its own
     batch = est(torch.cat([x, x * 0.5]), input_size=266)
-    assert batch.shape == (2, 1, 1080, 1920)
+    assert batch.shape == (2, 1, 360, 640)
     torch.testing.assert_close(batch[0], d[0], rtol=0, atol=1e-5)
     assert batch[1].min() == 0 and batch[1].max() == 1
     assert not torch.allclose(batch[1], batch[0], atol=1e-3)  # the model does see the darker image

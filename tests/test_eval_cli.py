@@ -16,7 +16,7 @@ from surgsora.motion.optical_flow import estimate_flow
 from surgsora.video_io import read_video, write_video
 from eval_fakes import TinyTorchScriptI3D as _TinyTorchScriptI3D
 
-CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
+from data_paths import CLIP
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -11,7 +11,7 @@ from surgsora.eval import metrics as M
 from surgsora.motion.optical_flow import estimate_flow
 from surgsora.video_io import read_video
 
-CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
+from data_paths import CLIP
 
 
 def _sk_ssim(a, b):

@@ -24,7 +24,7 @@ from surgsora.loading.svd_checkpoint import (
 )
 from svd_export import save_svd_single_file, to_single_file_state_dict
 
-MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "checkpoint_manifests"
+from data_paths import MANIFESTS
 
 
 def _manifest(name: str) -> dict[str, tuple[int, ...]]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_paths import CLIP
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +40,7 @@ def workdir(tmp_path):
 
 
 FIT = ["fit", "--data", "cache", "--config", "tiny", "--out", "run"]
-PRE = ["preprocess", str(REPO.parent / "shared/data/endovis17_clip/clip.mp4"), "--tiny-models", "--out", "newcache"]
+PRE = ["preprocess", str(CLIP), "--tiny-models", "--out", "newcache"]
 SAMPLE = ["sample", "--data", "cache", "--adapter", "not_an_adapter", "--out", "samples", "--config", "tiny"]
 # (id, argv, what the one sentence must say)
 CASES = [

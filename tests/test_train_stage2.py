@@ -63,7 +63,7 @@ def test_sam_masks_are_prompted_at_the_guide_points(masked_clip):
     _, pre, spec = masked_clip
     frame = torch.from_numpy(ClipDataset(pre.cache)[0]["frames"][0].numpy()).permute(2, 0, 1)[None].float() / 255
     pre.regions = "sam"
-    masks, source = pre._regions(spec, (1080, 1920), frame, np.array([[40, 120], [200, 100]], np.float32))
+    masks, source = pre._regions(spec, (360, 640), frame, np.array([[40, 120], [200, 100]], np.float32))
     pre.regions = "auto"
     assert source == "sam" and masks.dtype == bool and masks.shape[1:] == SIZE and 1 <= len(masks) <= 2
     # Each mask is what SAM predicts for a click at that point's pixel centre, as the CLI prompts it.

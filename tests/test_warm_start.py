@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from surgsora.model.adapter import SurgSoraAdapter
 from surgsora.loading.warm_start import WarmStartError, init_from_mofa, plan_warm_start
 
-MANIFESTS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "checkpoint_manifests"
+from data_paths import MANIFESTS
 NEW_GROUPS = ("rgb_processor.seg_proj.", "depth_processor.", "depth_encoder.", "fusion.")
 
 

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import torch
 
+from .settings import TTM_MOTION_BUCKET, TTM_STEPS, TTM_T_STRONG, TTM_T_WEAK, check_settings
+
 __all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices", "latent_mask",
            "check_unit_range", "resize_frames"]
 
-# Time-to-Move's SVD settings (run_svd.py): t_weak at step 16 and t_strong at step 21 of 50, motion bucket 17.
-TTM_T_WEAK, TTM_T_STRONG, TTM_STEPS, TTM_MOTION_BUCKET = 0.32, 0.42, 50, 17
 
 
 def dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int, int]:
     """t_weak / t_strong as fractions of the schedule -> step indices for any step count (TTM's 0.32 / 0.42
     of 50 steps = 16 / 21); with few steps t_strong is kept at least one step after t_weak."""
-    if not 0 <= t_weak < t_strong <= 1:
-        raise ValueError(f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong}), both in [0, 1]")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1; got {steps}")
+    check_settings(t_weak=t_weak, t_strong=t_strong, steps=steps)
     weak = min(round(t_weak * steps), steps - 1)
     return weak, min(max(round(t_strong * steps), weak + 1), steps)
 

@@ -8,21 +8,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CLIP = SHARED / "data" / "endovis17_clip" / "clip.mp4"
+DEMO = Path(__file__).resolve().parents[2] / "demo"
+CLIP = DEMO / "endovis17" / "clip.mp4"
 FRAME_FILE = "surgsora_endovis_frame6.png"
 CLIP_FILE = "surgsora_endovis_clip.mp4"
 
 
 def write_inputs(input_dir: Path) -> None:
-    """The shipped workflows' input files: frame 6 of the EndoVis clip as PNG, and the clip itself."""
-    import cv2
-
-    from surgsora.video_io import read_video
-
+    """The shipped workflows' input files: the demo frame (frame 6 of the EndoVis clip) and the clip itself."""
     input_dir.mkdir(parents=True, exist_ok=True)
-    frame = read_video(CLIP, start=6, count=1)[0]
-    cv2.imwrite(str(input_dir / FRAME_FILE), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    shutil.copyfile(DEMO / FRAME_FILE, input_dir / FRAME_FILE)
     shutil.copyfile(CLIP, input_dir / CLIP_FILE)
 
 
