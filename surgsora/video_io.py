@@ -12,16 +12,16 @@ truncated file under the final name, nor the temporary one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_output
 
 __all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_OUT_EXTENSIONS", "OutputPathError", "read_video",
            "read_frames", "read_image", "write_video", "encode_video", "video_info", "check_output_path",
@@ -160,46 +160,6 @@ def check_output_path(path: str | os.PathLike, what: str = "--out",
         raise OutputPathError(f"{what} {path}: the folder {parent} is not writable; choose a folder you can "
                               "write to.")
     return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``.
-
-    On any failure (exception, interrupt) the temporary file, and any folder created for it, are removed
-    and ``path`` is left as it was: never a truncated file under the final name.
-    """
-    path = Path(path)
-    created = []
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        created.append(parent)
-        parent = parent.parent
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        with contextlib.suppress(OSError):  # the rename itself reaches the disk (best effort, not on Windows)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except BaseException:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        for folder in created:  # deepest first; only if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def _frames_iter(frames) -> Iterator[np.ndarray]:

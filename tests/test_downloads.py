@@ -38,6 +38,15 @@ def test_a_verified_download_lands_in_its_folder(tmp_path, fake_sam, monkeypatch
     monkeypatch.setattr(cat, "_fetch_url", _fetcher(DATA))
     path = cat.download_model(fake_sam.name, tmp_path / "sams")
     assert path.read_bytes() == DATA and [p.name for p in (tmp_path / "sams").iterdir()] == [fake_sam.name]
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~_umask()  # readable by others as a plain file would be
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @pytest.mark.parametrize("payload, fail_after, words", [

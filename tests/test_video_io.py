@@ -75,6 +75,23 @@ def test_atomic_output_removes_folders_it_created(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_mode_a_plain_open_would_give(tmp_path, umask):
+    """Not mkstemp's 0600: another account (a web server, a ComfyUI running as another user) reads the video."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        write_video(tmp_path / "v.mp4", _frames(seed=1))
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "v.mp4").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "v.mp4").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
 @pytest.mark.parametrize("name, words", [("out", "has no extension"), ("out.gif", "'.gif'"),
                                          ("out.avi", "'.avi'"), ("", "is empty")])
 def test_output_names_are_checked(tmp_path, name, words):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..atomic import atomic_output
 from .io import ModelFileError
 
 __all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "best_model", "download_model",
@@ -344,23 +345,18 @@ def download_model(name: str, folder: str | os.PathLike,
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ModelFileError(f"The folder {folder} is not writable; choose a models folder you can write to.")
     tqdm_cls = _progress_tqdm(progress)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{known.name}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        expected = None
-        if known.url:
-            _fetch_url(known.url, tmp, known.size or 0, tqdm_cls)
-        else:
-            expected = _fetch_hf(known, known.revision, tmp, tqdm_cls)
-            if expected is None and not (known.sha256 or known.revision):
-                raise ModelFileError(f"The Hub reported no SHA-256 for {known.name}, so the download could not be "
-                                     f"verified and was deleted; download it yourself from {known.source} and put it "
-                                     f"in {folder}.")
-        _verify(known, tmp, expected)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        with atomic_output(target) as tmp:  # any failure, including Ctrl-C: no partial file left
+            expected = None
+            if known.url:
+                _fetch_url(known.url, tmp, known.size or 0, tqdm_cls)
+            else:
+                expected = _fetch_hf(known, known.revision, tmp, tqdm_cls)
+                if expected is None and not (known.sha256 or known.revision):
+                    raise ModelFileError(f"The Hub reported no SHA-256 for {known.name}, so the download could not "
+                                         f"be verified and was deleted; download it yourself from {known.source} and "
+                                         f"put it in {folder}.")
+            _verify(known, tmp, expected)
     except ModelFileError:
         raise
     except Exception as e:  # network, HTTP, auth, disk: one sentence with the way out
@@ -369,7 +365,4 @@ def download_model(name: str, folder: str | os.PathLike,
                  "first.") if known.gated else ""
         raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
                              f"Download it yourself and put it in {folder}.") from None
-    finally:  # any failure, including Ctrl-C: no partial file left
-        if tmp.exists():
-            tmp.unlink()
     return target
