@@ -19,10 +19,11 @@ from mofa_fixture import (mofa_heads_for, mofa_keys_from_manifest, mofa_predicte
 from mofa_reference import RefFlowControlNet, ref_mofa_sample, ref_mofa_step, residual_multiplicities_in_loop
 
 from surgsora import SurgSoraAdapter, SurgSoraPipeline
-from surgsora.loading.adapters import MOFA, SURGSORA, adapter_kind, load_adapter
+from surgsora.loading.adapters import load_adapter
 from surgsora.loading.io import ModelFileError
-from surgsora.loading.warm_start import WarmStartError, init_from_mofa, mofa_adapter_config, plan_warm_start
-from surgsora.model.adapter import MOFA_HEADS, MOFA_SEMANTICS
+from surgsora.loading.mofa import (MOFA, MOFA_HEADS, MOFA_SEMANTICS, SURGSORA, adapter_key, adapter_kind, kind_of_keys,
+                                   mofa_adapter_config)
+from surgsora.loading.warm_start import WarmStartError, init_from_mofa, plan_warm_start
 from surgsora.model.unet import unet_forward
 
 FRAMES, H, W = 4, 128, 128
@@ -96,6 +97,45 @@ def test_from_mofa_takes_the_folder_the_folder_above_or_the_file(mofa_dir, tmp_p
     again = SurgSoraAdapter.from_pretrained(tmp_path / "saved")
     assert again.config.condition_injection == "mofa" and list(again.config.fixed_time_ids) == [6, 128, 0.02]
     assert adapter_kind(tmp_path / "saved") == SURGSORA
+
+
+def _header_only(path, names):
+    """A safetensors file with these tensor names (one float each): enough for anything that reads headers."""
+    header = json.dumps({n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+                         for i, n in enumerate(names)}).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4 * len(names)))
+    return path
+
+
+def test_one_detection_tells_mofa_from_a_surgsora_adapter(tmp_path):
+    """adapter_kind reads config.json and safetensors headers only; the loaders and train's checks all use it."""
+    released = list(mofa_keys_from_manifest())
+    renamed = [adapter_key(k) for k in released]  # the same tensors under the adapter's names
+    assert None not in renamed and kind_of_keys(released) == MOFA and kind_of_keys(renamed) == SURGSORA
+    assert kind_of_keys(released + ["rgb_processor.seg_proj.weight"]) == SURGSORA  # an adapter's own names win
+    assert kind_of_keys(["conv_in.weight", "down_blocks.0.resnets.0.conv1.weight"]) is None  # a bare UNet copy
+
+    mofa = tmp_path / "ckpts" / "controlnet"
+    _header_only(mofa / "diffusion_pytorch_model.safetensors", released)
+    (mofa / "config.json").write_text(json.dumps({"_class_name": "FlowControlNet"}))
+    ours = tmp_path / "adapter"
+    _header_only(ours / "diffusion_pytorch_model.safetensors", renamed)
+    (ours / "config.json").write_text(json.dumps({"_class_name": "SurgSoraAdapter"}))
+    other = tmp_path / "unet"
+    (other / "config.json").parent.mkdir()
+    (other / "config.json").write_text(json.dumps({"_class_name": "UNetSpatioTemporalConditionModel"}))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((mofa / "diffusion_pytorch_model.safetensors").read_bytes()[:100])
+    kinds = {
+        mofa: MOFA, mofa.parent: MOFA,  # its folder, or the folder above it
+        _header_only(tmp_path / "mofa_traj_controlnet.safetensors", released): MOFA,  # the file, under any name
+        ours: SURGSORA,
+        ours / "diffusion_pytorch_model.safetensors": None,  # an adapter is a folder (its config says how to build it)
+        other: None, cut: None, tmp_path / "missing": None, tmp_path / "empty.pth": None,
+    }
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert {path: adapter_kind(path) for path in kinds} == kinds
 
 
 # ------------------------------------------------------------------------------------ equal to the reference
@@ -193,6 +233,11 @@ def test_wrong_files_and_inputs_end_in_one_sentence(parts, mofa_dir, inputs, tmp
     surg.save_pretrained(tmp_path / "surgsora_adapter")
     with pytest.raises(WarmStartError, match="is a SurgSora adapter.*from_pretrained"):
         SurgSoraAdapter.from_mofa(tmp_path / "surgsora_adapter")
+    alone = tmp_path / "alone" / "weights.safetensors"  # its weights without their config: told by tensor names
+    alone.parent.mkdir()
+    alone.write_bytes((tmp_path / "surgsora_adapter" / "diffusion_pytorch_model.safetensors").read_bytes())
+    with pytest.raises(WarmStartError, match="is a SurgSora adapter.*from_pretrained"):
+        SurgSoraAdapter.from_mofa(alone)
     # MOFA where a SurgSora adapter is expected: the one loader tells them apart
     assert load_adapter(mofa_dir).config.condition_injection == "mofa"
     assert load_adapter(tmp_path / "surgsora_adapter").config.condition_injection == "once"

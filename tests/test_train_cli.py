@@ -178,3 +178,42 @@ def test_stage2_continues_with_the_fps_its_adapter_was_trained_with(tmp_path, ca
     assert "--fps 12" in capsys.readouterr().out  # said, not silent
     assert _fit_config(None, {"adapter": str(adapter), "fps": 9}).fps == 9  # an explicit flag wins
     assert _fit_config(None, {}).fps == 7  # a new adapter: 7, i.e. added_time_ids[0] = 6 as published
+
+
+def test_mofa_and_surgsora_adapters_are_told_apart_before_training(workdir):
+    """--init-from-mofa and --adapter each name the other when given the other kind (the loaders' detection)."""
+    import zipfile
+
+    from train.config import ConfigError, FitConfig, check_fit_config
+
+    mofa = workdir / "ckpts" / "controlnet"
+    mofa.mkdir(parents=True)
+    (mofa / "config.json").write_text('{"_class_name": "FlowControlNet"}')
+    _safetensors(mofa / "diffusion_pytorch_model.safetensors", ["conv_in.weight", "flow_encoder.zeroconvs.0.weight"])
+    adapter = workdir / "adapter_like"  # config.json of a SurgSoraAdapter + weights with its names
+    _safetensors(adapter / "diffusion_pytorch_model.safetensors", ["conv_in.weight", "rgb_encoder.zeroconvs.0.weight"])
+    bin_only = workdir / "bin_only" / "controlnet"  # a torch .bin state dict (a zip archive) is checked when loaded
+    bin_only.mkdir(parents=True)
+    with zipfile.ZipFile(bin_only / "diffusion_pytorch_model.bin", "w") as z:
+        z.writestr("archive/data.pkl", b"")
+    (workdir / "garbage.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0not json at all!")
+
+    def check(**settings):
+        check_fit_config(FitConfig(data=str(workdir / "cache"), out=str(workdir / "run"), config="tiny", **settings))
+
+    for settings in (dict(init_from_mofa=str(mofa)), dict(init_from_mofa=str(mofa.parent)),
+                     dict(init_from_mofa=str(mofa / "diffusion_pytorch_model.safetensors")),
+                     dict(init_from_mofa=str(bin_only.parent)), dict(adapter=str(adapter))):
+        check(**settings)  # accepted
+    refused = {
+        "init_from_mofa=adapter": (dict(init_from_mofa=str(adapter)), "is a SurgSora adapter; continue from it with --adapter"),
+        "init_from_mofa=its weights": (dict(init_from_mofa=str(adapter / "diffusion_pytorch_model.safetensors")),
+                                       "is a SurgSora adapter, not MOFA's ControlNet; use --adapter."),
+        "adapter=mofa": (dict(adapter=str(mofa.parent)), "is MOFA-Video-Traj's ControlNet; start from it with --init-from-mofa"),
+        "init_from_mofa=garbage": (dict(init_from_mofa=str(workdir / "garbage.safetensors")),
+                                   "is not a readable safetensors file"),
+    }
+    for name, (settings, message) in refused.items():
+        with pytest.raises(ConfigError) as e:
+            check(**settings)
+        assert message in str(e.value), name

@@ -20,6 +20,11 @@ import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+# Torch-free: the safetensors header reader and the MOFA / SurgSora detection the loaders use too.
+from surgsora.loading.files import ModelFileError, read_safetensors_header
+from surgsora.loading.files import read_config as read_adapter_config  # the config.json of an adapter folder
+from surgsora.loading.mofa import MOFA, SURGSORA, adapter_kind, config_class, kind_of_class, kind_of_keys, mofa_weights
+
 __all__ = ["FitConfig", "ConfigError", "check_fit_config", "check_out_dir", "load_recipe", "recipe_names",
            "RECIPES_DIR", "resolve_model_path", "read_adapter_config"]
 
@@ -124,28 +129,6 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         raise ConfigError(f"{flag} {p} is not writable ({e.strerror or e} in {anc}); choose another folder.") from None
 
 
-def read_adapter_config(folder: str | os.PathLike) -> dict | None:
-    """The config.json of an adapter folder, or None if there is none / it is not JSON (no torch needed)."""
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def _safetensors_keys(path: Path) -> list[str] | None:
-    """Tensor names from a safetensors header (8-byte length + JSON), or None if it is not one."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= 100_000_000:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError):
-        return None
-    return [k for k in header if k != "__metadata__"] if isinstance(header, dict) else None
-
-
 def _check_mofa(path: str) -> None:
     p = Path(path).expanduser()
     where = ("give MOFA-Video-Traj's released ControlNet: its ckpts/controlnet folder (config.json + "
@@ -153,26 +136,26 @@ def _check_mofa(path: str) -> None:
     if not p.exists():
         raise ConfigError(f"--init-from-mofa {p} does not exist; {where}.")
     if p.is_dir():
-        folder = p if (p / "diffusion_pytorch_model.safetensors").is_file() else p / "controlnet"
-        cls = (read_adapter_config(folder) or {}).get("_class_name")
-        if cls == "SurgSoraAdapter":
+        weights = mofa_weights(p)
+        if kind_of_class(config_class(weights.parent if weights else p)) == SURGSORA:
             raise ConfigError(f"--init-from-mofa {p} is a SurgSora adapter; continue from it with --adapter {p}.")
-        if not (folder / "diffusion_pytorch_model.safetensors").is_file():
+        if weights is None:
             raise ConfigError(f"--init-from-mofa {p} holds no diffusion_pytorch_model.safetensors; {where}.")
-        p = folder / "diffusion_pytorch_model.safetensors"
+        p = weights
     if p.suffix != ".safetensors":
         # A .bin/.pth state dict (torch.save writes zip archives) is checked key by key when it loads.
         if p.suffix not in (".bin", ".pth", ".pt") or not zipfile.is_zipfile(p):
             raise ConfigError(f"--init-from-mofa {p} is not a weights file (.safetensors, or a torch .bin/.pth); "
                               f"{where}.")
     else:
-        keys = _safetensors_keys(p)
-        if keys is None:
-            raise ConfigError(f"--init-from-mofa {p} is not a readable safetensors file; {where}.")
-        if any(k.startswith(("rgb_processor.", "rgb_encoder.")) for k in keys):
+        try:
+            keys = read_safetensors_header(p).keys()
+        except (ModelFileError, OSError):
+            raise ConfigError(f"--init-from-mofa {p} is not a readable safetensors file; {where}.") from None
+        kind = kind_of_keys(keys)
+        if kind == SURGSORA:
             raise ConfigError(f"--init-from-mofa {p} is a SurgSora adapter, not MOFA's ControlNet; use --adapter.")
-        if "conv_in.weight" not in keys or not any(k.startswith(("controlnet_cond_embedding.", "flow_encoder."))
-                                                   for k in keys):
+        if "conv_in.weight" not in keys or kind != MOFA:
             raise ConfigError(f"--init-from-mofa {p} is not MOFA-Video-Traj's ControlNet (no conv_in / flow "
                               f"encoder tensors); {where}.")
 
@@ -182,11 +165,10 @@ def _check_adapter(path: str) -> None:
     if not p.is_dir():
         raise ConfigError(f"--adapter {p} is not a folder; give an adapter folder written by `python -m train` "
                           "(its runs/<name>/adapter).")
-    config = read_adapter_config(p)
-    cls = (config or {}).get("_class_name")
-    if cls == "FlowControlNet" or (read_adapter_config(p / "controlnet") or {}).get("_class_name") == "FlowControlNet":
+    kind = adapter_kind(p)
+    if kind == MOFA:
         raise ConfigError(f"--adapter {p} is MOFA-Video-Traj's ControlNet; start from it with --init-from-mofa {p}.")
-    if cls != "SurgSoraAdapter" or not (p / "diffusion_pytorch_model.safetensors").is_file():
+    if kind != SURGSORA or not (p / "diffusion_pytorch_model.safetensors").is_file():
         raise ConfigError(f"--adapter {p} is not a SurgSora adapter folder (config.json of a SurgSoraAdapter + "
                           "diffusion_pytorch_model.safetensors, as `python -m train` writes).")
 

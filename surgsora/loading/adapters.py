@@ -1,53 +1,20 @@
-"""Adapter files: tell a SurgSora adapter from MOFA-Video-Traj's released ControlNet, and load either.
+"""Adapter files: load a SurgSora adapter or MOFA-Video-Traj's released ControlNet, and say which it is.
 
-Both live in ``models/surgsora``. A SurgSora adapter is a folder written by ``python -m train``
-(``config.json`` with ``_class_name`` SurgSoraAdapter + weights). MOFA's is its released
-``ckpts/controlnet`` folder (``_class_name`` FlowControlNet), the folder above it, or its
-``diffusion_pytorch_model.safetensors`` alone under any name (recognised by its tensor names). One
-loader serves the CLI and the ComfyUI node, so both accept the same files and say the same things.
+Both live in ``models/surgsora``; :func:`~surgsora.loading.mofa.adapter_kind` tells them apart (re-exported
+here). One loader serves the CLI and the ComfyUI node, so both accept the same files and say the same things.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from .io import ModelFileError, read_safetensors_header
+from .files import ModelFileError, read_config
+from .mofa import MOFA, SURGSORA, adapter_kind, runs_as_mofa
 
 __all__ = ["SURGSORA", "MOFA", "adapter_kind", "load_adapter", "describe_adapter"]
-
-SURGSORA, MOFA = "surgsora", "mofa"
-_MOFA_MARKERS = ("controlnet_cond_embedding.", "flow_encoder.")
-
-
-def _config_class(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def adapter_kind(path: str | os.PathLike) -> str | None:
-    """``"surgsora"``, ``"mofa"`` or None (not an adapter) for a folder or weights file; reads headers only."""
-    path = Path(path)
-    if path.is_dir():
-        cls = _config_class(path)
-        if cls == "SurgSoraAdapter":
-            return SURGSORA
-        if cls == "FlowControlNet" or _config_class(path / "controlnet") == "FlowControlNet":
-            return MOFA
-        return None
-    if path.is_file() and path.suffix == ".safetensors":
-        try:
-            keys = read_safetensors_header(path).keys()
-        except (ModelFileError, OSError, ValueError):
-            return None
-        if any(k.startswith(_MOFA_MARKERS) for k in keys):
-            return MOFA
-    return None
 
 
 def load_adapter(path: str | os.PathLike, dtype: torch.dtype | None = None):
@@ -59,7 +26,7 @@ def load_adapter(path: str | os.PathLike, dtype: torch.dtype | None = None):
     if kind == MOFA:
         return SurgSoraAdapter.from_mofa(path, dtype=dtype)
     if kind is None:
-        if path.is_dir() and (path / "config.json").is_file() and _config_class(path) is None:
+        if path.is_dir() and (path / "config.json").is_file() and read_config(path) is None:
             raise ModelFileError(f"{path / 'config.json'} is not a readable adapter config (invalid JSON); "
                                  "write the folder again with `python -m train` or restore the file.")
         raise ModelFileError(
@@ -77,7 +44,7 @@ def load_adapter(path: str | os.PathLike, dtype: torch.dtype | None = None):
 def describe_adapter(adapter) -> str:
     """One line saying what kind of adapter this is and the conventions it brings."""
     cfg = adapter.config
-    if cfg.get("fixed_time_ids") is not None:
+    if runs_as_mofa(cfg):
         return ("MOFA-Video-Traj ControlNet, run as published (RGB stream only; added_time_ids fixed at "
                 f"{list(cfg['fixed_time_ids'])}, so fps and motion bucket are not used; CLIP input not normalised)")
     parts = ["SAM features" if cfg.get("use_seg_features", True) else "no SAM features",

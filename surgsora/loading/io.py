@@ -8,7 +8,6 @@ sentence that names the file and, where known, the folder it belongs in.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -16,34 +15,14 @@ from typing import Mapping
 
 import torch
 
+# Torch-free: argument checks and file detection use them without loading torch; re-exported for the loaders.
+from .files import ModelFileError, read_safetensors_header
+
 __all__ = ["ModelFileError", "load_state_dict", "read_safetensors_header", "safe_join", "SafetensorsReader", "describe_key_mismatch"]
-
-
-class ModelFileError(RuntimeError):
-    """A model file is missing, unreadable, truncated or of the wrong kind."""
 
 
 def _where(folder_hint: str | None) -> str:
     return f" Put it in `{folder_hint}`." if folder_hint else ""
-
-
-def read_safetensors_header(path: str | os.PathLike) -> dict:
-    """The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets), without reading data."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise ModelFileError(f"{path} is not a safetensors file (it is only {len(raw)} bytes long).")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise ModelFileError(f"{path} is not a safetensors file (its header length {n} is implausible).")
-        header = f.read(n)
-    if len(header) < n:
-        raise ModelFileError(f"{path} is truncated: its safetensors header is cut short. Download it again.")
-    try:
-        return json.loads(header)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path} is not a valid safetensors file ({e}).") from None
 
 
 def _check_safetensors_size(path: Path) -> None:

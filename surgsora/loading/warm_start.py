@@ -27,6 +27,8 @@ One difference does not show in the shapes: MOFA's ``FlowControlNet`` always run
 ControlNetSDVModel's default ``num_attention_heads`` (5, 10, 10, 20), whatever its config says,
 while an adapter copied from the SVD UNet uses (5, 10, 20, 20). The weights load either way; the
 report carries a note when the adapter's heads differ from the ones in MOFA's ``config.json``.
+
+The renames, the partial load and MOFA's other constants are in :mod:`.mofa`; this module copies tensors.
 """
 
 from __future__ import annotations
@@ -40,38 +42,12 @@ from typing import Mapping
 import torch
 
 from .io import ModelFileError, SafetensorsReader, load_state_dict
+from .mofa import (MOFA, MOFA_WHERE, PARTIAL_LOADS, SURGSORA, adapter_key, kind_of_class, kind_of_keys,
+                   mofa_adapter_config, mofa_heads, mofa_weights, per_block)
 
-__all__ = ["WarmStartError", "WarmStartReport", "MOFA_RENAMES", "PARTIAL_LOADS", "plan_warm_start", "init_from_mofa",
-           "load_mofa_controlnet", "mofa_adapter_config", "MOFA_SVD_FRAMES"]
-
-# MOFA-Video-Traj's ControlNet was trained on SVD-xt (25 frames); a 14-frame SVD is another model.
-MOFA_SVD_FRAMES = 25
-# FlowControlNet config fields that shape the trunk (the rest describe the UNet it was cut from).
-_MOFA_TRUNK_KEYS = ("in_channels", "down_block_types", "block_out_channels", "addition_time_embed_dim",
-                    "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
-                    "transformer_layers_per_block")
-# ControlNetSDVModel's defaults: what the published FlowControlNet really builds (it ignores its arguments).
-_MOFA_DEFAULTS = dict(
-    in_channels=8,
-    down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
-    block_out_channels=[320, 640, 1280, 1280], addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-    transformer_layers_per_block=1, num_attention_heads=[5, 10, 10, 20],
-    conditioning_embedding_out_channels=[16, 32, 96, 256],
-)
-
-# MOFA prefix -> adapter prefix; keys under other prefixes must keep their name.
-MOFA_RENAMES = (
-    ("controlnet_cond_embedding.", "rgb_processor."),
-    ("flow_encoder.", "rgb_encoder."),
-)
-SAME_NAME_PREFIXES = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.",
-                      "controlnet_down_blocks.", "controlnet_mid_block.")
-# Adapter tensors that take a smaller MOFA tensor in their leading slice along one dim (rest zero).
-PARTIAL_LOADS = {"rgb_processor.conv_out.weight": 1}
-
-_WHERE = ("Point to MOFA-Video-Traj's ckpts/controlnet folder (config.json + diffusion_pytorch_model.safetensors), "
-          "for example copied to ComfyUI/models/surgsora/mofa_controlnet.")
+# mofa_adapter_config (defined in .mofa) stays importable from here for existing callers.
+__all__ = ["WarmStartError", "WarmStartReport", "plan_warm_start", "init_from_mofa", "load_mofa_controlnet",
+           "mofa_adapter_config"]
 
 
 class WarmStartError(ModelFileError):
@@ -122,14 +98,15 @@ def _names(keys, limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def adapter_key(mofa_key: str) -> str | None:
-    """Adapter name of a MOFA ControlNet tensor, or None if MOFA's layout has no such group."""
-    for src, dst in MOFA_RENAMES:
-        if mofa_key.startswith(src):
-            return dst + mofa_key[len(src):]
-    if mofa_key.startswith(SAME_NAME_PREFIXES):
-        return mofa_key
-    return None
+def _check_kind(keys, source: str) -> None:
+    """One sentence unless the tensor names are those of MOFA's ControlNet."""
+    kind = kind_of_keys(keys)
+    if kind == SURGSORA:
+        raise WarmStartError(f"{source} is a SurgSora adapter, not MOFA-Video's ControlNet: load it with "
+                             "SurgSoraAdapter.from_pretrained.")
+    if kind != MOFA:
+        raise WarmStartError(f"{source} is not a MOFA-Video ControlNet: it has no controlnet_cond_embedding.* or "
+                             f"flow_encoder.* tensors. {MOFA_WHERE}")
 
 
 def plan_warm_start(
@@ -139,11 +116,7 @@ def plan_warm_start(
     strict: bool = True,
 ) -> WarmStartReport:
     """Decide, from shapes only, what :func:`init_from_mofa` will copy; raise if anything does not fit."""
-    if not any(k.startswith(("controlnet_cond_embedding.", "flow_encoder.")) for k in mofa_shapes):
-        raise WarmStartError(
-            f"{source} is not a MOFA-Video ControlNet: it has no controlnet_cond_embedding.* or flow_encoder.* "
-            f"tensors. {_WHERE}"
-        )
+    _check_kind(mofa_shapes, source)
     report = WarmStartReport(source=source)
     foreign, missing_place, mismatched = [], [], []
     for mk, mshape in mofa_shapes.items():
@@ -189,15 +162,12 @@ def _fits_partially(small: tuple[int, ...], big: tuple[int, ...], dim: int) -> b
 
 def _resolve(path) -> Path:
     path = Path(path).expanduser()
-    if path.is_dir():
-        for folder in (path, path / "controlnet"):
-            for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-                if (folder / name).is_file():
-                    return folder / name
-        raise WarmStartError(f"{path} has no diffusion_pytorch_model.safetensors. {_WHERE}")
-    if not path.is_file():
-        raise WarmStartError(f"MOFA ControlNet not found: {path}. {_WHERE}")
-    return path
+    weights = mofa_weights(path)
+    if weights is None and path.is_dir():
+        raise WarmStartError(f"{path} has no diffusion_pytorch_model.safetensors. {MOFA_WHERE}")
+    if weights is None:
+        raise WarmStartError(f"MOFA ControlNet not found: {path}. {MOFA_WHERE}")
+    return weights
 
 
 class _Reader:
@@ -220,30 +190,14 @@ class _Reader:
         return self._sd[key] if self._sd is not None else self._st.get(key)
 
 
-def _per_block(value, n: int) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n
-
-
-def _mofa_heads(mofa_config: dict, width: int) -> list:
-    """The attention heads MOFA's ControlNet runs, given the width of its weights (``conv_in`` outputs):
-    (5, 10, 10, 20) at SVD-xt's 320 whatever config.json says (FlowControlNet builds its parent with
-    default arguments); the config's value for other widths (small models written in MOFA's layout)."""
-    from ..model.adapter import MOFA_HEADS
-
-    if width == _MOFA_DEFAULTS["block_out_channels"][0]:
-        return list(MOFA_HEADS)
-    n = len(mofa_config.get("block_out_channels", _MOFA_DEFAULTS["block_out_channels"]))
-    return list(_per_block(mofa_config.get("num_attention_heads", MOFA_HEADS), n))
-
-
 def _head_note(adapter, mofa_config: dict, width: int) -> str | None:
     # Head count changes the computation but not the weight shapes, so a mismatch loads silently.
-    heads = _mofa_heads(mofa_config, width) if mofa_config else None
+    heads = mofa_heads(mofa_config, width) if mofa_config else None
     config = getattr(adapter, "config", None)
     if heads is None or config is None or "num_attention_heads" not in config:
         return None
     n = len(config["down_block_types"])
-    ours, theirs = _per_block(config["num_attention_heads"], n), _per_block(heads, n)
+    ours, theirs = per_block(config["num_attention_heads"], n), per_block(heads, n)
     if ours == theirs:
         return None
     return (f"MOFA ran its attention with num_attention_heads {theirs}, this adapter uses {ours}: the weights "
@@ -258,63 +212,43 @@ def _read_mofa_config(weights: Path) -> dict:
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise WarmStartError(f"{config_file} is not valid JSON. {_WHERE}") from None
+        raise WarmStartError(f"{config_file} is not valid JSON. {MOFA_WHERE}") from None
     if not isinstance(config, dict):
-        raise WarmStartError(f"{config_file} is not a model config. {_WHERE}")
-    cls = config.get("_class_name", "")
-    if cls == "SurgSoraAdapter":
+        raise WarmStartError(f"{config_file} is not a model config. {MOFA_WHERE}")
+    cls = config.get("_class_name")
+    if kind_of_class(cls) == SURGSORA:
         raise WarmStartError(f"{weights.parent} is a SurgSora adapter, not MOFA-Video's ControlNet: load it with "
                              "SurgSoraAdapter.from_pretrained (the adapter loader's SurgSora entry).")
-    if cls and "ControlNet" not in cls:
-        raise WarmStartError(f"{weights.parent} holds a {cls}, not MOFA-Video's FlowControlNet. {_WHERE}")
+    if cls and "ControlNet" not in str(cls):  # MOFA's class, or another ControlNet in its layout
+        raise WarmStartError(f"{weights.parent} holds a {cls}, not MOFA-Video's FlowControlNet. {MOFA_WHERE}")
     return config
 
 
-def mofa_adapter_config(mofa_config: dict, width: int) -> dict:
-    """SurgSoraAdapter config that runs MOFA-Video-Traj's ControlNet (``width`` = its conv_in outputs)
-    exactly as published."""
-    from ..model.adapter import MOFA_SEMANTICS
+def load_mofa_controlnet(adapter_class, path: str | os.PathLike, dtype: torch.dtype | None = None):
+    """MOFA-Video-Traj's released ControlNet as an ``adapter_class`` (SurgSoraAdapter) in MOFA mode.
 
-    cfg = {k: mofa_config.get(k, _MOFA_DEFAULTS[k]) for k in _MOFA_TRUNK_KEYS}
-    cfg.update(
-        num_attention_heads=_mofa_heads(mofa_config, width),
-        conditioning_embedding_channels=list(mofa_config.get("conditioning_embedding_out_channels",
-                                                             _MOFA_DEFAULTS["conditioning_embedding_out_channels"])),
-        use_seg_features=False, use_depth_branch=False, fusion_type="rgb", **MOFA_SEMANTICS,
-        # MOFA's pipeline: time ids [6, 128, 0.02] whatever is asked, CLIP input not mean/std normalised.
-        fps=7, fixed_time_ids=[6, 128, 0.02], clip_normalize=False,
-        svd_num_frames=int(mofa_config.get("num_frames", MOFA_SVD_FRAMES)),
-    )
-    return cfg
-
-
-def load_mofa_controlnet(path: str | os.PathLike, dtype: torch.dtype | None = None):
-    """MOFA-Video-Traj's released ControlNet as a :class:`SurgSoraAdapter` in MOFA mode (``from_mofa``).
-
-    ``path``: the ``controlnet`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``), the
-    folder above it, or the weights file alone (SVD-xt widths assumed without a config). Every tensor of
-    the file must find its place and every adapter tensor must come from the file; otherwise one
-    sentence names what is wrong. ``dtype`` converts (default: the file's).
+    Called by ``SurgSoraAdapter.from_mofa``, which passes its class: this module never imports the model,
+    so model/adapter.py and this module do not import each other in a circle. ``path``: the ``controlnet`` folder
+    (``config.json`` + ``diffusion_pytorch_model.safetensors``), the folder above it, or the weights file
+    alone (SVD-xt widths assumed without a config). Every tensor of the file must find its place and every
+    adapter tensor must come from the file; otherwise one sentence names what is wrong. ``dtype`` converts
+    (default: the file's).
     """
-    from ..model.adapter import SurgSoraAdapter
-
     weights = _resolve(path)
     mofa_config = _read_mofa_config(weights)
     reader = _Reader(weights)
-    if any(k.startswith(("rgb_processor.", "rgb_encoder.")) for k in reader.shapes):
-        raise WarmStartError(f"{weights} is a SurgSora adapter, not MOFA-Video's ControlNet: load it with "
-                             "SurgSoraAdapter.from_pretrained.")
+    _check_kind(reader.shapes, str(weights))
     if "conv_in.weight" not in reader.shapes:
-        raise WarmStartError(f"{weights} has no conv_in.weight: it is not MOFA-Video's ControlNet. {_WHERE}")
+        raise WarmStartError(f"{weights} has no conv_in.weight: it is not MOFA-Video's ControlNet. {MOFA_WHERE}")
     with torch.device("meta"):
-        adapter = SurgSoraAdapter(**mofa_adapter_config(mofa_config, reader.shapes["conv_in.weight"][0]))
+        adapter = adapter_class(**mofa_adapter_config(mofa_config, reader.shapes["conv_in.weight"][0]))
     shapes = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     report = plan_warm_start(shapes, reader.shapes, str(weights), strict=True)
     if report.new or report.partial:
         missing = report.new + list(report.partial)
         raise WarmStartError(
             f"{weights} lacks {len(missing)} tensors of MOFA-Video-Traj's ControlNet ({_names(missing)}): it is "
-            f"incomplete or from another model. {_WHERE}")
+            f"incomplete or from another model. {MOFA_WHERE}")
     state = {}
     for ak, mk in report.mapping.items():
         value = reader.get(mk)

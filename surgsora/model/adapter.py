@@ -49,16 +49,11 @@ from .dfm import FusionBlock, warp_scales
 from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
 from .unet import time_embedding
 
+# MOFA's heads and semantics are described with the rest of MOFA in loading/mofa.py (torch-free, imports
+# nothing from here); re-exported for callers that know them from this module.
+from ..loading.mofa import MOFA_HEADS, MOFA_SEMANTICS, per_block
+
 __all__ = ["SurgSoraAdapter", "MOFA_SEMANTICS", "MOFA_HEADS", "residual_multiplicities"]
-
-# The attention heads MOFA-Video's FlowControlNet really runs at SVD-xt widths: it calls its parent's
-# constructor with no arguments, so ControlNetSDVModel's defaults win over whatever config.json says.
-MOFA_HEADS = (5, 10, 10, 20)
-
-# How MOFA's released weights were trained to be used (trunk side). A SurgSora adapter warm-started
-# from MOFA keeps these, so that at step 0 it computes exactly what MOFA computes.
-MOFA_SEMANTICS = dict(condition_injection="mofa", residual_multiplicity="mofa", flow_resize="nearest",
-                      splat_normalize="softsplat")
 
 _CHOICES = dict(fusion_type=("msf", "sum", "rgb"), condition_injection=("once", "mofa"),
                 residual_multiplicity=("once", "mofa"), flow_resize=("bilinear", "nearest"),
@@ -87,10 +82,6 @@ _UNET_KEYS = (
     "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
     "transformer_layers_per_block", "num_attention_heads",
 )
-
-
-def _per_block(value, n):
-    return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
 class SurgSoraAdapter(ModelMixin, ConfigMixin):
@@ -150,10 +141,10 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
                              f"{list(block_out_channels)}")
         if fixed_time_ids is not None and len(fixed_time_ids) != 3:
             raise ValueError(f"fixed_time_ids must be [fps - 1, motion_bucket_id, noise_aug_strength]; got {fixed_time_ids}")
-        heads = _per_block(num_attention_heads, n)
-        cross = _per_block(cross_attention_dim, n)
-        layers = _per_block(layers_per_block, n)
-        tlayers = _per_block(transformer_layers_per_block, n)
+        heads = per_block(num_attention_heads, n)
+        cross = per_block(cross_attention_dim, n)
+        layers = per_block(layers_per_block, n)
+        tlayers = per_block(transformer_layers_per_block, n)
         c0 = block_out_channels[0]
 
         # --- trunk: same structure (and parameter names) as the SVD UNet's encoder half ---
@@ -231,9 +222,9 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         ``SurgSoraPipeline(**svd_xt_parts, adapter=adapter)(image, flow=flow)`` then reproduces
         MOFA-Video-Traj's inference; no depth and no SAM features are needed.
         """
-        from ..loading.warm_start import load_mofa_controlnet
+        from ..loading.warm_start import load_mofa_controlnet  # loading/ reads files; it never imports this module
 
-        return load_mofa_controlnet(path, dtype=dtype)
+        return load_mofa_controlnet(cls, path, dtype=dtype)
 
     # ------------------------------------------------------------------ condition branch
     @property
@@ -376,7 +367,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         """Elements of all residuals (every skip + mid) for one latent frame of this size: what the trunk
         hands the UNet and what stays alive through its pass."""
         n = len(self.config.down_block_types)
-        layers = _per_block(self.config.layers_per_block, n)
+        layers = per_block(self.config.layers_per_block, n)
         h, w, total = latent_height, latent_width, self.config.block_out_channels[0] * latent_height * latent_width
         for i, c in enumerate(self.config.block_out_channels):
             total += layers[i] * c * h * w
