@@ -12,8 +12,10 @@
 * ``download`` -- fetch one of the known public files into the right sub-folder (explicit, never implicit).
 * ``models``   -- show what a models folder holds and what is missing.
 
-The models folder follows ComfyUI's layout; the catalogue of known files, the folder search and the
-downloads live in :mod:`surgsora.loading.catalogue` (shared with the ComfyUI nodes).
+``generate`` parses and checks its arguments, resolves the models folder (:mod:`surgsora.loading.models_folder`),
+runs :func:`surgsora.sampling.generate.generate` (the composition ``python -m train sample`` and the ComfyUI sampler
+share) and writes the files. The models folder follows ComfyUI's layout; the catalogue of known files, the folder
+search and the downloads live in :mod:`surgsora.loading.catalogue` (shared with the ComfyUI nodes).
 Frames: an image file, or a video plus ``--frame-index``. Trajectories: a JSON file or inline JSON in
 any format :mod:`surgsora.motion.tracks` accepts, drawn on the frame at its own resolution unless the JSON
 declares its canvas (``width``/``height``).
@@ -38,17 +40,22 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .loading.catalogue import (COMPONENTS, KNOWN_FILES, best_model, corrupt_configs, download_model, find_model,
-                                list_models)
+from .loading.catalogue import COMPONENTS, KNOWN_FILES, corrupt_configs, download_model, list_models
+from .loading.models_folder import MissingModels, resolve_generate_models
+from .sampling.settings import MAX_FRAMES, MAX_STEPS, SVD_MULTIPLE, SettingError, check_settings, check_video_size
 
 __all__ = ["MissingModels", "UsageError", "resolve_generate_models", "load_frame", "load_tracks_arg", "parse_size",
            "estimate_memory", "run_preview", "run_generate", "main"]
 
 # A first frame smaller than this has nothing to generate from (it would only be upscaled blur).
 MIN_IMAGE_SIDE = 32
-MAX_FRAMES = 4096
-MAX_STEPS = 1000
 MAX_TRACKS_FILE = 64 << 20
+# The sampling settings under their flags: the library checks them and its sentences name the flag.
+CLI_NAMES = {"steps": "--steps", "frames": "--frames", "min_cfg": "--min-cfg", "max_cfg": "--max-cfg", "fps": "--fps",
+             "motion_bucket_id": "--motion-bucket", "noise_aug_strength": "--noise-aug",
+             "control_scale": "--control-scale", "seed": "--seed", "t_weak": "--t-weak", "t_strong": "--t-strong",
+             "decode_chunk": "--decode-chunk"}
+MODEL_FLAGS = {"sam": "--sam", "depth": "--depth", "svd": "--svd", "adapter": "--adapter", "cmp": "--decoder"}
 # Host memory per pixel per frame of the preview / generate stages that hold whole videos (flow, warped
 # frames, softmax-splat scatter buffers, masks), measured with benchmarks/trajectory_memory.py --frames.
 BYTES_PER_PIXEL_FRAME = 240
@@ -268,34 +275,6 @@ class Timer:
         print(f"  {'total':<22} {total:8.2f} s", file=stream)
 
 
-def _load_model(what: str, path, fn):
-    """Run a loader; any failure reading a user's model file becomes one sentence (exit 2), never a traceback."""
-    from .loading.io import ModelFileError
-
-    try:
-        return fn()
-    except (ModelFileError, UsageError):
-        raise
-    except MemoryError:
-        raise UsageError(f"Not enough memory to load {what} from {path}; close other programs or use a smaller "
-                         "model.") from None
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many library-specific ways
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelFileError(f"{what} at {path} could not be loaded ({type(e).__name__}: {first}); the file may be "
-                             "truncated or of another kind: download or write it again.") from None
-
-
-def _decoder(spec: str, device):
-    """``analytic`` (no weights) or a path to a CMP checkpoint."""
-    if spec == "analytic":
-        from .motion.analytic_flow import AnalyticDecoder
-
-        return AnalyticDecoder()
-    from .motion.cmp import load_cmp
-
-    return _load_model("The CMP trajectory decoder", spec, lambda: load_cmp(spec, device=device))
-
-
 def _flow_frames(flow, chunk: int = 8):
     """Flow-colour frames [t, H, W, 3] of flow [1, T-1, 2, H, W], a chunk at a time (frame 0 white: no motion yet)."""
     import torch
@@ -356,8 +335,8 @@ def _writing(paths):
 def _frame_and_tracks(args, multiple: int, area: int):
     """The frame resized to the working size and the tracks prepared for it (shared by preview and generate).
 
-    Returns (frame uint8 [H, W, 3] at the working size, image tensor [1, 3, H, W] in [0, 1], tracks [N, T, 2],
-    (width, height), (original width, original height)).
+    Returns (image tensor [1, 3, H, W] in [0, 1] at the working size, tracks [N, T, 2], (width, height),
+    (original width, original height)).
     """
     import torch
 
@@ -367,9 +346,13 @@ def _frame_and_tracks(args, multiple: int, area: int):
     frame = load_frame(args.image, args.frame_index)
     H0, W0 = frame.shape[:2]
     size = parse_size(args.size) or _auto_size(W0, H0, multiple, area)
-    if size[0] % multiple or size[1] % multiple:
-        raise UsageError(f"--size {size[0]}x{size[1]}: width and height must be multiples of {multiple}"
-                         + (" for SVD (e.g. 448x256, 512x320, 1024x576)." if multiple == 64 else "."))
+    if multiple == SVD_MULTIPLE:  # generate: SVD's rule, the library's sentence
+        try:
+            check_video_size(*size, what="--size")
+        except SettingError as e:
+            raise UsageError(str(e)) from None
+    elif size[0] % multiple or size[1] % multiple:
+        raise UsageError(f"--size {size[0]}x{size[1]}: width and height must be multiples of {multiple}.")
     _check_memory(size, args.frames, len(args.masks or ()))
     try:
         ts = parse_track_data(text)
@@ -378,9 +361,8 @@ def _frame_and_tracks(args, multiple: int, area: int):
         tracks = prepare_tracks(ts, canvas_size=(W0, H0), size=size, num_frames=args.frames)
     except TrackError as e:
         raise UsageError(f"--tracks: {e}") from None
-    frame_s = _resize(frame, size)
-    image_t = torch.from_numpy(frame_s).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    return frame_s, image_t, tracks, size, (W0, H0)
+    image_t = torch.from_numpy(_resize(frame, size)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    return image_t, tracks, size, (W0, H0)
 
 
 # ================================================================================= preview
@@ -391,6 +373,7 @@ def run_preview(args) -> dict:
 
     from .motion.flow_viz import draw_tracks
     from .motion.preview import motion_preview, motion_signal
+    from .sampling.generate import load_decoder
     from .video_io import encode_video
 
     outs = _outputs(args)
@@ -400,7 +383,7 @@ def run_preview(args) -> dict:
                          "CMP checkpoint ckpt_iter_42000.pth.tar.")
     timer = Timer()
     with timer("read inputs"):
-        frame_s, image_t, tracks, size, frame_size = _frame_and_tracks(args, 8, 512 * 288)
+        image_t, tracks, size, frame_size = _frame_and_tracks(args, 8, 512 * 288)
         regions = _masks_arg(args.masks, size, frame_size, args.resize_masks)
         depth = None
         if args.depth:
@@ -410,7 +393,7 @@ def run_preview(args) -> dict:
             d = (d - d.min()) / max(float(d.max() - d.min()), 1e-6)
             depth = torch.from_numpy(d)[None, None]
     with timer("load decoder"):
-        decoder = _decoder(args.decoder, "cpu")
+        decoder = load_decoder(args.decoder, "cpu")
     with timer("tracks -> flow"):
         from .motion.tracks import tracks_to_flow
 
@@ -456,104 +439,26 @@ def _container(path: Path) -> str:
 
 # ================================================================================= generate
 
-class MissingModels(Exception):
-    """The list of missing files and where each goes (``main`` prints it and exits with code 2)."""
-
-
 class RunFailure(Exception):
     """The run could not produce a valid result (not a usage error): ``main`` prints it and exits with code 1."""
 
 
-def _pick(models_dir: Path, component: str, name: str | None) -> tuple[Path | None, str]:
-    folders = COMPONENTS[component][0]
-    roots = [models_dir / f for f in folders]
-    if name:
-        p = Path(name)
-        if p.is_absolute() or p.exists():
-            return (p if p.exists() else None), str(p)
-        try:
-            found = find_model(roots, name)
-        except ValueError as e:  # "../x": outside the models folder
-            raise UsageError(f"--{component if component != 'cmp' else 'decoder'}: {e}") from None
-        return found, str(roots[0] / name)
-    names = []
-    for root in roots:
-        names += [(root, n) for n in list_models([root], component)]
-    if component == "adapter":  # a trained SurgSora adapter first, else MOFA's released ControlNet
-        from .loading.adapters import SURGSORA, adapter_kind
+class _StepBar:
+    """A tqdm bar over the denoising steps, opened at the first step (dual-clock starts at t_weak)."""
 
-        names.sort(key=lambda rn: adapter_kind(rn[0] / rn[1]) != SURGSORA)
-        return (names[0][0] / names[0][1], names[0][1]) if names else (None, str(roots[0]))
-    if component == "svd":  # prefer the catalogue's names, then diffusers folders
-        best = best_model([n for _, n in names], component)
-        for root, n in names:
-            if n == best:
-                return root / n, str(root / n)
-        return None, str(roots[0])
-    best = best_model([n for _, n in names], component)
-    if best is None:
-        return None, str(roots[0])
-    return find_model(roots, best), best
+    def __init__(self):
+        self.bar = None
 
+    def __call__(self, step: int, total: int, _latents) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
 
-def resolve_generate_models(models_dir: str | os.PathLike, sam=None, depth=None, svd=None, adapter=None,
-                            decoder="auto", mode: str = "adapter") -> dict[str, Path | str]:
-    """Paths of every model ``generate`` needs, or :class:`MissingModels` listing each missing one.
+            self.bar = tqdm(total=total, desc="denoise", unit="step")
+        self.bar.update(1)
 
-    With MOFA-Video-Traj's ControlNet as the adapter, SAM is optional (used for region masks when
-    present) and Depth Anything is not used. ``mode="ttm"`` (dual-clock on plain SVD) needs only SVD:
-    SAM (region masks) and Depth Anything (what is in front) are used when present, an adapter only
-    when named. A model folder whose config is corrupt is reported as corrupt, not as missing.
-    """
-    from .loading.adapters import MOFA, adapter_kind
-
-    models_dir = Path(models_dir)
-    found, missing = {}, []
-    ttm = mode == "ttm"
-    path, where = _pick(models_dir, "adapter", adapter)
-    mofa = path is not None and adapter_kind(path) == MOFA
-    for component, name in (("sam", sam), ("depth", depth), ("svd", svd), ("adapter", adapter)):
-        if not name and ((ttm and component == "adapter") or (mofa and not ttm and component == "depth")):
-            continue
-        path, where = _pick(models_dir, component, name)
-        if path is None:
-            optional = (ttm and component in ("sam", "depth")) or (mofa and component == "sam")
-            if name or not optional:
-                missing.append((component, name, where))
-        else:
-            found[component] = path
-    if decoder == "auto":
-        path, _ = _pick(models_dir, "cmp", None)
-        found["decoder"] = path if path is not None else "analytic"
-    elif decoder == "analytic":
-        found["decoder"] = "analytic"
-    else:
-        path, where = _pick(models_dir, "cmp", decoder)
-        if path is None:
-            missing.append(("cmp", decoder, where))
-        else:
-            found["decoder"] = path
-    if missing:
-        corrupt = [c for component, _, _ in missing for c in
-                   corrupt_configs([models_dir / f for f in COMPONENTS[component][0]])]
-        if corrupt:
-            raise UsageError(f"{corrupt[0]} is corrupt (not a valid JSON config), so its model folder cannot be used; "
-                             "restore the file (or write the folder again, e.g. with `python -m train`).")
-        lines = [f"Missing model files under {models_dir}:"]
-        for component, name, where in missing:
-            folders, _, what = COMPONENTS[component]
-            target = " or ".join(str(models_dir / f) + "/" for f in folders)
-            lines.append(f"  - {what}" + (f" (asked for {name!r}, looked at {where})" if name else "")
-                         + f"\n      put it in {target}")
-            for k in KNOWN_FILES.values():
-                if k.component == component:
-                    gated = " (gated: accept the licence, then `huggingface-cli login`)" if k.gated else ""
-                    lines.append(f"      {k.name:<44} {k.source}{gated}")
-        lines.append("Known public files can be fetched with `python -m surgsora download NAME --models "
-                     f"{models_dir}`; a SurgSora adapter comes from `python -m train`, and MOFA-Video-Traj's "
-                     "released ControlNet (mofa_traj_controlnet.safetensors) generates without one.")
-        raise MissingModels("\n".join(lines))
-    return found
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_device(text: str) -> None:
@@ -593,114 +498,71 @@ def _device_and_dtype(device: str, dtype: str):
 
 
 def run_generate(args) -> dict:
-    import torch
-
-    from .loading.adapters import describe_adapter, load_adapter
-    from .motion.preview import motion_signal
-    from .perception.depth import load_depth_anything
-    from .sampling.dual_clock import TTM_MOTION_BUCKET, TTM_STEPS, dual_clock_indices
-    from .sampling.pipeline import SurgSoraPipeline
-    from .perception.sam import load_sam
-    from .loading.svd_checkpoint import load_svd
+    from .loading.adapters import describe_adapter
+    from .sampling.conditioning import default_fps
+    from .sampling.generate import Models, NonFiniteVideo, generate
+    from .sampling.settings import TTM_MOTION_BUCKET, TTM_STEPS, SamplingSettings
     from .video_io import encode_video
 
     ttm = args.mode == "ttm"
     steps = args.steps or (TTM_STEPS if ttm else 25)
     motion_bucket = args.motion_bucket if args.motion_bucket is not None else (TTM_MOTION_BUCKET if ttm else 127)
     outs = _outputs(args)
-    models = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder,
-                                     args.mode)
+    try:
+        paths = resolve_generate_models(args.models, args.sam, args.depth, args.svd, args.adapter, args.decoder,
+                                        args.mode, names=MODEL_FLAGS)
+    except ValueError as e:  # a model name outside the models folder
+        raise UsageError(str(e)) from None
     device, dtype = _device_and_dtype(args.device, args.dtype)
     timer = Timer()
     with timer("read inputs"):
-        frame_s, image_t, tracks, size, frame_size = _frame_and_tracks(args, 64, 448 * 256)
+        image_t, tracks, size, frame_size = _frame_and_tracks(args, SVD_MULTIPLE, 448 * 256)
         regions = _masks_arg(args.masks, size, frame_size, args.resize_masks)
-    print("Models: " + ", ".join(f"{k}={v}" for k, v in models.items()))
-    adapter = None
-    if "adapter" in models:
-        with timer("load adapter"):
-            adapter = _load_model("The adapter", models["adapter"],
-                                  lambda: load_adapter(models["adapter"], dtype=dtype).to(device))
+    print("Models: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
+    with timer("load adapter") if "adapter" in paths else contextlib.nullcontext():
+        models = Models.load(paths, device, dtype)  # the adapter now, the other models when generate needs them
+    adapter = models.adapter
+    if adapter is not None:
         print(f"Adapter: {describe_adapter(adapter)}.")
-        trained_fps = adapter.config.get("fps", 7)
+        trained_fps = default_fps(adapter.config)
         if adapter.config.get("fixed_time_ids") is not None and (args.fps not in (None, 7) or motion_bucket != 127):
             print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
                   "--motion-bucket is not used.")
         elif args.fps is not None and args.fps != trained_fps:
             print(f"Note: this adapter was trained at fps {trained_fps}; sampling at --fps {args.fps:g} conditions SVD "
                   "off its training distribution.")
-    if args.fps is None:  # the adapter's training fps (SVD's id is fps - 1), else SVD's usual 7
-        args.fps = float(adapter.config.get("fps", 7)) if adapter is not None else 7.0
+    fps = float(args.fps if args.fps is not None else default_fps(None if adapter is None else adapter.config))
     if ttm:
         print(f"Dual-clock sampling (Time-to-Move) on {'plain SVD' if adapter is None else 'SVD + adapter'}: "
               f"t_weak {args.t_weak}, t_strong {args.t_strong} of {steps} steps.")
-    seg = depth = None
-    if "sam" in models:
-        with timer("SAM features"):
-            sam = _load_model("SAM", models["sam"], lambda: load_sam(models["sam"], device=device))
-            seg = sam.encode(image_t) if adapter is not None and adapter.needs_seg else None
-            if regions is None and not args.no_masks:
-                starts = tracks[:, 0]
-                masks = [sam.predict_masks(image_t, points=starts[i:i + 1])[0] for i in range(len(starts))]
-                regions = torch.cat(masks).float().unsqueeze(0).cpu()
-            del sam
-    if "depth" in models and ((adapter is not None and adapter.needs_depth) or ttm):
-        with timer("depth"):
-            depth_model = _load_model("Depth Anything", models["depth"],
-                                      lambda: load_depth_anything(models["depth"], device=device))
-            depth = depth_model(image_t)
-            del depth_model
-    with timer("tracks -> flow"):
-        decoder = _decoder(str(models["decoder"]), device)
-        from .motion.tracks import tracks_to_flow
-
-        flow = tracks_to_flow(decoder, image_t.to(device) if models["decoder"] != "analytic" else image_t,
-                              tracks, size, regions)
-        del decoder
-    with timer("load SVD"):
-        svd = _load_model("Stable Video Diffusion", models["svd"],
-                          lambda: load_svd(models["svd"], device=device, dtype=dtype))
-        try:
-            pipe = SurgSoraPipeline(adapter=adapter, **svd)
-        except ValueError as e:  # an adapter made for another SVD
-            raise UsageError(f"{e}.") from None
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    with timer("first frame + conditions"):
-        first = pipe.encode_first_frame(image_t, size[1], size[0], args.noise_aug, generator)
-        conditions = pipe.prepare_conditions(image_t, depth, seg, flow) if adapter is not None else None
-    anchor = None
-    if ttm:
-        with timer("motion signal"):
-            signal, mask = motion_signal(image_t, flow.float().cpu(), depth=None if depth is None else depth.cpu(),
-                                         regions=regions)
-            weak, strong = dual_clock_indices(args.t_weak, args.t_strong, steps)
-            anchor = pipe.encode_motion_signal(signal, mask, weak, strong, size[1], size[0], args.decode_chunk)
-    from tqdm.auto import tqdm
-
-    with timer("denoise"), tqdm(total=steps - (anchor.t_weak_index if anchor else 0), desc="denoise",
-                                unit="step") as bar:
-        latents = pipe.denoise(first, conditions, args.frames, steps, args.min_cfg, args.max_cfg, args.fps,
-                               motion_bucket, args.control_scale, generator,
-                               callback=lambda i, n, _: bar.update(1), anchor=anchor)
-    with timer("decode"):
-        video = pipe.decode(latents, args.decode_chunk)[0]  # [T, 3, H, W]
-    if not bool(torch.isfinite(video).all()):
-        # A NaN video would be written as a black one with exit 0; say so instead.
+    settings = SamplingSettings(steps=steps, frames=args.frames, min_cfg=args.min_cfg, max_cfg=args.max_cfg, fps=fps,
+                                motion_bucket_id=motion_bucket, noise_aug_strength=args.noise_aug,
+                                control_scale=args.control_scale, seed=args.seed, t_weak=args.t_weak,
+                                t_strong=args.t_strong, decode_chunk=args.decode_chunk)
+    bar = _StepBar()
+    try:
+        made = generate(models, image_t, settings, tracks=tracks, regions=regions, mode=args.mode,
+                        segment=not args.no_masks, callback=bar, timer=timer)
+    except NonFiniteVideo:  # a NaN video would be written as a black one with exit 0: say so instead
         raise RunFailure("the generated video contains NaN or infinite values (often fp16 overflow), so nothing was "
-                         "written; try --dtype fp32 or bf16, or a smaller --control-scale.")
+                         "written; try --dtype fp32 or bf16, or a smaller --control-scale.") from None
+    except ValueError as e:  # e.g. an adapter made for another SVD
+        raise UsageError(str(e)) from None
+    finally:
+        bar.close()
+    video = made.video
     out = outs["--out"]
     with timer("write video"), _writing(outs) as tmp:
-        encode_video(tmp["--out"], (f.permute(1, 2, 0).float().cpu().numpy() for f in video), fps=args.fps,
-                     container=_container(out))
+        encode_video(tmp["--out"], (f.permute(1, 2, 0).numpy() for f in video), fps=fps, container=_container(out))
         if "--flow-out" in outs:
-            encode_video(tmp["--flow-out"], _flow_frames(flow.float().cpu()), fps=args.fps,
+            encode_video(tmp["--flow-out"], _flow_frames(made.flow.float().cpu()), fps=fps,
                          container=_container(outs["--flow-out"]))
     flow_path = outs.get("--flow-out")
     print(f"Wrote {out} ({video.shape[0]} frames, {size[0]}x{size[1]}).")
     timer.report()
     result = {"out": str(out), "flow_video": str(flow_path) if flow_path else None, "frames": int(video.shape[0]),
               "width": size[0], "height": size[1], "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-              "mode": args.mode, "steps": steps, "fps": args.fps, "models": {k: str(v) for k, v in models.items()},
+              "mode": args.mode, "steps": steps, "fps": fps, "models": {k: str(v) for k, v in paths.items()},
               "timing_s": {k: round(v, 3) for k, v in timer.stages.items()}}
     print(json.dumps(result))
     return result
@@ -818,55 +680,24 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _number(flag: str, value: float, lo: float | None = None, hi: float | None = None, above: bool = False) -> None:
-    """A finite number in [lo, hi] (``above``: strictly greater than lo), else a UsageError naming the range."""
-    ok = math.isfinite(value) and (lo is None or value > lo or (value == lo and not above)) and \
-        (hi is None or value <= hi)
-    if not ok:
-        parts = [f"{'>' if above else '>='} {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else ""]
-        rng = " and ".join(p for p in parts if p)
-        raise UsageError(f"{flag} must be a finite number{' ' + rng if rng else ''}; got {value}.")
-
-
-def _integer(flag: str, value: int | None, lo: int, hi: int | None = None) -> None:
-    if value is not None and (value < lo or (hi is not None and value > hi)):
-        rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        raise UsageError(f"{flag} must be {rng}; got {value}.")
-
-
 def _check_args(args) -> None:
     """Every check that needs no file contents, before anything is imported or read."""
-    from .video_io import check_fps
-
     if args.command not in ("preview", "generate"):
         if args.command in ("models", "download") and Path(args.models).exists() and not Path(args.models).is_dir():
             raise UsageError(f"--models: {args.models} is a file; give a ComfyUI-style models folder.")
         return
-    if args.frames < 2:
-        raise UsageError(f"--frames must be at least 2; got {args.frames}.")
-    _integer("--frames", args.frames, 2, MAX_FRAMES)
+    settings = dict(frames=args.frames, fps=args.fps)
+    if args.command == "generate":
+        settings.update(steps=args.steps, min_cfg=args.min_cfg, max_cfg=args.max_cfg,
+                        motion_bucket_id=args.motion_bucket, noise_aug_strength=args.noise_aug,
+                        control_scale=args.control_scale, seed=args.seed, t_weak=args.t_weak, t_strong=args.t_strong,
+                        decode_chunk=args.decode_chunk)
     try:
-        if args.fps is not None:
-            check_fps(args.fps, "--fps")
-    except ValueError as e:
+        check_settings(CLI_NAMES, **settings)
+    except SettingError as e:
         raise UsageError(str(e)) from None
-    if args.frame_index < 0:  # -1 used to mean frame 0 without a word
-        raise UsageError(f"--frame-index must be 0 or more (0 is the first frame); got {args.frame_index}.")
     parse_size(args.size)
     if args.command == "generate":
-        _integer("--steps", args.steps, 1, MAX_STEPS)
-        _integer("--decode-chunk", args.decode_chunk, 1)
-        _integer("--motion-bucket", args.motion_bucket, 0, 1023)
-        _integer("--seed", args.seed, 0, 2 ** 63 - 1)
-        _number("--min-cfg", args.min_cfg, 0)
-        _number("--max-cfg", args.max_cfg, 0)
-        _number("--noise-aug", args.noise_aug, 0, 1)
-        _number("--control-scale", args.control_scale, 0)
-        if args.min_cfg > args.max_cfg:
-            raise UsageError(f"--min-cfg ({args.min_cfg}) must not exceed --max-cfg ({args.max_cfg}).")
-        if not 0 <= args.t_weak < args.t_strong <= 1:
-            raise UsageError(f"--t-weak ({args.t_weak}) must be smaller than --t-strong ({args.t_strong}), both "
-                             "fractions of the schedule in [0, 1].")
         if not Path(args.models).is_dir():
             raise UsageError(f"--models: {args.models} is not a folder; give a ComfyUI-style models folder "
                              "(with sams/, depthanything/, checkpoints/ or diffusers/, surgsora/).")
@@ -912,8 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailure as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except MemoryError:
-        print("error: out of memory; use fewer --frames, a smaller --size or fewer tracks.", file=sys.stderr)
+    except MemoryError as e:  # loading a model says which; running out later gets the general advice
+        print(f"error: {str(e) or 'out of memory; use fewer --frames, a smaller --size or fewer tracks.'}",
+              file=sys.stderr)
         return 1
     except OSError as e:  # a full disk or a folder that became read-only mid-run: outputs were cleaned up
         print(f"error: {_os_error_sentence(e)}", file=sys.stderr)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from .atomic import atomic_output
+from .sampling.settings import check_settings
 
 __all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_OUT_EXTENSIONS", "OutputPathError", "read_video",
            "read_frames", "read_image", "write_video", "encode_video", "video_info", "check_output_path",
@@ -31,7 +32,6 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Containers write_video writes (all H.264 / yuv420p); the value is the FFmpeg muxer.
 VIDEO_OUT_EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-MAX_FPS = 1000.0
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -115,14 +115,13 @@ class OutputPathError(ValueError):
 
 
 def check_fps(fps, what: str = "fps") -> float:
-    """``fps`` as a float, or ValueError: it must be a finite number in (0, 1000] (inf used to hang the writer)."""
+    """``fps`` as a float, or ValueError: the sampling settings' fps rule, a finite number in (0, 1000] (inf used to
+    hang the writer)."""
     try:
         value = float(fps)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a number of frames per second such as 7; got {fps!r}.") from None
-    if not math.isfinite(value) or not 0 < value <= MAX_FPS:
-        raise ValueError(f"{what} must be a finite number of frames per second in (0, {MAX_FPS:g}], such as 7; "
-                         f"got {fps!r}.")
+    check_settings({"fps": what}, fps=value)
     return value
 
 

@@ -125,13 +125,29 @@ def test_callback_can_cancel(components, inputs):
         pipe(image, flow=flow, depth=depth, seg_features=seg, num_inference_steps=5, callback=cancel)
 
 
-def test_decode_chunk_size_changes_nothing_for_per_frame_decoding(components, inputs):
+def test_decode_chunks_are_decoded_as_short_videos_of_their_own(components, inputs):
+    """SVD's VAE decoder is temporal (its time convolutions mix neighbouring frames), so the chunk size does change
+    the frames: each chunk is decoded as a video of its own, cut along time per video, never across two videos."""
     image, flow, depth, seg = inputs
     pipe = SurgSoraPipeline(**components, adapter=tiny_adapter(components["unet"]))
     latents = pipe(image, flow=flow, depth=depth, seg_features=seg, num_inference_steps=1, output_type="latent")
     whole = pipe.decode(latents, decode_chunk_size=T)
     assert whole.shape == (1, T, 3, H, W)
     assert 0.0 <= whole.min().item() and whole.max().item() <= 1.0
+    vae = components["vae"]
+
+    def alone(lat):  # the VAE on frames [t, 4, h, w] as one t-frame video (diffusers' scaling), -> [t, 3, H, W]
+        with torch.no_grad():
+            return (vae.decode(1 / vae.config.scaling_factor * lat, num_frames=lat.shape[0]).sample / 2 + 0.5).clamp(0, 1)
+
+    assert torch.equal(whole[0], alone(latents[0]))
+    assert torch.equal(pipe.decode(latents), whole)  # default: all frames in one chunk
+    for chunk in (1, 3):
+        expected = torch.cat([alone(latents[0, i:i + chunk]) for i in range(0, T, chunk)])
+        assert torch.equal(pipe.decode(latents, chunk)[0], expected)
+    assert (pipe.decode(latents, 1) - whole).abs().max() > 1e-2  # frames decoded alone differ: the decoder mixes
+    pair = torch.cat([latents, latents.flip(1)])  # two videos: a chunk of 3 must not take frames of both
+    assert torch.equal(pipe.decode(pair, 3)[1], torch.cat([alone(pair[1, :3]), alone(pair[1, 3:])]))
 
 
 def test_bad_inputs(components, inputs):

@@ -12,6 +12,9 @@ Each clip is generated from its first frame with the flow the adapter is meant f
 and, when the clips were padded (``--fit pad``), the same three folders under ``OUT/cropped/`` with the padding
 cut off (the ``content_box`` preprocessing recorded), so PSNR / SSIM can be computed on the picture only: the
 black rows are identical in both videos and would otherwise inflate both figures.
+
+Each clip goes through :func:`surgsora.sampling.generate.generate`, the composition ``python -m surgsora generate``
+uses, with the flow, depth and SAM features taken from the cache instead of computed from tracks.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ def sample_cache(data: str, adapter_path: str, out: str, config: str = "full", s
                  decoder_spec: str = "auto", models: str = "models", steps: int = 25, seed: int = 0,
                  device: str = "cpu", ids: list[str] | None = None, log=print) -> dict:
     """Generate every (or each listed) clip of the cache; returns {"clips": n, "out": out, "cropped": bool}."""
-    from surgsora import SurgSoraAdapter, SurgSoraPipeline
+    from surgsora import SurgSoraAdapter
+    from surgsora.sampling.generate import Models, generate
+    from surgsora.sampling.settings import SamplingSettings
 
     from .data import ClipDataset
     from .fit import flow_decoder, stage2_flow
 
     dataset = ClipDataset(data, ids=ids)
-    adapter = SurgSoraAdapter.from_pretrained(adapter_path, local_files_only=True).eval()
+    adapter = SurgSoraAdapter.from_pretrained(adapter_path, local_files_only=True).eval().to(device)
     if config == "tiny":
         from surgsora.tiny import tiny_svd_components
 
@@ -51,7 +56,9 @@ def sample_cache(data: str, adapter_path: str, out: str, config: str = "full", s
         from surgsora.loading.svd_checkpoint import load_svd
 
         components = load_svd(svd, device="cpu")
-    pipe = SurgSoraPipeline(**components, adapter=adapter).to(device)
+    loaded = Models(svd={k: v.to(device) if isinstance(v, torch.nn.Module) else v for k, v in components.items()},
+                    adapter=adapter)
+    settings = SamplingSettings(steps=steps, seed=seed)  # every other setting at its default (fps: the adapter's)
     decoder = None
     if flow == "trajectory":
         decoder, described = flow_decoder(decoder_spec, models, device)
@@ -67,12 +74,10 @@ def sample_cache(data: str, adapter_path: str, out: str, config: str = "full", s
             cond = stage2_flow(decoder, image, [item["points"]], [item["disp"]], [item["regions"]], frames.shape[1:3])
         else:
             cond = item["flow"][None].float()
-        with torch.no_grad():
-            video = pipe(image.to(device), flow=cond.to(device),
-                         depth=item["depth"][None].float().to(device) if adapter.needs_depth else None,
-                         seg_features=item["seg"][None].float().to(device) if adapter.needs_seg else None,
-                         num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
-        fake = (video[0].permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        video = generate(loaded, image, settings, flow=cond,
+                         depth=item["depth"][None].float() if adapter.needs_depth else None,
+                         seg_features=item["seg"][None].float() if adapter.needs_seg else None).video
+        fake = (video.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         flow_np = cond[0].cpu().numpy().astype(np.float32)
         _write_frames(root / "real" / name, frames)
         _write_frames(root / "fake" / name, fake)

@@ -20,13 +20,18 @@ except ImportError:  # pragma: no cover - a diffusers release without it: same a
     def _resize_with_antialiasing(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=True, antialias=True)
 
-__all__ = ["DEFAULT_FPS", "time_ids", "clip_normalize", "clip_pixels", "noise_augmented"]
+__all__ = ["DEFAULT_FPS", "default_fps", "time_ids", "clip_normalize", "clip_pixels", "noise_augmented"]
 
 DEFAULT_FPS = 7  # SVD's usual frame rate, and what SurgSora adapters are trained at unless told otherwise
 
 
 def _config(adapter_config: Mapping | None, key: str, default):
     return default if adapter_config is None else adapter_config.get(key, default)
+
+
+def default_fps(adapter_config: Mapping | None) -> float:
+    """The fps a video is conditioned on (and written at) when none is asked for: the adapter's training fps, else 7."""
+    return _config(adapter_config, "fps", DEFAULT_FPS)
 
 
 def time_ids(adapter_config: Mapping | None, fps: float | None, motion_bucket_id: int,
@@ -37,7 +42,7 @@ def time_ids(adapter_config: Mapping | None, fps: float | None, motion_bucket_id
     fixed = _config(adapter_config, "fixed_time_ids", None)
     if fixed is not None:
         return [float(v) for v in fixed]
-    fps = _config(adapter_config, "fps", DEFAULT_FPS) if fps is None else fps
+    fps = default_fps(adapter_config) if fps is None else fps
     return [fps - 1, motion_bucket_id, noise_aug_strength]
 
 

@@ -11,7 +11,11 @@ Euler sampling, a per-frame guidance scale ramping linearly from ``min_guidance_
 * the CLIP input is always resized to the encoder's resolution here (diffusers skips that resize
   when handed a tensor, and ComfyUI IMAGEs are tensors);
 * the sampling loop is exposed in pieces (:meth:`encode_first_frame`, :meth:`prepare_conditions`,
-  :meth:`denoise`, :meth:`decode`) so ComfyUI nodes can run and cache them separately;
+  :meth:`denoise`, :meth:`decode`) so ComfyUI nodes can run and cache them separately; they are composed
+  once, with the settings' rules, in :mod:`surgsora.sampling.generate` (``__call__`` stays diffusers-style);
+* SVD's image conditioning (time ids, CLIP input, noise augmentation) is :mod:`.conditioning`'s, shared
+  with ComfyUI's own SVD path;
+* the temporal VAE decoder runs on chunks cut along time per video (a chunk is decoded as a short video);
 * ``callback(step, total, latents)`` is called after every step; raise from it to cancel;
 * ``adapter=None`` is plain SVD, and the adapter's saved config carries the conventions it was trained
   under: its default fps, and for MOFA-Video-Traj (:meth:`SurgSoraAdapter.from_mofa`) the released
@@ -46,18 +50,16 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
     retrieve_timesteps,
 )
 
-try:  # diffusers' private helper: the exact CLIP resize of its SVD pipeline (bit parity with it)
-    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
-except ImportError:  # pragma: no cover - a diffusers release without it: same antialiased bicubic resize
-    def _resize_with_antialiasing(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=True, antialias=True)
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..model.adapter import SurgSoraAdapter
 from ..model.unet import unet_forward
+from .conditioning import clip_normalize, clip_pixels, noise_augmented, time_ids
 from .dual_clock import check_unit_range, latent_mask, resize_frames
+from .settings import check_settings
 
-__all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits"]
+__all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits",
+           "check_motion_signal", "check_anchor_steps"]
 
 
 @dataclass
@@ -112,6 +114,32 @@ def _to(x: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if x is None else x.to(device)
 
 
+def check_motion_signal(motion_signal: torch.Tensor, motion_mask: torch.Tensor) -> None:
+    """One sentence unless ``motion_signal`` is [B, T, 3, H, W] and ``motion_mask`` [B, T, 1, H, W] of the same B,
+    T, H and W, both finite and in [0, 1]."""
+    if not torch.is_tensor(motion_signal) or motion_signal.ndim != 5 or motion_signal.shape[2] != 3:
+        got = tuple(motion_signal.shape) if torch.is_tensor(motion_signal) else type(motion_signal).__name__
+        raise ValueError(f"motion_signal must be [B, T, 3, H, W] in [0, 1]; got {got}")
+    b, frames = motion_signal.shape[:2]
+    if not torch.is_tensor(motion_mask) or motion_mask.ndim != 5 or motion_mask.shape[:3] != (b, frames, 1):
+        got = tuple(motion_mask.shape) if torch.is_tensor(motion_mask) else type(motion_mask).__name__
+        raise ValueError(f"motion_mask must be [B, T, 1, H, W] = [{b}, {frames}, 1, H, W] to match motion_signal "
+                         f"{tuple(motion_signal.shape)}; got {got}")
+    if motion_mask.shape[-2:] != motion_signal.shape[-2:]:
+        raise ValueError(f"motion_mask is {tuple(motion_mask.shape[-2:])} (H, W) but motion_signal is "
+                         f"{tuple(motion_signal.shape[-2:])}: give both at the same size")
+    for name, x in (("motion_signal", motion_signal), ("motion_mask", motion_mask)):
+        check_unit_range(name, x)
+
+
+def check_anchor_steps(t_weak_index: int, t_strong_index: int, steps: int) -> None:
+    """The dual-clock step indices must satisfy 0 <= t_weak_index < t_strong_index <= steps (TTM lets t_strong
+    reach the last step: the video then ends on the signal's clean latents inside the mask)."""
+    if not 0 <= t_weak_index < t_strong_index <= steps:
+        raise ValueError(f"need 0 <= t_weak_index < t_strong_index <= steps ({steps}); got {t_weak_index} and "
+                         f"{t_strong_index}")
+
+
 def check_adapter_fits(adapter, unet) -> None:
     """Refuse an adapter built for another SVD (one sentence naming the fix)."""
     if adapter is None:
@@ -121,7 +149,7 @@ def check_adapter_fits(adapter, unet) -> None:
     if wanted and have and wanted != have:
         raise ValueError(
             f"this adapter was trained on the {wanted}-frame SVD{'-xt' if wanted == 25 else ''} but the SVD given is the "
-            f"{have}-frame model; load svd_xt.safetensors or svd_xt_1_1.safetensors instead")
+            f"{have}-frame model; load svd_xt.safetensors or svd_xt_1_1.safetensors instead.")
 
 
 class SurgSoraPipeline(StableVideoDiffusionPipeline):
@@ -137,18 +165,15 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         check_adapter_fits(adapter, unet)
 
     # ------------------------------------------------------------------ the adapter's conventions
-    def _adapter_config(self, key: str, default):
+    @property
+    def adapter_config(self):
+        """The adapter's config (its conventions: training fps, MOFA's fixed ids and CLIP input), None without one."""
         adapter = getattr(self, "adapter", None)
-        return default if adapter is None else adapter.config.get(key, default)
+        return None if adapter is None else adapter.config
 
-    def time_ids(self, fps: int | None, motion_bucket_id: int, noise_aug_strength: float) -> list[float]:
-        """``added_time_ids`` for one video: the adapter's fixed ids if it has them (MOFA), else
-        [fps - 1, motion_bucket_id, noise_aug_strength] with fps defaulting to the adapter's training fps."""
-        fixed = self._adapter_config("fixed_time_ids", None)
-        if fixed is not None:
-            return [float(v) for v in fixed]
-        fps = self._adapter_config("fps", 7) if fps is None else fps
-        return [fps - 1, motion_bucket_id, noise_aug_strength]
+    def time_ids(self, fps: float | None, motion_bucket_id: int, noise_aug_strength: float) -> list[float]:
+        """``added_time_ids`` for one video under this pipeline's adapter: see :func:`.conditioning.time_ids`."""
+        return time_ids(self.adapter_config, fps, motion_bucket_id, noise_aug_strength)
 
     # ------------------------------------------------------------------ first frame
     def _pixels(self, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -163,20 +188,11 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         MOFA-Video's released pipeline feeds the resized [0, 1] image without it.
         """
         if normalize is None:
-            normalize = self._adapter_config("clip_normalize", True)
-        device = self._execution_device
-        dtype = self.image_encoder.dtype
-        size = self.image_encoder.config.image_size
-        if not normalize:
-            x = _resize_with_antialiasing(image.to(dtype=torch.float32).cpu(), (size, size))
-            return self.image_encoder(x.to(device, dtype)).image_embeds.unsqueeze(1)
-        x = image.to(dtype=torch.float32).cpu() * 2.0 - 1.0
-        # Normalise to [-1,1] before resizing, then back: what diffusers and SVD's reference code do.
-        x = (_resize_with_antialiasing(x, (size, size)) + 1.0) / 2.0
-        # CLIP mean/std through the processor itself, so the numbers match diffusers bit for bit.
-        x = self.feature_extractor(images=x, do_normalize=True, do_center_crop=False, do_resize=False,
-                                   do_rescale=False, return_tensors="pt").pixel_values.to(device)
-        return self.image_encoder(x.to(dtype)).image_embeds.unsqueeze(1)
+            normalize = clip_normalize(self.adapter_config)
+        fe = self.feature_extractor
+        x = clip_pixels(image, self.image_encoder.config.image_size, fe.image_mean if normalize else None,
+                        fe.image_std if normalize else None)
+        return self.image_encoder(x.to(self._execution_device, self.image_encoder.dtype)).image_embeds.unsqueeze(1)
 
     @torch.no_grad()
     def encode_conditioning_latent(self, pixels: torch.Tensor, noise_aug_strength: float | torch.Tensor,
@@ -187,8 +203,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         Training uses this same function, so the condition is built identically in both.
         """
         noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
-        strength = torch.as_tensor(noise_aug_strength, dtype=pixels.dtype, device=pixels.device)
-        pixels = pixels + (strength.view(-1, 1, 1, 1) if strength.ndim else strength) * noise
+        pixels = noise_augmented(pixels, noise_aug_strength, noise)
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
             self.vae.to(dtype=torch.float32)
@@ -218,23 +233,11 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         region it controls ``motion_mask`` [B, T, 1, H, W] in [0, 1] (thresholded at 0.5).
 
         The signal is resized to (height, width) if needed and encoded frame by frame (``chunk_size`` at a
-        time) with the VAE posterior mean; the mask goes to the latent grid by nearest sampling.
+        time) with the VAE posterior mean; the mask goes to the latent grid by nearest sampling. The step indices
+        are checked against the schedule by :meth:`denoise`, which knows its length.
         """
-        if not torch.is_tensor(motion_signal) or motion_signal.ndim != 5 or motion_signal.shape[2] != 3:
-            got = tuple(motion_signal.shape) if torch.is_tensor(motion_signal) else type(motion_signal).__name__
-            raise ValueError(f"motion_signal must be [B, T, 3, H, W] in [0, 1]; got {got}")
+        check_motion_signal(motion_signal, motion_mask)
         b, frames = motion_signal.shape[:2]
-        if not torch.is_tensor(motion_mask) or motion_mask.ndim != 5 or motion_mask.shape[:3] != (b, frames, 1):
-            got = tuple(motion_mask.shape) if torch.is_tensor(motion_mask) else type(motion_mask).__name__
-            raise ValueError(f"motion_mask must be [B, T, 1, H, W] = [{b}, {frames}, 1, H, W] to match motion_signal "
-                             f"{tuple(motion_signal.shape)}; got {got}")
-        if motion_mask.shape[-2:] != motion_signal.shape[-2:]:
-            raise ValueError(f"motion_mask is {tuple(motion_mask.shape[-2:])} (H, W) but motion_signal is "
-                             f"{tuple(motion_signal.shape[-2:])}: give both at the same size")
-        for name, x in (("motion_signal", motion_signal), ("motion_mask", motion_mask)):
-            check_unit_range(name, x)
-        if not 0 <= t_weak_index < t_strong_index:
-            raise ValueError(f"need 0 <= t_weak_index < t_strong_index; got {t_weak_index} and {t_strong_index}")
         height = height or motion_signal.shape[-2]
         width = width or motion_signal.shape[-1]
         pixels = self._pixels(motion_signal.flatten(0, 1).float(), height, width)
@@ -292,10 +295,8 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         ``fps`` None is the adapter's training fps (7 without an adapter); see :meth:`time_ids`.
         ``anchor`` (from :meth:`encode_motion_signal`) turns on dual-clock sampling.
         """
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if num_frames < 2:
-            raise ValueError(f"num_frames must be >= 2, got {num_frames}")
+        check_settings({"steps": "num_inference_steps", "frames": "num_frames"}, steps=num_inference_steps,
+                       frames=num_frames)
         device = self._execution_device
         embeddings = first_frame.image_embeddings.to(device)
         image_latents = first_frame.image_latents.to(device)
@@ -356,9 +357,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
             raise ValueError(f"the motion signal's latents are {tuple(anchor.latents.shape)} but the video's are "
                              f"{tuple(latents.shape)} ([B, T, 4, H/8, W/8]): give a signal with the video's frame "
                              "count and size")
-        if not 0 <= anchor.t_weak_index < anchor.t_strong_index <= steps:
-            raise ValueError(f"need 0 <= t_weak_index < t_strong_index <= steps ({steps}); got "
-                             f"{anchor.t_weak_index} and {anchor.t_strong_index}")
+        check_anchor_steps(anchor.t_weak_index, anchor.t_strong_index, steps)
         ref = anchor.latents.to(latents.device, latents.dtype)
         mask = anchor.mask.to(latents.device, latents.dtype)
         # drawn after the initial latents, as in TTM; the same draw re-noises the anchor at every level
@@ -367,9 +366,17 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> torch.Tensor:
-        """Latents [B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1], ``decode_chunk_size`` frames at a time."""
+        """Latents [B, T, 4, h, w] -> frames [B, T, 3, H, W] in [0, 1], ``decode_chunk_size`` frames at a time
+        (default: all). SVD's decoder is temporal (it mixes neighbouring frames), so each chunk is decoded as a
+        short video of its own: a larger chunk is smoother across chunk borders, a smaller one needs less memory.
+        """
         num_frames = latents.shape[1]
-        frames = self.decode_latents(latents, num_frames, decode_chunk_size or num_frames)  # [B,C,T,H,W] [-1,1]
+        chunk = decode_chunk_size or num_frames
+        # Chunks are cut along time per video: diffusers' decode_latents chunks the flattened B*T frames, so with
+        # B > 1 one chunk could hold the end of one video and the start of the next.
+        frames = torch.cat([self.decode_latents(latents[:, i:i + chunk], latents[:, i:i + chunk].shape[1],
+                                                latents[:, i:i + chunk].shape[1])
+                            for i in range(0, num_frames, chunk)], dim=2)  # [B, C, T, H, W] in [-1, 1]
         return (frames.permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ all in one
@@ -416,6 +423,7 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         if motion_signal is not None:
             if motion_mask is None or t_weak_index is None or t_strong_index is None:
                 raise ValueError("dual-clock sampling needs motion_signal, motion_mask, t_weak_index and t_strong_index")
+            check_anchor_steps(t_weak_index, t_strong_index, num_inference_steps)  # before any compute
             signal_frames = motion_signal.shape[1] if motion_signal.ndim == 5 else None
             if num_frames and signal_frames and num_frames != signal_frames:
                 raise ValueError(f"motion_signal has {signal_frames} frames but num_frames is {num_frames}")

@@ -15,14 +15,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-__all__ = ["SettingError", "SamplingSettings", "check_settings", "MAX_STEPS", "MAX_FRAMES", "MAX_MOTION_BUCKET",
-           "MAX_FPS", "MAX_SEED", "TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET"]
+__all__ = ["SettingError", "SamplingSettings", "check_settings", "check_video_size", "MAX_STEPS", "MAX_FRAMES",
+           "MAX_MOTION_BUCKET", "MAX_FPS", "MAX_SEED", "SVD_MULTIPLE", "TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS",
+           "TTM_MOTION_BUCKET"]
 
 MAX_STEPS = 1000
 MAX_FRAMES = 4096
 MAX_MOTION_BUCKET = 1023  # SVD's motion bucket ids
 MAX_FPS = 1000.0
 MAX_SEED = 2 ** 64 - 1  # what torch.Generator.manual_seed takes
+SVD_MULTIPLE = 64  # the SVD UNet downsamples latents (1/8 of the image) three more times
 
 # Time-to-Move's SVD settings (run_svd.py): t_weak at step 16 and t_strong at step 21 of 50, motion bucket 17.
 TTM_T_WEAK, TTM_T_STRONG, TTM_STEPS, TTM_MOTION_BUCKET = 0.32, 0.42, 50, 17
@@ -32,11 +34,13 @@ class SettingError(ValueError):
     """A sampling setting out of its rule; the message is one sentence naming it (in the caller's words)."""
 
 
-def _integer(name: str, value, lo: int, hi: int) -> None:
+def _integer(name: str, value, lo: int, hi: int | None = None) -> None:
+    """A whole number in [lo, hi] (``hi`` None: no upper bound)."""
+    rng = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
     if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, float) and value.is_integer()):
-        raise SettingError(f"{name} must be a whole number between {lo} and {hi}; got {value!r}.")
-    if not lo <= value <= hi:
-        raise SettingError(f"{name} must be between {lo} and {hi}; got {value}.")
+        raise SettingError(f"{name} must be a whole number {rng}; got {value!r}.")
+    if value < lo or (hi is not None and value > hi):
+        raise SettingError(f"{name} must be {rng}; got {value}.")
 
 
 def _number(name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
@@ -76,6 +80,15 @@ def check_settings(names: Mapping[str, str] | None = None, **values) -> None:
                            f"({values['t_strong']}), both in [0, 1] (fractions of the schedule).")
 
 
+def check_video_size(width: int, height: int, what: str = "The video size", fix: str = "") -> None:
+    """One :class:`SettingError` unless SVD can generate at ``width`` x ``height`` (both multiples of
+    :data:`SVD_MULTIPLE`); the sentence suggests the nearest size that works and ends with ``fix``."""
+    if width % SVD_MULTIPLE or height % SVD_MULTIPLE or width < SVD_MULTIPLE or height < SVD_MULTIPLE:
+        sw, sh = (max(SVD_MULTIPLE, round(v / SVD_MULTIPLE) * SVD_MULTIPLE) for v in (width, height))
+        raise SettingError(f"{what} {width}x{height} is not a size SVD can generate: width and height must be "
+                           f"multiples of {SVD_MULTIPLE} (e.g. {sw}x{sh}){fix}.")
+
+
 def _fraction(name: str, value) -> None:
     _number(name, value, 0.0, 1.0)
 
@@ -108,7 +121,7 @@ _RULES = {
     "seed": lambda name, v: _integer(name, v, 0, MAX_SEED),
     "t_weak": _fraction,
     "t_strong": _fraction,
-    "decode_chunk": lambda name, v: _integer(name, v, 1, MAX_FRAMES),
+    "decode_chunk": lambda name, v: _integer(name, v, 1),  # more than the video's frames = all at once
 }
 
 
