@@ -28,7 +28,8 @@ ancestral samplers add fresh noise between anchors.
 and sampled (core ``SVD_img2vid_Conditioning`` centre-crops the frame for CLIP and adds noise
 augmentation in [0, 1] pixels, i.e. twice the strength in the VAE's [-1, 1] input): CLIP sees the whole
 frame resized (antialiased) to 224, noise augmentation is added in [-1, 1], and an adapter's own
-conventions apply (MOFA's fixed ``added_time_ids`` and unnormalised CLIP input).
+conventions apply (MOFA's fixed ``added_time_ids`` and unnormalised CLIP input). Those rules are the pipeline's
+own, from :mod:`surgsora.sampling.conditioning`.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ import functools
 
 import torch
 
-from surgsora.sampling.dual_clock import (TTM_T_STRONG, TTM_T_WEAK, check_unit_range, dual_clock_indices, latent_mask,
-                                          resize_frames)
+from surgsora.sampling.conditioning import clip_normalize, clip_pixels, noise_augmented, time_ids
+from surgsora.sampling.dual_clock import check_unit_range, dual_clock_indices, latent_mask, resize_frames
+from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, TTM_T_STRONG, TTM_T_WEAK,
+                                        check_settings, check_video_size)
 
-from .generation import (ADAPTER_TYPE, CONDITIONS_TYPE, _check_size, _signal_and_mask, dual_clock_order,
-                         dual_clock_widgets)
-from .runtime import CATEGORY, comfy_module, image_to_bchw, patcher_for, widget_problem
+from .generation import ADAPTER_TYPE, CONDITIONS_TYPE, _signal_and_mask, dual_clock_widgets
+from .runtime import CATEGORY, comfy_module, image_to_bchw, patcher_for, queue_problem
 
 
 def _comfy(name: str):
@@ -157,14 +159,12 @@ class SurgSoraApplySVD:
 
     @classmethod
     def VALIDATE_INPUTS(cls, start_percent=None, end_percent=None):
-        problem = widget_problem(cls, start_percent=start_percent, end_percent=end_percent)
-        if problem:
-            return problem
-        if start_percent is not None and end_percent is not None and start_percent > end_percent:
-            return f"start_percent ({start_percent}) must not be larger than end_percent ({end_percent})."
-        return True
+        return _percent_problem(start_percent, end_percent) or True
 
     def apply(self, positive, negative, adapter, conditions, strength=1.0, start_percent=0.0, end_percent=1.0):
+        problem = _percent_problem(start_percent, end_percent)
+        if problem:
+            raise ValueError(problem)
         if strength == 0:
             return (positive, negative)
         template = control_class()(adapter, conditions)
@@ -182,6 +182,16 @@ class SurgSoraApplySVD:
                 entries.append([embedding, options])
             out.append(entries)
         return (out[0], out[1])
+
+
+def _percent_problem(start_percent, end_percent) -> str | None:
+    """The adapter's active span: fractions of sampling with start <= end (None = a linked widget, not known yet)."""
+    given = [v for v in (start_percent, end_percent) if v is not None]
+    in_order = len(given) < 2 or start_percent <= end_percent
+    if all(0 <= v <= 1 for v in given) and in_order:  # False for NaN too
+        return None
+    return (f"start_percent ({start_percent}) and end_percent ({end_percent}) must be fractions of sampling in "
+            "[0, 1] with start_percent not larger than end_percent.")
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,18 +272,12 @@ class SurgSoraDualClockGuider:
 
     @classmethod
     def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None):
-        # ComfyUI skips its range checks for the inputs taken here, so widget_problem does them
-        problem = widget_problem(cls, t_weak=t_weak, t_strong=t_strong)
-        if problem:
-            return problem
-        if t_weak is not None and t_strong is not None and not t_weak < t_strong:
-            return dual_clock_order(t_weak, t_strong)
-        return True
+        return queue_problem(check_settings, t_weak=t_weak, t_strong=t_strong) or True
 
     @torch.no_grad()
     def get_guider(self, model, positive, negative, vae, motion_signal, motion_mask, cfg=3.0, t_weak=TTM_T_WEAK,
                    t_strong=TTM_T_STRONG):
-        dual_clock_indices(t_weak, t_strong, 1)  # the fractions' rule, before any work
+        check_settings(t_weak=t_weak, t_strong=t_strong)  # before any work
         frame = _video_latent_size(positive)
         signal, mask = _signal_and_mask(motion_signal, motion_mask, 1)
         signal, mask = signal[0], mask[0]  # [F, 3, H, W] in [0, 1], [F, 1, H, W]
@@ -298,6 +302,10 @@ def _video_latent_size(conditioning) -> tuple[int, int]:
     return tuple(latent.shape[-2:])
 
 
+# the SVD Conditioning widgets that are sampling settings under core SVD_img2vid_Conditioning's names
+CONDITIONING_NAMES = {"frames": "video_frames", "noise_aug_strength": "augmentation_level"}
+
+
 class SurgSoraSVDConditioning:
     """Core SVD CONDITIONING encoded the way SurgSora adapters are trained: CLIP sees the whole frame resized to
     224 (core centre-crops it), noise augmentation is added in the VAE's [-1, 1] input, and the adapter's own
@@ -313,16 +321,15 @@ class SurgSoraSVDConditioning:
                               "tooltip": "Video width in pixels (a multiple of 64; the conditions' width)."}),
             "height": ("INT", {"default": 256, "min": 64, "max": 8192, "step": 64,
                                "tooltip": "Video height in pixels (a multiple of 64; the conditions' height)."}),
-            "video_frames": ("INT", {"default": 21, "min": 2, "max": 4096,
+            "video_frames": ("INT", {"default": 21, "min": 2, "max": MAX_FRAMES,
                                      "tooltip": "Frames to generate (the trajectories' frame count)."}),
-            "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023,
+            "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": MAX_MOTION_BUCKET,
                                          "tooltip": "SVD's motion amount id: higher asks for more motion."}),
-            "fps": ("INT", {"default": 7, "min": 1, "max": 1024,
+            "fps": ("INT", {"default": 7, "min": 1, "max": int(MAX_FPS),
                             "tooltip": "SVD's fps id is fps - 1 (SurgSora adapters are trained at 7)."}),
-            "augmentation_level": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01,
+            "augmentation_level": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 1.0, "step": 0.01,
                                              "tooltip": "Noise added to the frame in [-1, 1] before the VAE."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                             "tooltip": "Seed of the noise augmentation."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of the noise augmentation."}),
         }, "optional": {"adapter": (ADAPTER_TYPE, {"tooltip": "Apply this adapter's conventions (MOFA's fixed "
                                                               "time ids and CLIP input)."})}}
 
@@ -336,34 +343,25 @@ class SurgSoraSVDConditioning:
     @torch.no_grad()
     def encode(self, clip_vision, init_image, vae, width, height, video_frames, motion_bucket_id, fps,
                augmentation_level, seed=0, adapter=None):
-        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-            _resize_with_antialiasing,
-        )
-
         mm = _comfy("comfy.model_management")
-        _check_size(height, width, "The video size")
-        if not augmentation_level >= 0:
-            raise ValueError(f"augmentation_level must be 0 or more; got {augmentation_level}.")
+        check_settings(names=CONDITIONING_NAMES, frames=video_frames, motion_bucket_id=motion_bucket_id, fps=fps,
+                       noise_aug_strength=augmentation_level, seed=seed)
+        check_video_size(width, height)
         x = image_to_bchw(init_image, "init_image")[:1]
-        normalize = True if adapter is None else adapter.config.get("clip_normalize", True)
-        pixels = _resize_with_antialiasing(x * 2 - 1, (224, 224))  # diffusers' CLIP resize, in [-1, 1]
-        pixels = (pixels + 1) / 2
-        if normalize:
-            mean = torch.tensor(clip_vision.image_mean).view(1, 3, 1, 1)
-            std = torch.tensor(clip_vision.image_std).view(1, 3, 1, 1)
-            pixels = (pixels - mean) / std
+        config = None if adapter is None else adapter.config
+        normalize = clip_normalize(config)
+        pixels = clip_pixels(x, getattr(clip_vision, "image_size", 224),  # (older ComfyUI: always 224)
+                             clip_vision.image_mean if normalize else None, clip_vision.image_std if normalize else None)
         mm.load_model_gpu(clip_vision.patcher)
         out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
         pooled = out[2].to(mm.intermediate_device()).unsqueeze(0)
 
-        frame = resize_frames(x, height, width)  # as the pipeline encodes the first frame
+        frame = resize_frames(x, height, width) * 2 - 1  # as the pipeline encodes the first frame, in [-1, 1]
         noise = torch.randn(frame.shape, generator=torch.Generator().manual_seed(int(seed)))
-        # ComfyUI's VAE maps [0, 1] to [-1, 1] itself: half the noise here is `strength * noise` there
-        latent = vae.encode((frame + augmentation_level * noise / 2).movedim(1, -1))
-        ids = dict(fps=fps, motion_bucket_id=motion_bucket_id, augmentation_level=augmentation_level)
-        fixed = None if adapter is None else adapter.config.get("fixed_time_ids")
-        if fixed is not None:  # MOFA: what its weights always saw, whatever the widgets say
-            ids = dict(fps=fixed[0] + 1, motion_bucket_id=fixed[1], augmentation_level=fixed[2])
+        noisy = noise_augmented(frame, augmentation_level, noise)
+        latent = vae.encode(((noisy + 1) / 2).movedim(1, -1))  # ComfyUI's VAE takes [0, 1] and maps it itself
+        fps_id, bucket, level = time_ids(config, fps, motion_bucket_id, augmentation_level)
+        ids = dict(fps=fps_id + 1, motion_bucket_id=bucket, augmentation_level=level)  # core subtracts 1 from fps
         positive = [[pooled, {**ids, "concat_latent_image": latent}]]
         negative = [[torch.zeros_like(pooled), {**ids, "concat_latent_image": torch.zeros_like(latent)}]]
         empty = torch.zeros([video_frames, 4, height // 8, width // 8])

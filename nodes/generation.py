@@ -12,18 +12,19 @@ take. Cancel stops the sampler within one denoising step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from surgsora.motion.splat import resize_flow
-from surgsora.sampling.dual_clock import TTM_T_STRONG, TTM_T_WEAK, dual_clock_indices
+from surgsora.sampling.dual_clock import dual_clock_indices
+from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, MAX_STEPS, TTM_T_STRONG,
+                                        TTM_T_WEAK, SamplingSettings, check_settings, check_video_size)
 
 from .models import download_widget, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, check_interrupted, image_to_bchw,
-                      latent_previewer, offload_device, on_device, resolve_dtype, torch_device, video_to_image,
-                      widget_problem)
+                      latent_previewer, offload_device, on_device, queue_problem, resolve_dtype, torch_device,
+                      video_to_image)
 from .perception import SEG_TYPE
 from .trajectory import FLOW_TYPE, _check_flow, depth_for
 
@@ -31,7 +32,6 @@ ADAPTER_TYPE = "SURGSORA_ADAPTER"
 DSI_TYPE = "SURGSORA_DSI_FEATURES"
 CONDITIONS_TYPE = "SURGSORA_CONDITIONS"
 SVD_TYPE = "SURGSORA_SVD"
-SVD_MULTIPLE = 64  # the SVD UNet downsamples latents (1/8 of the image) three more times
 
 
 @dataclass
@@ -71,15 +71,6 @@ class SVDModels:
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         return SurgSoraPipeline(vae=self.vae, image_encoder=self.image_encoder, unet=self.unet, scheduler=scheduler,
                                 feature_extractor=self.feature_extractor, adapter=adapter)
-
-
-def _check_size(h: int, w: int, what: str) -> None:
-    if h % SVD_MULTIPLE or w % SVD_MULTIPLE:
-        sw, sh = max(SVD_MULTIPLE, round(w / SVD_MULTIPLE) * SVD_MULTIPLE), \
-            max(SVD_MULTIPLE, round(h / SVD_MULTIPLE) * SVD_MULTIPLE)
-        raise ValueError(f"{what} is {w}x{h}; SurgSora/SVD need a width and height that are multiples of "
-                         f"{SVD_MULTIPLE} (e.g. {sw}x{sh}): resize the frame first (Upscale Image, crop disabled), "
-                         "before SAM, depth and the trajectories.")
 
 
 # ---------------------------------------------------------------------------------------- adapter
@@ -145,7 +136,8 @@ class SurgSoraDSIEncode:
     def encode(self, adapter, image, depth=None, seg_features=None):
         x = image_to_bchw(image, "image")
         b, _, h, w = x.shape
-        _check_size(h, w, "The first frame")
+        check_video_size(w, h, "The first frame", fix="; resize it first (Upscale Image, crop disabled), before SAM, "
+                                                      "depth and the trajectories")
         d = seg = None
         if adapter.needs_depth:
             if depth is None:
@@ -258,8 +250,16 @@ def dual_clock_widgets() -> dict:
     }
 
 
-def dual_clock_order(t_weak: float, t_strong: float) -> str:
-    return f"t_weak ({t_weak}) must be smaller than t_strong ({t_strong})."
+# The sampler's widgets are the library's sampling settings under the same names, except that frames 0 means "the
+# conditions' or motion signal's count" (None in the library).
+SAMPLER_NAMES = {"frames": "frames (0 = the conditions' or motion signal's count)"}
+
+
+def sampler_settings(frames=None, **widgets) -> dict:
+    """The sampler's widget values as the library's settings (frames 0 -> None), checked in the widgets' words."""
+    values = {**widgets, "frames": None if frames == 0 else frames}
+    check_settings(names=SAMPLER_NAMES, **values)
+    return values
 
 
 class SurgSoraSampler:
@@ -277,24 +277,24 @@ class SurgSoraSampler:
             "required": {
                 "svd": (SVD_TYPE, {"tooltip": "From SurgSora Load SVD."}),
                 "image": ("IMAGE", {"tooltip": "The first frame."}),
-                "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+                "steps": ("INT", {"default": 25, "min": 1, "max": MAX_STEPS, "tooltip": "Denoising steps."}),
                 "min_cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                       "tooltip": "Guidance on the first frame; ramps linearly to max_cfg."}),
                 "max_cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                       "tooltip": "Guidance on the last frame (at least min_cfg)."}),
-                "fps": ("INT", {"default": 7, "min": 1, "max": 1024,
+                "fps": ("INT", {"default": 7, "min": 1, "max": int(MAX_FPS),
                                 "tooltip": "SVD's frame-rate conditioning (SurgSora adapters are trained at 7)."}),
-                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": 1023,
+                "motion_bucket_id": ("INT", {"default": 127, "min": 0, "max": MAX_MOTION_BUCKET,
                                              "tooltip": "SVD's motion amount conditioning: higher asks for more "
                                                         "motion."}),
-                "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 10.0, "step": 0.01,
+                "noise_aug_strength": ("FLOAT", {"default": 0.02, "min": 0.0, "max": 1.0, "step": 0.01,
                                                  "tooltip": "Noise added to the first frame before it conditions "
                                                             "SVD: higher lets the video depart more from it."}),
                 "control_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                             "tooltip": "Strength of the SurgSora adapter (0 = plain SVD)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the initial noise and of the noise augmentation."}),
-                "frames": ("INT", {"default": 0, "min": 0, "max": 512,
+                "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
                 **dual_clock_widgets(),
             },
@@ -317,37 +317,21 @@ class SurgSoraSampler:
     CATEGORY = f"{CATEGORY}/generation"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, min_cfg=None, max_cfg=None, t_weak=None, t_strong=None, frames=None):
-        # cross-widget rules, checked before the graph runs (links are not resolved yet: values may be None);
-        # ComfyUI skips its min/max checks for the inputs taken here, so widget_problem does them
-        problem = widget_problem(cls, min_cfg=min_cfg, max_cfg=max_cfg, t_weak=t_weak, t_strong=t_strong,
-                                 frames=frames)
-        if problem:
-            return problem
-        if min_cfg is not None and max_cfg is not None and min_cfg > max_cfg:
-            return f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg})."
-        if t_weak is not None and t_strong is not None and not t_weak < t_strong:
-            return dual_clock_order(t_weak, t_strong)
-        if frames == 1:
-            return "frames must be 0 (the conditions' or motion signal's count) or at least 2; got 1."
-        return True
+    def VALIDATE_INPUTS(cls, steps=None, min_cfg=None, max_cfg=None, fps=None, motion_bucket_id=None,
+                        noise_aug_strength=None, control_scale=None, seed=None, frames=None, t_weak=None,
+                        t_strong=None):
+        # the library's rules at queue time (ComfyUI skips its own range checks for the inputs taken here)
+        return queue_problem(sampler_settings, steps=steps, min_cfg=min_cfg, max_cfg=max_cfg, fps=fps,
+                             motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength,
+                             control_scale=control_scale, seed=seed, frames=frames, t_weak=t_weak,
+                             t_strong=t_strong) or True
 
     @torch.no_grad()
     def sample(self, svd, image, steps=25, min_cfg=1.0, max_cfg=3.0, fps=7, motion_bucket_id=127,
                noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG,
                adapter=None, conditions=None, motion_signal=None, motion_mask=None):
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1; got {steps}.")
-        for name, value in (("min_cfg", min_cfg), ("max_cfg", max_cfg), ("noise_aug_strength", noise_aug_strength),
-                            ("control_scale", control_scale), ("t_weak", t_weak), ("t_strong", t_strong)):
-            if not math.isfinite(value) or value < 0:  # widgets bound them, prompts sent over the API may not
-                raise ValueError(f"{name} must be a finite number of 0 or more; got {value}.")
-        if motion_bucket_id < 0:
-            raise ValueError(f"motion_bucket_id must be 0 or more; got {motion_bucket_id}.")
-        if min_cfg > max_cfg:
-            raise ValueError(f"min_cfg ({min_cfg}) must not be larger than max_cfg ({max_cfg}).")
-        if fps < 1:
-            raise ValueError(f"fps must be at least 1; got {fps}.")
+        from surgsora.sampling.generate import sample
+
         if (adapter is None) != (conditions is None):
             missing = "conditions (from SurgSora DFM + MSF)" if conditions is None else "adapter"
             raise ValueError(f"Connect both the adapter and the conditions, or neither (plain SVD); the {missing} "
@@ -356,32 +340,18 @@ class SurgSoraSampler:
             missing = "motion_mask" if motion_mask is None else "motion_signal"
             raise ValueError(f"Dual-clock sampling needs both the motion signal and its mask; connect {missing} "
                              "(SurgSora Motion Signal gives both).")
+        settings = SamplingSettings(**sampler_settings(
+            steps=steps, min_cfg=min_cfg, max_cfg=max_cfg, fps=fps, motion_bucket_id=motion_bucket_id,
+            noise_aug_strength=noise_aug_strength, control_scale=control_scale, seed=seed, frames=frames,
+            t_weak=t_weak, t_strong=t_strong))
         x = image_to_bchw(image, "image")
+        signal = mask = None
         if motion_signal is not None:
             signal, mask = _signal_and_mask(motion_signal, motion_mask, x.shape[0])
-            if frames not in (0, signal.shape[1]):
-                raise ValueError(f"frames is {frames} but the motion signal has {signal.shape[1]} frames; set frames "
-                                 f"to 0 or {signal.shape[1]}.")
-            frames = signal.shape[1]
-            weak, strong = dual_clock_indices(t_weak, t_strong, steps)
-        if conditions is not None:
-            num_frames = conditions.num_frames
-            if frames not in (0, num_frames):
-                raise ValueError(f"frames is {frames} but the conditions were made for {num_frames} frames; set "
-                                 f"frames to 0 or {num_frames}, or change the trajectories' frame count.")
-            h, w = conditions.image.shape[-2:]
-            if conditions.image.shape[0] != x.shape[0]:
-                raise ValueError(f"The image batch ({x.shape[0]}) differs from the conditions' ({conditions.image.shape[0]}).")
-        else:
-            num_frames = frames or int(svd.unet.config.num_frames)
-            h, w = x.shape[-2:]
-        if num_frames < 2:
-            raise ValueError(f"frames must be at least 2; got {num_frames}.")
-        _check_size(h, w, "The video size")
+        h, w = (conditions.image if conditions is not None else x).shape[-2:]  # the conditions' size wins
 
-        pipe = svd.pipeline(adapter if conditions is not None else None)
-        bar = Progress(steps - (weak if motion_signal is not None else 0))  # dual-clock starts at t_weak
-
+        start = dual_clock_indices(t_weak, t_strong, steps)[0] if signal is not None else 0  # dual-clock: t_weak
+        bar = Progress(steps - start)
         preview = latent_previewer()
 
         def on_step(i, total, latents):
@@ -389,25 +359,15 @@ class SurgSoraSampler:
             bar.update(1, preview(latents[:1, middle].float()) if preview is not None else None)
             check_interrupted()  # Cancel in the UI: stop after this step
 
-        modules = [svd.unet, svd.vae, svd.image_encoder] + ([adapter] if conditions is not None else [])
-        with on_device(*modules) as device:
-            if conditions is not None and adapter.dtype != svd.unet.dtype:
+        modules = [svd.unet, svd.vae, svd.image_encoder, adapter]
+        with on_device(*modules):
+            if adapter is not None and adapter.dtype != svd.unet.dtype:
                 adapter.to(svd.unet.dtype)
-            generator = torch.Generator("cpu").manual_seed(int(seed))
-            first = pipe.encode_first_frame(x, int(h), int(w), float(noise_aug_strength), generator)
-            conds = [c.to(device) for c in conditions.scales] if conditions is not None else None
-            anchor = None
-            if motion_signal is not None:
-                if signal.shape[1] != num_frames:
-                    raise ValueError(f"The motion signal has {signal.shape[1]} frames but the conditions "
-                                     f"{num_frames}; make both from the same trajectories.")
-                anchor = pipe.encode_motion_signal(signal, mask, weak, strong, int(h), int(w))
-            latents = pipe.denoise(first, conds, num_frames, int(steps), float(min_cfg), float(max_cfg), int(fps),
-                                   int(motion_bucket_id), float(control_scale), generator, callback=on_step,
-                                   anchor=anchor)
-            scale = svd.vae.config.scaling_factor
-            samples = (latents.float() / scale).flatten(0, 1).cpu()
-        return ({"samples": samples, "surgsora_frames": num_frames},)
+            latents = sample(svd.pipeline(adapter), x, settings,
+                             conditions=None if conditions is None else conditions.scales, motion_signal=signal,
+                             motion_mask=mask, height=int(h), width=int(w), callback=on_step)
+            samples = (latents.float() / svd.vae.config.scaling_factor).flatten(0, 1).cpu()
+        return ({"samples": samples, "surgsora_frames": int(latents.shape[1])},)
 
 
 def _signal_and_mask(signal, mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,12 +13,12 @@ import json
 import numpy as np
 import torch
 
-from surgsora.perception.depth import depth_to_rgb, load_depth_anything
+from surgsora.perception.depth import check_input_size, depth_to_rgb, load_depth_anything
 from surgsora.perception.sam import load_sam
 
 from .models import download_widget, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, bchw_to_image, check_interrupted,
-                      image_to_bchw, offload_device, on_device, resolve_dtype, torch_device, widget_problem)
+                      image_to_bchw, offload_device, on_device, queue_problem, resolve_dtype, torch_device)
 
 SAM_TYPE = "SURGSORA_SAM"
 DEPTH_MODEL_TYPE = "SURGSORA_DEPTH_MODEL"
@@ -249,15 +249,11 @@ class SurgSoraDepth:
 
     @classmethod
     def VALIDATE_INPUTS(cls, input_size=None):
-        problem = widget_problem(cls, input_size=input_size)
-        if problem is None and input_size is not None and input_size % 14:
-            problem = f"input_size must be a multiple of 14 (e.g. 518); got {input_size}."
-        return problem or True
+        # the step of 14 is the rule, which ComfyUI's widget check does not enforce (it rounds in the UI only)
+        return input_size is None or queue_problem(check_input_size, input_size) or True
 
     def estimate(self, depth_model, image, input_size=518):
-        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size % 14 \
-                or input_size < 14:
-            raise ValueError(f"input_size must be a positive multiple of 14 (e.g. 518); got {input_size}.")
+        check_input_size(input_size)  # before any work
         x = image_to_bchw(image, "image")
         bar = Progress(x.shape[0])
         out = []

@@ -63,31 +63,13 @@ PRECISION_TOOLTIP = ("Weight precision: auto = fp32 on the CPU, fp16 or bf16 (wh
                      "a GPU.")
 
 
-def widget_problem(cls, **values) -> str | None:
-    """ComfyUI's own widget checks (min/max, combo membership, plus finite numbers) for the inputs a node's
-    ``VALIDATE_INPUTS`` takes, which ComfyUI then skips; one sentence, or None when all are fine.
-
-    A value of None is a widget linked to another node's output (not known at validation): skipped.
-    """
-    import math
-
-    spec = cls.INPUT_TYPES()
-    declared = {**spec.get("required", {}), **spec.get("optional", {})}
-    for name, value in values.items():
-        if value is None:
-            continue
-        kind = declared[name][0]
-        opts = declared[name][1] if len(declared[name]) > 1 else {}
-        if isinstance(kind, list):
-            if value not in kind:
-                return f"{name} must be one of {', '.join(map(str, kind))}; got {value!r}."
-        elif kind in ("INT", "FLOAT"):
-            if isinstance(value, float) and not math.isfinite(value):
-                return f"{name} must be a finite number; got {value}."
-            if "min" in opts and value < opts["min"]:
-                return f"{name} must be at least {opts['min']}; got {value}."
-            if "max" in opts and value > opts["max"]:
-                return f"{name} must be at most {opts['max']}; got {value}."
+def queue_problem(check, *args, **kwargs) -> str | None:
+    """The sentence of the ``ValueError`` a library rule ``check(*args, **kwargs)`` raises, or None when it passes:
+    what a node's ``VALIDATE_INPUTS`` returns, so a prompt is refused at queue time in the library's words."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as e:
+        return str(e)
     return None
 
 

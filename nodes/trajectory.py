@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb
-from surgsora.motion.preview import motion_preview
+from surgsora.motion.preview import motion_preview, motion_signal
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
+from surgsora.sampling.settings import MAX_FRAMES, check_settings
 
 from .models import download_widget, model_choices, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
-                      mask_to_regions, offload_device, on_device, torch_device, video_to_image, widget_problem)
+                      mask_to_regions, offload_device, on_device, torch_device, video_to_image)
 
 FLOW_TYPE = "SURGSORA_FLOW"
 # Tracks, masks, flows and depth made on a frame still fit a resized copy of it whose shape differs this much
@@ -148,6 +149,17 @@ def _save_temp_frame(image: torch.Tensor, prefix: str) -> list[dict]:
     return [{"filename": name, "subfolder": "", "type": "temp", "width": arr.shape[1], "height": arr.shape[0]}]
 
 
+def _canvas_problem(width, height) -> str | None:
+    """The trajectories node's canvas widgets: both 0 (the image's size) or both positive whole numbers; one sentence
+    or None (a None value is a linked widget, not known yet)."""
+    given = [v for v in (width, height) if v is not None]
+    whole = all(not isinstance(v, bool) and isinstance(v, (int, np.integer)) and v >= 0 for v in given)
+    if whole and (len(given) < 2 or (width > 0) == (height > 0)):
+        return None
+    return (f"canvas_width and canvas_height are {width} and {height}: set both canvas_width and canvas_height to the "
+            "size of the picture the tracks were drawn on, or leave both at 0 (use the image's size).")
+
+
 class SurgSoraTrajectories:
     """Trajectories drawn in the node's editor (click to start a track, click/drag to add points).
 
@@ -164,7 +176,7 @@ class SurgSoraTrajectories:
                 "tracks": ("STRING", {"default": "", "multiline": True,
                                       "tooltip": "Tracks as JSON (written by the editor above): "
                                                  "{\"width\": W, \"height\": H, \"tracks\": [[[x, y], ...], ...]}."}),
-                "frames": ("INT", {"default": 14, "min": 2, "max": 512,
+                "frames": ("INT", {"default": 14, "min": 2, "max": MAX_FRAMES,
                                    "tooltip": "Video length T the tracks are resampled to."}),
                 "canvas_width": ("INT", {"default": 0, "min": 0, "max": 16384,
                                          "tooltip": "Size of the picture the tracks were drawn on, if the JSON does "
@@ -191,27 +203,14 @@ class SurgSoraTrajectories:
 
     @classmethod
     def VALIDATE_INPUTS(cls, canvas_width=None, canvas_height=None):
-        problem = widget_problem(cls, canvas_width=canvas_width, canvas_height=canvas_height)
-        if problem is None and canvas_width is not None and canvas_height is not None \
-                and (canvas_width > 0) != (canvas_height > 0):
-            problem = (f"canvas_width and canvas_height are {canvas_width}x{canvas_height}: set both, or leave both "
-                       "at 0 (use the image's size).")
-        return problem or True
+        return _canvas_problem(canvas_width, canvas_height) or True
 
     def build(self, tracks, frames=14, canvas_width=0, canvas_height=0, image=None, tracks_json=None,
               tracks_in=None):
-        for name, v in (("frames", frames), ("canvas_width", canvas_width), ("canvas_height", canvas_height)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"{name} must be a whole number; got {v!r}.")
-        if frames < 2:
-            raise ValueError(f"frames must be at least 2; got {frames}.")
-        if frames > 512:
-            raise ValueError(f"frames must be at most 512; got {frames}.")
-        if canvas_width < 0 or canvas_height < 0:
-            raise ValueError(f"canvas_width and canvas_height must be 0 (use the image's size) or positive; got "
-                             f"{canvas_width}x{canvas_height}.")
-        if (canvas_width > 0) != (canvas_height > 0):
-            raise ValueError("Set both canvas_width and canvas_height, or leave both at 0 (use the image's size).")
+        check_settings(frames=frames)
+        problem = _canvas_problem(canvas_width, canvas_height)
+        if problem:
+            raise ValueError(problem)
         data = tracks_in if tracks_in is not None else (tracks_json if tracks_json is not None else tracks)
         x = image_to_bchw(image, "image") if image is not None else None
         try:
@@ -319,6 +318,19 @@ class SurgSoraTracksToFlow:
         return (flow, flow_colours(flow))
 
 
+FLOW_METHODS = ["dis", "raft"]
+
+
+def _flow_method_problem(method, raft_weights) -> str | None:
+    """The optical-flow node's method and weights together (None values: linked widgets, not known yet)."""
+    if method is not None and method not in FLOW_METHODS:
+        return f"method must be one of {', '.join(FLOW_METHODS)}; got {method!r}."
+    if method == "raft" and raft_weights == "none":
+        return ("RAFT needs a weights file: put raft_large_C_T_SKHT_V2-ff5fadd5.pth in models/optical_flow and "
+                "choose it in raft_weights, or use method 'dis'.")
+    return None
+
+
 class SurgSoraVideoFlow:
     """Optical flow frame 0 -> t of a real clip (the paper's ground-truth-flow mode): OpenCV DIS chained
     frame to frame, or torchvision RAFT-Large from a local weights file (models/optical_flow)."""
@@ -327,9 +339,9 @@ class SurgSoraVideoFlow:
     def INPUT_TYPES(cls):
         return {"required": {
             "frames": ("IMAGE", {"tooltip": "The clip as an IMAGE batch (e.g. Load Video -> Get Video Components)."}),
-            "method": (["dis", "raft"], {"default": "dis",
-                                         "tooltip": "dis: OpenCV DIS, no weights, chained frame to frame; raft: "
-                                                    "torchvision RAFT-Large (needs raft_weights)."}),
+            "method": (FLOW_METHODS, {"default": "dis",
+                                      "tooltip": "dis: OpenCV DIS, no weights, chained frame to frame; raft: "
+                                                 "torchvision RAFT-Large (needs raft_weights)."}),
             "raft_weights": (model_choices("raft", extra=("none",)),
                              {"tooltip": "RAFT-Large weights in models/optical_flow (method raft only)."}),
             "start": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "First frame of the clip used."}),
@@ -348,10 +360,7 @@ class SurgSoraVideoFlow:
 
     @classmethod
     def VALIDATE_INPUTS(cls, method=None, raft_weights=None):
-        problem = widget_problem(cls, method=method)
-        if problem is None and method == "raft" and raft_weights == "none":
-            problem = ("method 'raft' needs a weights file: put raft_large_C_T_SKHT_V2-ff5fadd5.pth in "
-                       "models/optical_flow and choose it in raft_weights, or use method 'dis'.")
+        problem = _flow_method_problem(method, raft_weights)
         if problem is None and method != "dis":  # with 'dis' the weights are not used
             problem = validate_choice("raft", raft_weights, extra=("none",))
         return problem or True
@@ -359,6 +368,9 @@ class SurgSoraVideoFlow:
     def estimate(self, frames, method="dis", raft_weights="none", start=0, num_frames=14, stride=1):
         from surgsora.motion.optical_flow import estimate_flow
 
+        problem = _flow_method_problem(method, raft_weights)
+        if problem:
+            raise ValueError(problem)
         for name, v, lo in (("start", start, 0), ("num_frames", num_frames, 0), ("stride", stride, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"{name} must be a whole number >= {lo}; got {v!r}.")
@@ -370,14 +382,7 @@ class SurgSoraVideoFlow:
         if clip.shape[0] < 2 or (num_frames and clip.shape[0] < num_frames):
             raise ValueError(f"The clip has {x.shape[0]} frames; start={start}, num_frames={num_frames}, "
                              f"stride={stride} needs {start + (max(num_frames, 2) - 1) * stride + 1}.")
-        weights = None
-        if method == "raft":
-            if raft_weights == "none":
-                raise ValueError("RAFT needs a weights file: put raft_large_C_T_SKHT_V2-ff5fadd5.pth in "
-                                 "models/optical_flow and choose it, or use method 'dis'.")
-            weights = resolve_model("raft", raft_weights)
-        elif method != "dis":
-            raise ValueError(f"method must be 'dis' or 'raft'; got {method!r}.")
+        weights = resolve_model("raft", raft_weights) if method == "raft" else None
         u8 = (clip.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
         bar = Progress(1)
         flow = torch.from_numpy(estimate_flow(u8, method=method, raft_weights=weights,
@@ -386,9 +391,13 @@ class SurgSoraVideoFlow:
         return (flow, bchw_to_image(clip[:1]), bchw_to_image(clip), flow_colours(flow))
 
 
+WARPS = ["occlusion", "average"]
+
+
 class SurgSoraMotionPreview:
-    """The first frame pushed along the flow (forward splatting, holes filled from the frame): the motion
-    the trajectories ask for, in a fraction of a second and without any diffusion model."""
+    """The first frame pushed along the flow: the motion the trajectories ask for, in a fraction of a second and
+    without any diffusion model. By default the picture of the CLI's preview and of the dual-clock motion signal
+    (nearer wins, disocclusions filled from the background); ``warp`` average is the plain average splat."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -397,8 +406,19 @@ class SurgSoraMotionPreview:
                 "image": ("IMAGE", {"tooltip": "The first frame."}),
                 "flow": (FLOW_TYPE, {"tooltip": "Flow frame 0 -> t (SurgSora Trajectories to Flow or Optical Flow "
                                                 "from Clip)."}),
+                "warp": (WARPS, {"default": "occlusion",
+                                 "tooltip": "occlusion: the motion signal (nearer wins, holes filled from the "
+                                            "background), as the CLI preview; average: plain average splatting, "
+                                            "holes filled from the frame (a moved object also stays where it was)."}),
             },
-            "optional": {"tracks": ("TRACKS", {"tooltip": "Draw these tracks on the preview."})},
+            "optional": {
+                "tracks": ("TRACKS", {"tooltip": "Draw these tracks on the preview."}),
+                "depth": ("IMAGE", {"tooltip": "Optional depth (near = bright): decides what is in front (warp "
+                                               "occlusion)."}),
+                "region_masks": ("MASK", {"tooltip": "Optional masks of the moved objects: smaller regions are in "
+                                                     "front, and the background behind them fills the holes (warp "
+                                                     "occlusion)."}),
+            },
         }
 
     RETURN_TYPES = ("IMAGE",)
@@ -407,15 +427,29 @@ class SurgSoraMotionPreview:
     FUNCTION = "preview"
     CATEGORY = f"{CATEGORY}/trajectory"
 
-    def preview(self, image, flow, tracks=None):
+    @torch.no_grad()
+    def preview(self, image, flow, warp="occlusion", tracks=None, depth=None, region_masks=None):
+        if warp not in WARPS:
+            raise ValueError(f"warp must be one of {', '.join(WARPS)}; got {warp!r}.")
         x, f = _image_and_flow(image, flow)
         h, w = x.shape[-2:]
-        video = motion_preview(x, f)  # [B, T, 3, H, W]
+        if warp == "average":
+            video = motion_preview(x, f)  # [B, T, 3, H, W]
+        else:
+            video, _ = _motion_signal(x, f, depth, region_masks)
         if tracks is not None:
             t = tracks_at(tracks, (w, h), num_frames=video.shape[1])
             video = torch.stack([torch.stack([draw_tracks(v[k], t[:, : k + 1]) for k in range(v.shape[0])])
                                  for v in video])
         return (video_to_image(video),)
+
+
+def _motion_signal(x: torch.Tensor, f: torch.Tensor, depth, region_masks) -> tuple[torch.Tensor, torch.Tensor]:
+    """The occlusion-aware motion signal of frames [B, 3, H, W] and their flow, with the nodes' optional depth and
+    region masks brought to the frames' size."""
+    b, _, h, w = x.shape
+    d = None if depth is None else depth_for(depth, b, h, w)
+    return motion_signal(x, f, depth=d, regions=_regions_for(region_masks, (h, w)))
 
 
 class SurgSoraMotionSignal:
@@ -443,12 +477,7 @@ class SurgSoraMotionSignal:
 
     @torch.no_grad()
     def build(self, image, flow, depth=None, region_masks=None):
-        from surgsora.motion.preview import motion_signal
-
-        x, f = _image_and_flow(image, flow)
-        b, _, h, w = x.shape
-        d = None if depth is None else depth_for(depth, b, h, w)
-        video, mask = motion_signal(x, f, depth=d, regions=_regions_for(region_masks, (h, w)))
+        video, mask = _motion_signal(*_image_and_flow(image, flow), depth, region_masks)
         return (video_to_image(video), mask.flatten(0, 2).float())
 
 

@@ -356,8 +356,8 @@ def _tracks_dict():
 NODE_CASES = [  # (node module, node name, kwargs builder, exception type, words)
     ("trajectory", "SurgSoraTrajectories", lambda im: dict(tracks=TRACKS, frames=True, image=im), ValueError,
      "frames must be a whole number"),
-    ("trajectory", "SurgSoraTrajectories", lambda im: dict(tracks=TRACKS, frames=600, image=im), ValueError,
-     "at most 512"),
+    ("trajectory", "SurgSoraTrajectories", lambda im: dict(tracks=TRACKS, frames=5000, image=im), ValueError,
+     "frames must be between 2 and 4096"),
     ("trajectory", "SurgSoraTrajectories",
      lambda im: dict(tracks=json.dumps({"width": 64, "height": 64, "tracks": [[[3, 3]]]}), image=im), ValueError,
      "another shape"),

@@ -247,6 +247,11 @@ def _defaults(cls) -> dict:
     return out
 
 
+# Widget maxima that are limits of the UI, not rules: the library accepts larger values, so a node does not re-check
+# them when ComfyUI skips its own check (a guidance of 150 is odd, not wrong).
+UI_MAXIMA = {("SurgSoraSampler", "max_cfg"), ("SurgSoraSampler", "control_scale")}
+
+
 def _range_cases():
     cases = []
     for name, cls in sorted(_validators().items()):
@@ -257,32 +262,42 @@ def _range_cases():
             if kind in ("INT", "FLOAT"):
                 step = 1 if kind == "INT" else 0.5
                 if "min" in opts:
-                    cases.append(pytest.param(name, arg, opts["min"] - step, id=f"{name}-{arg}-below"))
+                    cases.append(pytest.param(name, arg, opts["min"] - step, True, id=f"{name}-{arg}-below"))
                 if "max" in opts:
-                    cases.append(pytest.param(name, arg, opts["max"] + step, id=f"{name}-{arg}-above"))
+                    cases.append(pytest.param(name, arg, opts["max"] + step, (name, arg) not in UI_MAXIMA,
+                                              id=f"{name}-{arg}-above"))
+                if kind == "FLOAT":
+                    cases.append(pytest.param(name, arg, float("nan"), True, id=f"{name}-{arg}-nan"))
             elif isinstance(kind, list):
-                cases.append(pytest.param(name, arg, "no such choice", id=f"{name}-{arg}-choice"))
+                cases.append(pytest.param(name, arg, "no such choice", True, id=f"{name}-{arg}-choice"))
     return cases
 
 
-@pytest.mark.parametrize("name, arg, value", _range_cases())
-def test_validate_inputs_redo_the_checks_comfyui_skips(name, arg, value, models):
+@pytest.mark.parametrize("name, arg, value, refused", _range_cases())
+def test_validate_inputs_keep_the_rules_comfyui_skips(name, arg, value, refused, models):
     """ComfyUI does not check min/max or list membership for an input that VALIDATE_INPUTS takes: a fresh node's
-    widgets with one of them out of range (or not in its list) must still fail validation."""
+    widgets with one of them out of its rule's range (or not in its list, or NaN) must still fail validation, naming
+    it; a widget maximum that is only a limit of the UI is not re-checked."""
     cls = _validators()[name]
     values = _defaults(cls)
     assert cls.VALIDATE_INPUTS(**values) is True or name in LOADERS  # (an empty models folder here)
     if name == "SurgSoraVideoFlow":
         values["method"] = "raft"  # raft_weights matter only then ("dis" ignores them)
     answer = cls.VALIDATE_INPUTS(**{**values, arg: value})
-    assert isinstance(answer, str) and (arg in answer or "no such choice" in answer), answer
+    if refused:
+        assert isinstance(answer, str) and (arg in answer or "no such choice" in answer), answer
+    else:
+        assert answer is True, answer
 
 
 @pytest.mark.parametrize("name, values, words", [
     ("SurgSoraSampler", dict(min_cfg=3.0, max_cfg=1.0), "min_cfg (3.0) must not be larger than max_cfg (1.0)"),
     ("SurgSoraSampler", dict(t_weak=0.5, t_strong=0.5), "t_weak (0.5) must be smaller than t_strong (0.5)"),
-    ("SurgSoraSampler", dict(frames=1), "frames must be 0"),
+    ("SurgSoraSampler", dict(frames=1), "frames (0 = the conditions' or motion signal's count) must be at least 2"),
     ("SurgSoraSampler", dict(min_cfg=float("nan")), "finite"),
+    ("SurgSoraSampler", dict(noise_aug_strength=1.5), "noise_aug_strength must be a finite number >= 0 and <= 1"),
+    ("SurgSoraApplySVD", dict(start_percent=0.6, end_percent=0.4), "start_percent not larger than end_percent"),
+    ("SurgSoraDualClockGuider", dict(t_weak=0.2, t_strong=1.5), "both in [0, 1]"),
     ("SurgSoraTrajectories", dict(canvas_width=640, canvas_height=0), "set both"),
     ("SurgSoraVideoFlow", dict(method="raft", raft_weights="none"), "needs a weights file"),
     ("SurgSoraVideoFlow", dict(method="raft", raft_weights="raft.pth"), "raft.pth was not found in"),
@@ -296,6 +311,8 @@ def test_cross_widget_rules_fail_at_validation(name, values, words, models):
 @pytest.mark.parametrize("name, values", [
     ("SurgSoraSampler", dict(min_cfg=1.0, max_cfg=3.0, t_weak=0.32, t_strong=0.42, frames=0)),
     ("SurgSoraSampler", dict(frames=2)),
+    ("SurgSoraSampler", dict(max_cfg=150.0, control_scale=12.0)),  # beyond the sliders, within the rules
+    ("SurgSoraApplySVD", dict(start_percent=0.2, end_percent=0.2)),
     ("SurgSoraTrajectories", dict(canvas_width=0, canvas_height=0)),
     ("SurgSoraTrajectories", dict(canvas_width=640, canvas_height=480)),
     ("SurgSoraVideoFlow", dict(method="dis", raft_weights="none")),

@@ -325,6 +325,30 @@ def test_flow_from_a_track_on_a_region_is_its_exact_translation(nodes, frame):
         run(nodes, "SurgSoraMotionPreview", image=frame, flow=flow[0])
 
 
+def test_motion_preview_shows_the_clis_motion_signal_and_the_average_splat_on_request(nodes, frame):
+    """The node's default picture is the CLI preview's (the occlusion-aware motion signal, with the depth and region
+    masks the node is given); warp 'average' is the old average splat."""
+    from surgsora.motion.preview import motion_preview, motion_signal
+
+    flow = torch.zeros(1, 2, 2, H, W)
+    box = torch.zeros(H, W)
+    box[16:40, 20:60] = 1  # moves right by 6, then 12 pixels
+    flow[0, 0, 0][box > 0], flow[0, 1, 0][box > 0] = 6.0, 12.0
+    region = torch.zeros(1, H, W)
+    region[0, 12:44, 16:64] = 1  # its mask, a little generous (the removed area, hence the fill, depends on it)
+    depth = torch.rand(1, H, W)  # a MASK from any depth node
+    x = frame.permute(0, 3, 1, 2).contiguous()
+    (video,) = run(nodes, "SurgSoraMotionPreview", image=frame, flow=flow, depth=depth, region_masks=region)
+    signal, _ = motion_signal(x, flow, depth=depth[None], regions=region[None])
+    assert torch.equal(video, signal[0].permute(0, 2, 3, 1))
+    (plain,) = run(nodes, "SurgSoraMotionPreview", image=frame, flow=flow, warp="average")
+    assert torch.equal(plain, motion_preview(x, flow)[0].permute(0, 2, 3, 1))
+    # the two pictures differ where the box started: the signal fills it from behind, the average splat keeps it
+    assert (video[2, 16:40, 20:32] - plain[2, 16:40, 20:32]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="warp must be one of occlusion, average; got 'softmax'"):
+        run(nodes, "SurgSoraMotionPreview", image=frame, flow=flow, warp="softmax")
+
+
 def test_cmp_decoder_node_matches_the_library(nodes, env, frame):
     from surgsora.motion.cmp import load_cmp
     from surgsora.motion.tracks import rasterize
@@ -487,7 +511,7 @@ def test_sampler_rejects_bad_settings(nodes, generation, frame):
         run(nodes, "SurgSoraSampler", **base, min_cfg=3.0, max_cfg=1.0)
     for name, value in (("max_cfg", float("nan")), ("control_scale", float("nan")), ("noise_aug_strength", -0.1),
                         ("min_cfg", float("inf"))):
-        with pytest.raises(ValueError, match=f"{name} must be a finite number of 0 or more"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
             run(nodes, "SurgSoraSampler", **{**base, name: value})
     with pytest.raises(ValueError, match="conditions were made for 4 frames"):
         run(nodes, "SurgSoraSampler", **base, frames=6)
@@ -497,6 +521,70 @@ def test_sampler_rejects_bad_settings(nodes, generation, frame):
         run(nodes, "SurgSoraDSIEncode", adapter=g.adapter, image=frame[:, :, :100], depth=g.depth, seg_features=g.seg)
     with pytest.raises(ValueError, match="whole number of 3-frame videos"):
         run(nodes, "SurgSoraDecode", svd=g.svd, latent={"samples": torch.zeros(4, 4, 8, 16), "surgsora_frames": 3})
+
+
+def test_a_motion_signal_and_conditions_of_different_lengths_are_named_as_such(nodes, generation, frame):
+    """A 14-frame motion signal with 21-frame conditions: the sentence names those two inputs (not the frames
+    widget, which is left at 0)."""
+    g = generation
+    (dsi,) = run(nodes, "SurgSoraDSIEncode", adapter=g.adapter, image=frame, depth=g.depth, seg_features=g.seg)
+    (conditions,) = run(nodes, "SurgSoraDFMFuse", adapter=g.adapter, dsi_features=dsi, flow=torch.zeros(1, 20, 2, H, W))
+    assert conditions.num_frames == 21
+    with pytest.raises(ValueError) as err:
+        run(nodes, "SurgSoraSampler", svd=g.svd, image=frame, adapter=g.adapter, conditions=conditions, steps=1,
+            motion_signal=torch.rand(14, H, W, 3), motion_mask=torch.ones(14, H, W))
+    text = str(err.value)
+    assert "motion signal" in text and "conditions" in text and "14" in text and "21" in text, text
+    assert not text.startswith("frames") and "\n" not in text, text
+
+
+class _ClipVision:
+    """ComfyUI's CLIP_VISION over SVD's image encoder: its input size and CLIP mean/std, a patcher for the memory
+    manager, and a model returning (..., ..., image_embeds)."""
+
+    def __init__(self, svd):
+        self.encoder = svd.image_encoder
+        self.image_size = svd.image_encoder.config.image_size
+        self.image_mean, self.image_std = svd.feature_extractor.image_mean, svd.feature_extractor.image_std
+        self.patcher, self.load_device = None, "cpu"
+
+    def model(self, pixel_values, intermediate_output=None):
+        return None, None, self.encoder(pixel_values).image_embeds
+
+
+class _VAE:
+    """ComfyUI's VAE.encode: IMAGE [N, H, W, 3] in [0, 1] -> latents (SVD's VAE, mapping to [-1, 1] itself)."""
+
+    def __init__(self, svd):
+        self.vae = svd.vae
+
+    def encode(self, pixels):
+        return self.vae.encode(pixels.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+
+
+@pytest.mark.parametrize("mofa", [False, True], ids=["surgsora", "mofa"])
+def test_svd_conditioning_node_encodes_the_first_frame_as_the_pipeline(nodes, generation, frame, mofa):
+    """SurgSora SVD Conditioning (for ComfyUI's own SVD) and the pipeline share one definition of SVD's image
+    conditioning: the same CLIP embedding, the same noise-augmented frame latent for the same seed, and the same
+    time ids, for a SurgSora adapter and for MOFA's ControlNet (fixed ids, CLIP input not normalised)."""
+    g = generation
+    adapter = run(nodes, "SurgSoraLoadAdapter", adapter_name=MOFA_NAME)[0] if mofa else g.adapter
+    positive, negative, latent = run(nodes, "SurgSoraSVDConditioning", clip_vision=_ClipVision(g.svd),
+                                     init_image=frame, vae=_VAE(g.svd), width=W, height=H, video_frames=5,
+                                     motion_bucket_id=90, fps=9, augmentation_level=0.3, seed=5, adapter=adapter)
+    pipe = g.svd.pipeline(adapter)
+    with torch.no_grad():
+        first = pipe.encode_first_frame(frame.permute(0, 3, 1, 2), H, W, 0.3, torch.Generator().manual_seed(5))
+    embedding, options = positive[0]
+    assert torch.equal(embedding, first.image_embeddings.permute(1, 0, 2))
+    assert torch.allclose(options["concat_latent_image"], first.image_latents, atol=1e-5)
+    ids = [options["fps"] - 1, options["motion_bucket_id"], options["augmentation_level"]]
+    assert ids == pipe.time_ids(9, 90, 0.3) == ([6.0, 128.0, 0.02] if mofa else [8, 90, 0.3])
+    assert torch.equal(negative[0][0], torch.zeros_like(embedding))
+    assert latent["samples"].shape == (5, 4, H // 8, W // 8)
+    with pytest.raises(ValueError, match="augmentation_level must be a finite number >= 0 and <= 1; got 2.0"):
+        run(nodes, "SurgSoraSVDConditioning", clip_vision=None, init_image=frame, vae=None, width=W, height=H,
+            video_frames=5, motion_bucket_id=90, fps=9, augmentation_level=2.0)
 
 
 def test_svd_single_file_loads_like_the_diffusers_folder(nodes, env, monkeypatch, tmp_path):

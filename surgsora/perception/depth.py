@@ -56,6 +56,7 @@ __all__ = [
     "DEPTH_VARIANTS",
     "DepthEstimator",
     "build_depth_model",
+    "check_input_size",
     "checkpoint_layout",
     "convert_original_to_transformers",
     "convert_transformers_to_original",
@@ -511,7 +512,7 @@ class DepthEstimator(nn.Module):
         """Unnormalised disparity at the input resolution, float32 ``[B,1,H,W]``."""
         from .sam import as_rgb_batch, content_key
 
-        _check_input_size(input_size)
+        check_input_size(input_size)
         x = as_rgb_batch(images, what="Depth Anything input")
         keys = [content_key(im, input_size) for im in x]
         first: dict[str, int] = {}
@@ -544,7 +545,8 @@ class DepthEstimator(nn.Module):
         return normalise_per_image(self.raw(images, input_size))
 
 
-def _check_input_size(input_size) -> None:
+def check_input_size(input_size) -> None:
+    """One sentence unless ``input_size`` (the side the image is resized to for the ViT) is a multiple of 14."""
     if not isinstance(input_size, int) or input_size < _PATCH or input_size % _PATCH:
         lo = max(_PATCH, int(input_size) // _PATCH * _PATCH) if isinstance(input_size, (int, float)) else 518
         raise ValueError(

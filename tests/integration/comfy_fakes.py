@@ -3,7 +3,8 @@
 ``install(root)`` puts ``folder_paths``, ``comfy.model_management`` and ``comfy.utils`` into
 ``sys.modules`` with ComfyUI's names and behaviour for what the nodes use: model folders under
 ``root/models`` (plus ``add_model_folder_path`` / ``get_folder_paths`` as in ComfyUI), input/output/temp
-folders, a CPU device, an interrupt flag and a progress bar that records its updates.
+folders, a CPU device (loading a model onto it does nothing), an interrupt flag and a progress bar that records
+its updates.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def install(root: str | Path) -> Fakes:
             raise InterruptProcessingException()
 
     mm.soft_empty_cache = soft_empty_cache
+    mm.load_model_gpu = lambda patcher: None  # everything runs on the CPU here
+    mm.intermediate_device = lambda: "cpu"
     mm.free_memory = free_memory
     mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
 
