@@ -3,8 +3,8 @@
     python benchmarks/load_svd.py [--workdir DIR] [--keep] [--repeat N]
 
 1. Writes a full-size random-weight single file in the real ``svd_xt.safetensors`` layout, in fp16
-   (about 4.8 GB; the key list comes from ../shared/fixtures/checkpoint_manifests when present,
-   else from the package's own export layout), streaming one tensor at a time.
+   (about 4.8 GB; the key list comes from tests/fixtures/checkpoint_manifests, the real file's names and
+   shapes), streaming one tensor at a time.
 2. Converts it once into a diffusers folder (unet/, vae/, image_encoder/, fp16) with the same weights.
 3. In separate fresh subprocesses, measures wall time and peak RSS (ru_maxrss) of
    ``surgsora.loading.svd_checkpoint.load_svd(file, dtype=float16)`` and of ``from_pretrained`` of the three
@@ -28,18 +28,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = REPO.parent / "shared" / "fixtures" / "checkpoint_manifests" / "svd_xt_sgm_single_file.json"
+MANIFEST = REPO / "tests" / "fixtures" / "checkpoint_manifests" / "svd_xt_sgm_single_file.json"
 TARGET_RSS_RATIO = 1.3
 
 
 def _single_file_layout() -> dict[str, list[int]]:
-    if MANIFEST.is_file():
-        return json.loads(MANIFEST.read_text())["tensors"]
-    sys.path.insert(0, str(REPO / "tests"))
-    from svd_export import to_single_file_state_dict
-    from surgsora.loading.svd_checkpoint import build_empty_models
-
-    return {k: list(v.shape) for k, v in to_single_file_state_dict(**build_empty_models()).items()}
+    return json.loads(MANIFEST.read_text())["tensors"]
 
 
 def write_random_single_file(path: Path, seed: int = 0) -> int:

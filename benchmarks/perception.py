@@ -19,19 +19,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CLIP = REPO.parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _frame_256():
+def _frame_256(clip: Path):
     import cv2
 
     from surgsora.video_io import read_video
 
-    frame = read_video(CLIP, start=6, count=1)[0]
+    frame = read_video(clip, start=6, count=1)[0]
     return cv2.resize(frame, (256, 256), interpolation=cv2.INTER_AREA)
 
 
@@ -47,7 +46,7 @@ def _cached_calls(fn, n: int = 5) -> tuple[float, float]:
     return times[0], sorted(times)[n // 2]
 
 
-def run_sam(tmp: Path) -> dict:
+def run_sam(tmp: Path, clip: Path) -> dict:
     import torch
 
     from surgsora.perception.sam import SAM_VARIANTS, build_sam, load_sam
@@ -55,7 +54,7 @@ def run_sam(tmp: Path) -> dict:
     torch.manual_seed(0)
     path = tmp / "sam_vit_b_random.pth"
     torch.save(build_sam(SAM_VARIANTS["vit_b"]).state_dict(), path)
-    image = torch.from_numpy(_frame_256()).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(_frame_256(clip)).permute(2, 0, 1)[None].float() / 255
     rss_before = _rss_mb()
     seg, t_load = _timed(lambda: load_sam(path))
     emb, t_first = _timed(lambda: seg.encode(image))
@@ -67,7 +66,7 @@ def run_sam(tmp: Path) -> dict:
             "rss_before_load_mb": rss_before}
 
 
-def run_depth(tmp: Path) -> dict:
+def run_depth(tmp: Path, clip: Path) -> dict:
     import torch
 
     from surgsora.perception.depth import build_depth_model, convert_transformers_to_original, depth_config, load_depth_anything
@@ -75,7 +74,7 @@ def run_depth(tmp: Path) -> dict:
     torch.manual_seed(0)
     path = tmp / "depth_anything_v2_vits_random.pth"  # the original layout, converted on load
     torch.save(convert_transformers_to_original(build_depth_model(depth_config("vits")).state_dict()), path)
-    image = torch.from_numpy(_frame_256()).permute(2, 0, 1)[None].float() / 255
+    image = torch.from_numpy(_frame_256(clip)).permute(2, 0, 1)[None].float() / 255
     rss_before = _rss_mb()
     est, t_load = _timed(lambda: load_depth_anything(path))
     depth, t_first = _timed(lambda: est(image, input_size=266))
@@ -87,7 +86,7 @@ def run_depth(tmp: Path) -> dict:
             "rss_before_load_mb": rss_before}
 
 
-def child(part: str) -> None:
+def child(part: str, clip: Path) -> None:
     import os
 
     import torch
@@ -96,15 +95,19 @@ def child(part: str) -> None:
     load = os.getloadavg()[0]
     sys.path.insert(0, str(REPO))
     with tempfile.TemporaryDirectory() as tmp:
-        result = (run_sam if part == "sam" else run_depth)(Path(tmp))
+        result = (run_sam if part == "sam" else run_depth)(Path(tmp), clip)
     result["load_avg_1min"] = load
     print(json.dumps(result))
 
 
 def main() -> None:
+    from endovis_clip import endovis_folder
+
+    clip = endovis_folder() / "clip.mp4"
     results = {}
     for part in ("sam", "depth"):
-        proc = subprocess.run([sys.executable, __file__, "--part", part], capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run([sys.executable, __file__, "--part", part, str(clip)], capture_output=True, text=True,
+                              cwd=REPO)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             raise SystemExit(f"benchmark part {part!r} failed")
@@ -121,6 +124,7 @@ def main() -> None:
     summary = {
         "benchmark": "perception",
         "frame": "endovis17 f06 256x256",
+        "clip": str(clip),
         "sam_vit_b_load_s": round(sam["load_s"], 3),
         "sam_vit_b_encode_first_s": round(sam["first_s"], 3),
         "sam_vit_b_encode_second_s": round(sam["second_s"], 5),
@@ -141,7 +145,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--part":
-        child(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--part":
+        child(sys.argv[2], Path(sys.argv[3]))
     else:
         main()

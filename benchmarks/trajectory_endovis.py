@@ -1,6 +1,8 @@
 """Trajectory Controller on a real surgical clip: decoded flow vs ground-truth flow, and the motion preview.
 
-    python benchmarks/trajectory_endovis.py [--clip ../shared/data/endovis17_clip/clip.mp4] [--size 256]
+    python benchmarks/trajectory_endovis.py [--clip CLIP.mp4] [--size 256]
+
+Default clip: the full-resolution one in ../shared when present, else the repository's copy (endovis_clip.py).
 
 Frames 6..19 of the EndoVis 2017 clip are resized to 256x256. Ground-truth flow 0 -> t comes from the
 real frames (OpenCV DIS, chained frame to frame and composed: ``surgsora.motion.optical_flow.estimate_flow``).
@@ -60,8 +62,6 @@ from surgsora.motion.preview import motion_preview, motion_signal  # noqa: E402
 from surgsora.motion.splat import sum_splat  # noqa: E402
 from surgsora.motion.tracks import rasterize, resample_track  # noqa: E402
 from surgsora.video_io import read_image, read_video  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data" / "endovis17_clip"
 
 
 # ------------------------------------------------------------------------------------- metric code
@@ -263,7 +263,7 @@ def load_clip(clip: Path, start: int, count: int, size: int, mask_paths: list[Pa
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clip", type=Path, default=DATA / "clip.mp4")
+    ap.add_argument("--clip", type=Path, default=None, help="default: the EndoVis clip (see endovis_clip.py)")
     ap.add_argument("--masks", type=Path, nargs="+", default=None,
                     help="instrument masks at the first frame (>0 is instrument); default: the two next to the clip")
     ap.add_argument("--start", type=int, default=6)
@@ -275,6 +275,10 @@ def main(argv=None) -> dict:
                          "(OpenMP threads stall badly when other processes hold the cores)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.clip is None:
+        from endovis_clip import endovis_folder
+
+        args.clip = endovis_folder() / "clip.mp4"
     mask_paths = args.masks or [args.clip.parent / "mask_left_instrument_f06.png",
                                 args.clip.parent / "mask_right_instrument_f06.png"]
     frames, masks = load_clip(args.clip, args.start, args.frames, args.size, mask_paths)

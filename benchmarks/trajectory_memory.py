@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "endovis17_clip"
 
 
 def _child(argv: list[str]) -> None:
@@ -61,13 +60,13 @@ def _tracks(n: int, seed: int = 0) -> dict:
     return {"width": w, "height": h, "tracks": tracks}
 
 
-def run_point(n: int, frames: int, masks: bool, tmp: Path) -> dict:
+def run_point(n: int, frames: int, masks: bool, tmp: Path, data: Path) -> dict:
     tracks = tmp / f"tracks_{n}.json"
     tracks.write_text(json.dumps(_tracks(n)))
-    argv = ["preview", "--image", str(DATA / "clip.mp4"), "--frame-index", "6", "--tracks", str(tracks),
+    argv = ["preview", "--image", str(data / "clip.mp4"), "--frame-index", "6", "--tracks", str(tracks),
             "--frames", str(frames), "--out", str(tmp / f"p{n}_{frames}.mp4")]
     if masks:
-        argv += ["--masks", str(DATA / "mask_left_instrument_f06.png"), str(DATA / "mask_right_instrument_f06.png")]
+        argv += ["--masks", str(data / "mask_left_instrument_f06.png"), str(data / "mask_right_instrument_f06.png")]
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True,
                           cwd=REPO, timeout=1800)
     if proc.returncode != 0:
@@ -89,11 +88,14 @@ def main() -> None:
     if a.child:
         _child(json.loads(a.child))
         return
+    from endovis_clip import endovis_folder
+
+    data = endovis_folder()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         points = [(10, f) for f in a.frames_sweep] if a.frames_sweep else [(n, a.frames) for n in a.tracks]
         for n, frames in points:
-            r = run_point(n, frames, a.masks, Path(d))
+            r = run_point(n, frames, a.masks, Path(d), data)
             rows.append(r)
             print(f"tracks {n:>5}  frames {frames:>4}  peak RSS {r['peak_mb']:8.1f} MB  (after imports "
                   f"{r['after_imports_mb']:.1f} MB)  {r['seconds']:6.2f} s", flush=True)

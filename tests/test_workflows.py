@@ -96,8 +96,48 @@ def test_check_mode_passes_and_catches_a_stale_thumbnail(maker, tmp_path, monkey
     other = maker.encode_jpeg(maker.render_thumbnail(maker.TEMPLATES[2]))  # flow picture, other label
     assert not maker.same_picture(other, maker.encode_jpeg(img))
     shifted = img.copy()
-    shifted[-48:] = img[-48:][:, ::-1]  # the label band mirrored: a different label
+    band = maker.LABEL_BAND
+    shifted[-band:] = img[-band:][:, ::-1]  # the label band mirrored: a different label
     assert not maker.same_picture(maker.encode_jpeg(shifted), maker.encode_jpeg(img))
+    # --check reports a stale thumbnail on disk (through the same comparison), and nothing else
+    import shutil
+
+    for folder in ("workflows", "workflows_api"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    monkeypatch.setattr(maker, "REPO", tmp_path)
+    monkeypatch.setattr(maker, "TEMPLATES_DIR", tmp_path / "workflows")
+    monkeypatch.setattr(maker, "API_DIR", tmp_path / "workflows_api")
+    (tmp_path / "workflows" / f"{t.title}.jpg").write_bytes(maker.encode_jpeg(shifted))
+    capsys.readouterr()
+    assert maker.main(["--check"]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"out of date: workflows/{t.title}.jpg"]
+
+
+def _thumbnail_tracks(maker):
+    from surgsora.video_io import read_video
+
+    clip = read_video(maker.ENDOVIS_CLIP, start=maker.FRAME_INDEX, count=1)
+    _, x0, s = maker._frame_square(clip)
+    return maker._thumbnail_tracks(clip.shape[2], x0, s)
+
+
+# What can go stale, drawn as the generator would: other tracks, another label, another frame of the clip.
+STALE = {"first track left out": lambda m: {"tracks": _thumbnail_tracks(m)[1:]},
+         "tracks 4 px lower": lambda m: {"tracks": [[[x, y + 4] for x, y in k] for k in _thumbnail_tracks(m)]},
+         "another label": lambda m: {"label": "adapter + SVD-xt"},
+         "frame 0": lambda m: {"frame_index": 0},
+         "frame 7": lambda m: {"frame_index": 7}}
+STALE_CASES = [("tracks", case) for case in STALE] + [("flow", case) for case in ("another label", "frame 0", "frame 7")]
+
+
+@pytest.mark.parametrize("picture,case", STALE_CASES)
+def test_a_stale_thumbnail_is_caught(maker, picture, case):
+    """Another frame, other tracks or another label is another picture, for the comparison that must also take
+    another OpenCV's optical flow as the same picture (see make_workflows.same_picture)."""
+    t = next(t for t in maker.TEMPLATES if t.picture == picture)
+    shipped = (maker.TEMPLATES_DIR / f"{t.title}.jpg").read_bytes()
+    assert maker.same_picture(shipped, maker.encode_jpeg(maker.render_thumbnail(t)))
+    assert not maker.same_picture(shipped, maker.encode_jpeg(maker.render_thumbnail(t, **STALE[case](maker))))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -127,8 +167,8 @@ def test_template_has_title_description_and_thumbnail(name, maker):
     side = frame.shape[0]
     x0 = (frame.shape[1] - side) // 2
     square = cv2.resize(frame[:, x0:x0 + side], (maker.THUMB_SIZE,) * 2, interpolation=cv2.INTER_AREA)
-    pic = img[:-48, :, ::-1].astype(np.float32)
-    ref = square[:-48].astype(np.float32)
+    pic = img[:-maker.LABEL_BAND, :, ::-1].astype(np.float32)
+    ref = square[:-maker.LABEL_BAND].astype(np.float32)
     corr = np.corrcoef(pic.mean(-1).ravel(), ref.mean(-1).ravel())[0, 1]
     assert corr > (0.5 if t.picture == "flow" else 0.9), corr
 

@@ -11,8 +11,10 @@ its frontend (1.35.9, ``useTemplateWorkflows`` / ``workflowTemplatesStore``) sho
 the file name as its title, the file name with ``-``/``_`` read as spaces as its description, and
 ``<file name>.jpg`` as its thumbnail (JPEG only). So each file is named by its human title, its one-line
 description opens its instructions note (and its title names that note), and the generator draws a JPEG
-thumbnail from frame 6 of the EndoVis 2017 clip. The API twins live in ``workflows_api/``, this script and the
-core-node snapshot here, in ``workflows_src/``: nothing but workflows is served.
+thumbnail from frame 6 of the EndoVis 2017 clip in ``demo/``; ``--check`` compares thumbnails by what they show
+(:func:`same_picture`), not by their bytes, so it holds across the OpenCV, NumPy and Pillow versions allowed.
+The API twins live in ``workflows_api/``, this script and the core-node snapshot here, in ``workflows_src/``:
+nothing but workflows is served.
 
 Each workflow is described once, below, as nodes (widget values by input name) and links (by output
 and input name). :class:`Graph` lays it out in the LiteGraph format the ComfyUI frontend saves
@@ -44,19 +46,22 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:  # run from a checkout: our nodes and comfy_inputs live at the repo root
+    sys.path.append(str(REPO))
+
+from comfy_inputs import CLIP_FILE, EXAMPLE_INPUTS, FRAME_FILE  # noqa: E402 - what the pack puts in input/
+
 TEMPLATES_DIR = REPO / "workflows"  # served by ComfyUI as the pack's templates
 API_DIR = REPO / "workflows_api"
 CORE_SPEC = HERE / "core_object_info.json"
 EXAMPLE_TRACKS = REPO / "demo" / "tracks_endovis.json"
-ENDOVIS_CLIP = REPO.parent / "shared" / "data" / "endovis17_clip" / "clip.mp4"
+ENDOVIS_CLIP = EXAMPLE_INPUTS[CLIP_FILE]  # the EndoVis 2017 clip at 640x360 in demo/ (its README: provenance)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
 
 # Shared widget values of the shipped workflows (see README: match the adapter's training setup).
-FRAME_FILE = "surgsora_endovis_frame6.png"
-CLIP_FILE = "surgsora_endovis_clip.mp4"
 FRAME_INDEX = 6  # FRAME_FILE is this frame of the EndoVis clip
 WIDTH, HEIGHT, FRAMES, FPS = 448, 256, 21, 7
 SAM_FILE = "sam_vit_b_01ec64.pth"
@@ -106,8 +111,6 @@ def node_info(cls, name: str) -> dict:
 
 def object_info() -> dict:
     """Input/output specs of our nodes (from the classes) and of the core nodes the workflows use."""
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))
     import nodes as ours  # our package: the repo root is on sys.path when run from a checkout
 
     info = json.loads(CORE_SPEC.read_text())
@@ -171,9 +174,11 @@ def default_value(spec):
 
 
 # Nodes whose drawing is taller or wider than their sockets and widgets: the image preview under Load Image,
+# the clip's preview under Load Video (at 340 px wide, the frontend asks 277 px for the 16:9 example clip),
 # the trajectory editor, the previews of Preview Image and Save Video, a long combo label.
-NODE_SIZES = {"LoadImage": (NODE_WIDTH, 360), "SurgSoraTrajectories": (460, 740), "PreviewImage": (NODE_WIDTH, 280),
-              "SaveVideo": (NODE_WIDTH, 320), "ImageOnlyCheckpointLoader": (400, None)}
+NODE_SIZES = {"LoadImage": (NODE_WIDTH, 360), "LoadVideo": (NODE_WIDTH, 280), "SurgSoraTrajectories": (460, 740),
+              "PreviewImage": (NODE_WIDTH, 280), "SaveVideo": (NODE_WIDTH, 320),
+              "ImageOnlyCheckpointLoader": (400, None)}
 
 
 def node_height(info: dict) -> int:
@@ -526,11 +531,18 @@ def _flow(g: Graph, scale: Node, traj: Node, decoder_file: str, masks: Node | No
     return decoder, flow
 
 
-def _motion_preview(g: Graph, scale: Node, flow: Node, traj: Node) -> Node:
+def _motion_preview(g: Graph, scale: Node, flow: Node, traj: Node, masks: Node | None = None,
+                    depth: Node | None = None) -> Node:
+    """The motion signal the trajectories ask for; with SAM's masks and the depth, the same picture as
+    ``python -m surgsora preview --masks --depth`` (who is in front, what moves as one region)."""
     preview = g.add("SurgSoraMotionPreview")
     g.connect(scale, "IMAGE", preview, "image")
     g.connect(flow, "flow", preview, "flow")
     g.connect(traj, "tracks", preview, "tracks")
+    if masks is not None:
+        g.connect(masks, "masks", preview, "region_masks")
+    if depth is not None:
+        g.connect(depth, "depth", preview, "depth")
     return preview
 
 
@@ -613,7 +625,7 @@ def _drawn_front(g: Graph, t: Template, note_text: str) -> tuple[Node, tuple[Nod
     traj, tprev = _trajectories(g, scale)
     pcols, seg, masks, depth = _perception(g, (scale, "IMAGE"), tracks=traj)
     decoder, flow = _flow(g, scale, traj, CMP_FILE, masks)
-    mprev = _motion_preview(g, scale, flow, traj)
+    mprev = _motion_preview(g, scale, flow, traj, masks, depth)
     mvideo = _video(g, mprev, "video", "SurgSora/motion_preview")
     conditions = _conditions(g, (scale, "IMAGE"), seg, depth, (flow, "flow"))
 
@@ -894,7 +906,8 @@ THUMB_QUALITY = 90
 
 
 def _frame_square(frames):
-    """The centre square of 1920x1080 frames (it holds every example track) resized to THUMB_SIZE."""
+    """The centre square of landscape frames (it holds every example track) resized to THUMB_SIZE; returns the
+    squares, the square's left edge and the resize factor."""
     import cv2
     import numpy as np
 
@@ -904,9 +917,19 @@ def _frame_square(frames):
     return np.stack(out), x0, THUMB_SIZE / h
 
 
-def render_thumbnail(t: Template):
+def _thumbnail_tracks(frame_width: int, x0: int, s: float) -> list:
+    """The example tracks in thumbnail pixels: from their declared canvas to the clip's frame, then into the
+    square."""
+    data = json.loads(EXAMPLE_TRACKS.read_text())
+    k = frame_width / data["width"]
+    return [[[(x * k - x0) * s, y * k * s] for x, y in track] for track in data["tracks"]]
+
+
+def render_thumbnail(t: Template, frame_index: int = FRAME_INDEX, tracks: list | None = None,
+                     label: str | None = None):
     """The template's thumbnail as RGB uint8 [THUMB_SIZE, THUMB_SIZE, 3]: the EndoVis frame, its example tracks (or
-    its flow estimated from the clip, in flow colours) and the template's label on a dark band."""
+    its flow estimated from the clip, in flow colours) and the template's label on a dark band. ``frame_index``,
+    ``tracks`` (thumbnail pixels) and ``label`` replace the shipped ones (the tests draw stale thumbnails)."""
     import cv2
     import numpy as np
     import torch
@@ -915,24 +938,42 @@ def render_thumbnail(t: Template):
     from surgsora.video_io import read_video
 
     if t.picture == "flow":
-        frames, _, _ = _frame_square(read_video(ENDOVIS_CLIP, start=FRAME_INDEX, count=14))
+        frames, _, _ = _frame_square(read_video(ENDOVIS_CLIP, start=frame_index, count=14))
         from surgsora.motion.optical_flow import chained_dis_flow
 
         flow = chained_dis_flow(frames)[-1]
         colours = (flow_to_rgb(torch.from_numpy(flow)).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         img = cv2.addWeighted(frames[0], 0.45, colours, 0.55, 0.0)
     else:
-        frames, x0, s = _frame_square(read_video(ENDOVIS_CLIP, start=FRAME_INDEX, count=1))
-        data = json.loads(EXAMPLE_TRACKS.read_text())
-        tracks = [[[(x - x0) * s, y * s] for x, y in track] for track in data["tracks"]]
-        img = draw_tracks(frames[0], tracks, thickness=3)
-    band = 48  # below the lowest example track
-    img[-band:] = (img[-band:].astype(np.float32) * 0.25).astype(np.uint8)
-    font, scale, thick = cv2.FONT_HERSHEY_DUPLEX, 0.9, 2
-    (tw, th), _ = cv2.getTextSize(t.label, font, scale, thick)
-    cv2.putText(img, t.label, ((THUMB_SIZE - tw) // 2, THUMB_SIZE - (band - th) // 2), font, scale,
-                (255, 255, 255), thick, cv2.LINE_AA)
+        clip = read_video(ENDOVIS_CLIP, start=frame_index, count=1)
+        frames, x0, s = _frame_square(clip)
+        img = draw_tracks(frames[0], _thumbnail_tracks(clip.shape[2], x0, s) if tracks is None else tracks,
+                          thickness=3)
+    draw_label(img, t.label if label is None else label)
     return np.ascontiguousarray(img)
+
+
+LABEL_BAND = 48  # the label's dark band at the thumbnail's foot, below the lowest example track
+LABEL_SIZE = 24  # pixels per em
+# The label's font is pinned (DejaVu Sans Bold, shipped with matplotlib, a dependency; drawn by Pillow's basic
+# layout) so that it looks the same with every OpenCV: OpenCV 5 draws its FONT_HERSHEY_* names in another face.
+LABEL_FONT = ("fonts", "ttf", "DejaVuSans-Bold.ttf")
+
+
+def draw_label(img, label: str) -> None:
+    """Darken the band at the foot of ``img`` (RGB uint8, changed in place) and write ``label`` centred on it."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = img[-LABEL_BAND:]
+    band[:] = (band.astype(np.float32) * 0.25).astype(np.uint8)
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path(), *LABEL_FONT)), LABEL_SIZE,
+                              layout_engine=ImageFont.Layout.BASIC)
+    canvas = Image.fromarray(band)
+    ImageDraw.Draw(canvas).text((THUMB_SIZE / 2, LABEL_BAND / 2), label, fill=(255, 255, 255), font=font,
+                                anchor="mm")
+    band[:] = np.asarray(canvas)
 
 
 def encode_jpeg(img) -> bytes:
@@ -953,10 +994,37 @@ def decode_jpeg(data: bytes):
     return None if img is None else img[..., ::-1]
 
 
+# What may differ between two renders of one thumbnail (measured: OpenCV 4.8.1 / NumPy 1.26 / Pillow 10.4 and
+# OpenCV 4.10 / Pillow 9.5 against OpenCV 5.1 / NumPy 2.4 / Pillow 13): the frame, the tracks and the label come out
+# pixel-equal; the flow picture changes with OpenCV's DIS (0.09 % of detail values off by more than 24 levels, tone
+# off by 3 to 5 levels on average), and re-encoding at JPEG quality 75 moves 0.2 % of detail values. A stale
+# thumbnail moves far more: one track left out 1.9 %, another label 2.2 %, another frame of the clip 5 % of detail
+# values (the flow picture of another frame: 0.6 to 0.9 %, its tone 16 levels off).
+DETAIL_SIGMA = 2.0  # px: the detail is the picture less its blur at this scale (edges, lines, glyphs)
+DETAIL_LEVELS, DETAIL_SHARE = 24, 0.005
+TONE_GRID, TONE_LEVELS = 16, 10  # the tone is the picture averaged over a 16 x 16 grid (colour casts, overlays)
+
+
+def _detail(img):
+    import cv2
+    import numpy as np
+
+    x = img.astype(np.float32)
+    return x - cv2.GaussianBlur(x, (0, 0), DETAIL_SIGMA)
+
+
+def _tone(img):
+    import cv2
+    import numpy as np
+
+    return cv2.resize(img.astype(np.float32), (TONE_GRID, TONE_GRID), interpolation=cv2.INTER_AREA)
+
+
 def same_picture(a: bytes, b: bytes) -> bool:
-    """Two JPEGs show the same picture: equal bytes, or equal sizes and pixels within what another JPEG, video
-    decoder or resize build changes (re-encoding at quality 85 or 95: mean 2.6, 0.04 % of pixels off by more
-    than 24; another label: 1.8 % of pixels off by more than 24)."""
+    """Two JPEGs show the same picture: equal bytes, or equal sizes with the same detail (frame texture, track
+    lines, label glyphs: at most DETAIL_SHARE of values off by more than DETAIL_LEVELS) and the same tone (on
+    average within TONE_LEVELS), so that another OpenCV's optical flow or another JPEG encoder does not count
+    as a change but another frame, other tracks or another label do."""
     import numpy as np
 
     if a == b:
@@ -964,8 +1032,9 @@ def same_picture(a: bytes, b: bytes) -> bool:
     x, y = decode_jpeg(a), decode_jpeg(b)
     if x is None or y is None or x.shape != y.shape:
         return False
-    d = np.abs(x.astype(np.int16) - y.astype(np.int16))
-    return float(d.mean()) < 3 and float((d > 24).mean()) < 1e-3
+    detail_off = float((np.abs(_detail(x) - _detail(y)) > DETAIL_LEVELS).mean())
+    tone_off = float(np.abs(_tone(x) - _tone(y)).mean())
+    return detail_off <= DETAIL_SHARE and tone_off <= TONE_LEVELS
 
 
 # ============================================================================ files
@@ -974,16 +1043,15 @@ def _dump(obj) -> str:
     return json.dumps(obj, indent=2) + "\n"
 
 
-def build_all(info: dict | None = None, thumbnails: bool = True) -> dict[Path, str | bytes]:
-    """Every file this script writes: {path: JSON text or JPEG bytes}. Thumbnails need the EndoVis clip."""
+def build_all(info: dict | None = None) -> dict[Path, str | bytes]:
+    """Every file this script writes: {path: JSON text or JPEG bytes}."""
     info = info or object_info()
     files: dict[Path, str | bytes] = {}
     for t in TEMPLATES:
         ui = t.build(info, t).ui()
         files[TEMPLATES_DIR / f"{t.title}.json"] = _dump(ui)
         files[API_DIR / f"{t.title}.json"] = _dump(ui_to_api(ui, info))
-        if thumbnails:
-            files[TEMPLATES_DIR / f"{t.title}.jpg"] = encode_jpeg(render_thumbnail(t))
+        files[TEMPLATES_DIR / f"{t.title}.jpg"] = encode_jpeg(render_thumbnail(t))
     return files
 
 
@@ -999,19 +1067,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare with the files on disk")
     args = ap.parse_args(argv)
-    thumbnails = ENDOVIS_CLIP.is_file()
-    if not thumbnails:
-        print(f"warning: {ENDOVIS_CLIP} is missing: thumbnails are only checked for presence", file=sys.stderr)
-    files = build_all(thumbnails=thumbnails)
-    expected = set(files) | ({TEMPLATES_DIR / f"{n}.jpg" for n in NAMES} if not thumbnails else set())
+    files = build_all()
     problems = []
     for t in TEMPLATES:
         for problem in layout_problems(json.loads(files[TEMPLATES_DIR / f"{t.title}.json"])):
             problems.append(f"{t.title}: {problem}")
     stale = [p for p, content in files.items() if not is_current(p, content)]
-    stale += [p for p in expected - set(files) if not p.is_file()]
     extra = [p for d in (TEMPLATES_DIR, API_DIR) if d.is_dir() for p in sorted(d.rglob("*"))
-             if p.is_file() and p not in expected]
+             if p.is_file() and p not in files]
     for problem in problems:
         print(f"layout: {problem}")
     if args.check:
@@ -1023,10 +1086,8 @@ def main(argv=None) -> int:
     if problems:
         return 1
     for p in stale:
-        if p not in files:
-            continue
         p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(files.get(p), bytes):
+        if isinstance(files[p], bytes):
             p.write_bytes(files[p])
         else:
             p.write_text(files[p])

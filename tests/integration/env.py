@@ -8,18 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parents[2] / "demo"
-CLIP = DEMO / "endovis17" / "clip.mp4"
-FRAME_FILE = "surgsora_endovis_frame6.png"
-CLIP_FILE = "surgsora_endovis_clip.mp4"
-
-
-def write_inputs(input_dir: Path) -> None:
-    """The shipped workflows' input files: the demo frame (frame 6 of the EndoVis clip) and the clip itself."""
-    input_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(DEMO / FRAME_FILE, input_dir / FRAME_FILE)
-    shutil.copyfile(CLIP, input_dir / CLIP_FILE)
-
 
 @functools.lru_cache(maxsize=None)
 def tiny_env():
@@ -31,7 +19,9 @@ def tiny_env():
     atexit.register(shutil.rmtree, root, True)
     fakes = comfy_fakes.install(root)
     fakes.paths = write_tiny_models(root / "models")
-    write_inputs(root / "input")
+    from comfy_inputs import copy_example_inputs  # what the pack does when ComfyUI loads it
+
+    copy_example_inputs(root / "input")
     from nodes.models import register_folders
 
     register_folders()

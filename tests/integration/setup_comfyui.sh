@@ -19,6 +19,8 @@
 # Note: a ComfyUI clone whose comfy/text_encoders/llama_tokenizer/tokenizer.json blob is missing (a partial
 # mirror) still works for these tests; check the rest out with a sparse checkout that leaves that file out:
 #   git sparse-checkout set --no-cone '/*' '!/comfy/text_encoders/llama_tokenizer/tokenizer.json'
+# or, from such a bare mirror, export a work tree without it:
+#   git --git-dir=MIRROR archive 618b803d -- . ':!comfy/text_encoders/llama_tokenizer/tokenizer.json' | tar -x -C DIR
 set -euo pipefail
 
 if [ $# -lt 1 ] || [ ! -f "$1/main.py" ] || [ ! -f "$1/requirements.txt" ]; then

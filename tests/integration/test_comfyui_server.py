@@ -45,7 +45,6 @@ if not COMFYUI:
     pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its Python) to run "
                 "the real-server tests", allow_module_level=True)
 
-from .env import write_inputs  # noqa: E402
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
 from .prompts import core_smallest, shrink  # noqa: E402
 from .tiny_models import (CORE_ADAPTER_NAME, CORE_SVD_NAME, MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER,  # noqa: E402
@@ -68,6 +67,7 @@ def _generator():
 GEN = _generator()
 NAMES = [t.title for t in GEN.TEMPLATES]
 PACK = "ComfyUI-SurgSora"
+W, H = 640, 360  # the example image the templates and the editor tests load (demo/surgsora_endovis_frame6.png)
 EXPECTED_OUTPUTS = {"SurgSora Trajectory to Video": {"motion_preview": 21, "video": 21},
                     "SurgSora Motion Preview": {"motion_preview": 21, "flow": 21},
                     "SurgSora Ground-Truth Flow": {"reference_clip": 14, "gt_flow": 14, "gt_flow_video": 14},
@@ -93,8 +93,7 @@ class Server:
         self.root = root
         self.base = root / "base"
         (self.base / "custom_nodes").mkdir(parents=True)
-        os.symlink(REPO, self.base / "custom_nodes" / PACK)
-        write_inputs(self.base / "input")
+        os.symlink(REPO, self.base / "custom_nodes" / PACK)  # input/ starts empty: the pack fills it (fresh install)
         self.models = root / "models"
         write_tiny_models(self.models, frames=21)
         yaml = root / "extra_model_paths.yaml"
@@ -197,6 +196,20 @@ def test_object_info_lists_every_node(server):
     svds = info["SurgSoraLoadSVD"]["input"]["required"]["ckpt_name"][0]
     assert f"[diffusers] {SVD_FOLDER}" in svds and f"[diffusers] {MOFA_SVD_FOLDER}" in svds
     assert MOFA_NAME in info["SurgSoraLoadAdapter"]["input"]["required"]["adapter_name"][0]
+
+
+def test_a_fresh_install_gets_the_templates_example_image_and_clip(server):
+    """The base folder's input/ started empty: loading the pack copied the files the templates load, and ComfyUI
+    lists and serves them."""
+    from comfy_inputs import CLIP_FILE, EXAMPLE_INPUTS, FRAME_FILE
+
+    for name, src in EXAMPLE_INPUTS.items():
+        assert (server.base / "input" / name).read_bytes() == src.read_bytes(), name
+        status, _, body = server.raw(f"/view?filename={urllib.parse.quote(name)}&type=input")
+        assert status == 200 and body == src.read_bytes(), (name, status)
+    images = server.get("/object_info/LoadImage")["LoadImage"]["input"]["required"]["image"][0]
+    videos = server.get("/object_info/LoadVideo")["LoadVideo"]["input"]["required"]["file"]  # ["COMBO", {options}]
+    assert FRAME_FILE in images and CLIP_FILE in videos[1]["options"]
 
 
 def _template_url(name: str, ext: str) -> str:
@@ -416,6 +429,14 @@ LOAD = """
   const wf = await (await fetch('/api/workflow_templates/PACK/' + encodeURIComponent(name) + '.json')).json();
   await app.loadGraphData(wf, true, true, name);
   await new Promise(r => setTimeout(r, 1500));
+  // the example image the template loads, as the Load Image node shows it (the pack copied it into input/)
+  const li = app.graph.nodes.find(n => n.type === 'LoadImage');
+  for (let i = 0; i < 40 && li && !li.imgs?.[0]?.naturalWidth; i++) await new Promise(r => setTimeout(r, 250));
+  const example = li ? [li.imgs?.[0]?.naturalWidth ?? 0, li.imgs?.[0]?.naturalHeight ?? 0] : null;
+  const lv = app.graph.nodes.find(n => n.type === 'LoadVideo');
+  const video = () => lv?.videoContainer?.querySelector('video');
+  for (let i = 0; i < 40 && lv && !video()?.videoWidth; i++) await new Promise(r => setTimeout(r, 250));
+  const clip = lv ? [video()?.videoWidth ?? 0, video()?.videoHeight ?? 0] : null;
   const missing = app.graph.nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type);
   const links = app.graph.links.values ? [...app.graph.links.values()] : Object.values(app.graph.links);
   const bad = [];
@@ -442,7 +463,7 @@ LOAD = """
                          && at(box.right - 4, last.bottom - 2),
                 window: [window.innerWidth, window.innerHeight]};
   const p = await app.graphToPrompt();
-  return {missing, bad, prompt: p.output, ui: app.graph.serialize(), nodes, groups, view};
+  return {missing, bad, prompt: p.output, ui: app.graph.serialize(), nodes, groups, view, example, clip};
 })()
 """
 
@@ -455,8 +476,19 @@ def _overlap(a, b) -> bool:
 def test_ui_workflow_loads_in_the_real_frontend(browser, name):
     r = browser.evaluate(LOAD.replace("PACK", PACK).replace("NAME", json.dumps(name)))
     assert r["missing"] == [] and r["bad"] == []
-    assert r["prompt"] == json.loads((API / f"{name}.json").read_text())  # graphToPrompt == API twin
     ui = json.loads((WF / f"{name}.json").read_text())
+    # the example image and clip resolve (the pack copied them into input/): the nodes show them at 640x360
+    if any(n["type"] == "LoadImage" for n in ui["nodes"]):
+        assert r["example"] == [640, 360], r["example"]
+    prompt = r["prompt"]
+    if any(n["type"] == "LoadVideo" for n in ui["nodes"]):
+        assert r["clip"] == [640, 360], r["clip"]
+        # once the clip has loaded, frontend 1.35.9 sends its preview widget's empty value too ('video-preview',
+        # not an input of LoadVideo: ComfyUI ignores it); the API twin leaves it out
+        for node in prompt.values():
+            if node["class_type"] == "LoadVideo":
+                assert node["inputs"].pop("video-preview") == ""
+    assert prompt == json.loads((API / f"{name}.json").read_text())  # graphToPrompt == API twin
     loaded = {n["id"]: n for n in r["ui"]["nodes"]}
     for node in ui["nodes"]:  # the frontend writes the file back as it is
         for key in ("type", "inputs", "outputs", "widgets_values", "properties", "mode", "pos", "size"):
@@ -467,7 +499,10 @@ def test_ui_workflow_loads_in_the_real_frontend(browser, name):
     # meet, each node in at most one group (all but the note in one), no two groups meet
     nodes = r["nodes"]
     for n in nodes:
-        assert n["needs"][0] <= n["size"][0] + 0.5 and n["needs"][1] <= n["size"][1] + 0.5, n
+        # a loaded clip's preview asks for the width of its node at load time plus margins (frontend 1.35.9), a width
+        # no Load Video size meets: it is held to its height here, and the box checks below take it as drawn
+        wide_enough = n["type"] == "LoadVideo" or n["needs"][0] <= n["size"][0] + 0.5
+        assert wide_enough and n["needs"][1] <= n["size"][1] + 0.5, n
     for i, a in enumerate(nodes):
         for b in nodes[i + 1:]:
             assert not _overlap(a["box"], b["box"]), (a["id"], a["type"], b["id"], b["type"])
@@ -551,10 +586,10 @@ def test_editor_draws_tracks_with_the_mouse(browser, server):
     })()
     """
     r = browser.evaluate(setup)
-    assert r["hasImage"] and r["size"] == [1920, 1080]  # the upstream Load Image is the background
+    assert r["hasImage"] and r["size"] == [W, H]  # the upstream Load Image is the background
     x0, y0, w, h = r["canvas"]
-    scale = min(w / 1920, h / 1080)
-    ox, oy = x0 + (w - 1920 * scale) / 2, y0 + (h - 1080 * scale) / 2
+    scale = min(w / W, h / H)
+    ox, oy = x0 + (w - W * scale) / 2, y0 + (h - H * scale) / 2
 
     def at(px, py):  # picture pixels -> page coordinates
         return ox + px * scale, oy + py * scale
@@ -562,7 +597,7 @@ def test_editor_draws_tracks_with_the_mouse(browser, server):
     def mouse(kind, x, y, buttons=1):
         browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=buttons, clickCount=1)
 
-    hit = browser.evaluate(f"document.elementFromPoint({at(500, 560)[0]}, {at(500, 560)[1]}) === "
+    hit = browser.evaluate(f"document.elementFromPoint({at(170, 190)[0]}, {at(170, 190)[1]}) === "
                            "window.__tr.surgsoraEditor.canvas")
     assert hit, "something covers the editor canvas"
 
@@ -570,21 +605,21 @@ def test_editor_draws_tracks_with_the_mouse(browser, server):
         mouse("mousePressed", x, y)
         mouse("mouseReleased", x, y, 0)
 
-    click(*at(500, 560))  # track 1: click, click
-    click(*at(540, 720))
+    click(*at(170, 190))  # track 1: click, click
+    click(*at(180, 240))
     end = next(b for b in r["buttons"] if b[0] == "End track")
     click(end[1], end[2])
-    x, y = at(1250, 560)  # track 2: drag
+    x, y = at(420, 190)  # track 2: drag
     mouse("mousePressed", x, y)
     for k in range(1, 11):
-        mouse("mouseMoved", *at(1250 + 20 * k, 560 - 10 * k))
-    mouse("mouseReleased", *at(1450, 460), 0)
+        mouse("mouseMoved", *at(420 + 7 * k, 190 - 3.5 * k))
+    mouse("mouseReleased", *at(490, 155), 0)
     text = browser.evaluate("window.__tr.widgets.find(w => w.name === 'tracks').value")
     data = json.loads(text)
-    assert (data["width"], data["height"]) == (1920, 1080) and len(data["tracks"]) == 2
+    assert (data["width"], data["height"]) == (W, H) and len(data["tracks"]) == 2
     t1, t2 = data["tracks"]
-    assert len(t1) == 2 and abs(t1[0][0] - 500) < 3 and abs(t1[1][1] - 720) < 3
-    assert len(t2) >= 4 and t2[-1][0] > t2[0][0] + 150  # points added along the drag
+    assert len(t1) == 2 and abs(t1[0][0] - 170) < 2 and abs(t1[1][1] - 240) < 2
+    assert len(t2) >= 4 and t2[-1][0] > t2[0][0] + 50  # points added along the drag
     undo = next(b for b in r["buttons"] if b[0] == "Undo")
     click(undo[1], undo[2])
     after = json.loads(browser.evaluate("window.__tr.widgets.find(w => w.name === 'tracks').value"))
@@ -634,9 +669,10 @@ class _Editor:
     def __init__(self, browser, example: str | None = None):
         self.b = browser
         r = browser.evaluate(EDITOR.replace("EXAMPLE", json.dumps(example)))
-        assert r["hasImage"] and r["size"] == [1920, 1080], r
+        assert r["hasImage"] and r["size"] == [W, H], r
         self.buttons = {label: (x, y) for label, x, y in r["buttons"]}
-        covered = browser.evaluate(f"document.elementFromPoint({self.at(960, 540)[0]}, {self.at(960, 540)[1]}) !== "
+        x, y = self.at(W / 2, H / 2)
+        covered = browser.evaluate(f"document.elementFromPoint({x}, {y}) !== "
                                    "window.__tr.surgsoraEditor.canvas")
         assert not covered, "something covers the editor canvas"
 
@@ -644,8 +680,8 @@ class _Editor:
         # measured each time: the canvas gives up height when the info line wraps onto one more line
         x0, y0, w, h = self.b.evaluate("(() => { const r = window.__tr.surgsoraEditor.canvas.getBoundingClientRect();"
                                        " return [r.x, r.y, r.width, r.height]; })()")
-        s = min(w / 1920, h / 1080)
-        return x0 + (w - 1920 * s) / 2 + px * s, y0 + (h - 1080 * s) / 2 + py * s
+        s = min(w / W, h / H)
+        return x0 + (w - W * s) / 2 + px * s, y0 + (h - H * s) / 2 + py * s
 
     def press(self, label: str) -> None:
         self.b.click(*self.buttons[label])
@@ -665,8 +701,8 @@ class _Editor:
         return self.b.evaluate("window.__tr.surgsoraEditor.active")
 
 
-def _same(tracks, expected, tol=4.0) -> bool:
-    """Same tracks point for point (clicks land on whole page pixels: a few picture pixels off)."""
+def _same(tracks, expected, tol=2.0) -> bool:
+    """Same tracks point for point (clicks land on whole page pixels: up to about one picture pixel off)."""
     return len(tracks) == len(expected) and all(
         len(t) == len(e) and all(abs(p[0] - q[0]) <= tol and abs(p[1] - q[1]) <= tol for p, q in zip(t, e))
         for t, e in zip(tracks, expected))
@@ -674,28 +710,29 @@ def _same(tracks, expected, tol=4.0) -> bool:
 
 def test_editor_double_click_ends_the_track_with_the_clicked_points(browser, server):
     ed = _Editor(browser)
-    pts = [(500, 560), (540, 720), (700, 800)]
+    pts = [(167, 187), (180, 240), (233, 267)]
     browser.click(*ed.at(*pts[0]))
     browser.click(*ed.at(*pts[1]))
     browser.double_click(*ed.at(*pts[2]))
     assert _same(ed.tracks(), [pts]), ed.tracks()  # no second copy of the last point
     assert ed.active() == -1  # the track is finished: the next click starts another
-    browser.click(*ed.at(1000, 300))
-    browser.double_click(*ed.at(1200, 300))
-    assert _same(ed.tracks(), [pts, [(1000, 300), (1200, 300)]]), ed.tracks()
-    browser.double_click(*ed.at(1500, 900))  # a double-click on its own is a static anchor
-    assert _same(ed.tracks(), [pts, [(1000, 300), (1200, 300)], [(1500, 900)]]), ed.tracks()
+    browser.click(*ed.at(333, 100))
+    browser.double_click(*ed.at(400, 100))
+    assert _same(ed.tracks(), [pts, [(333, 100), (400, 100)]]), ed.tracks()
+    browser.double_click(*ed.at(500, 300))  # a double-click on its own is a static anchor
+    assert _same(ed.tracks(), [pts, [(333, 100), (400, 100)], [(500, 300)]]), ed.tracks()
 
 
 def test_editor_keeps_ctrl_z_to_itself(browser, server):
     """Ctrl+Z / Ctrl+Y / Ctrl+Shift+Z step through the editor's own history; ComfyUI's global undo (which
     reloads the graph from its history, e.g. with the template's example tracks) never runs meanwhile."""
-    example = json.dumps({"width": 1920, "height": 1080, "tracks": [  # as in the shipped workflows
-        [[500, 560], [515, 640], [535, 720]], [[770, 400], [785, 470], [805, 545]], [[1000, 900]], [[560, 200]]]})
+    demo = json.loads(GEN.EXAMPLE_TRACKS.read_text())  # the shipped workflows' tracks: two paths, two anchors
+    example = json.dumps({"width": demo["width"], "height": demo["height"],
+                          "tracks": demo["tracks"][:2] + demo["tracks"][4:6]})
     ed = _Editor(browser, example)
     assert ed.text() == example
     ed.press("Clear")
-    pts = [(400, 300), (600, 400), (800, 500), (1000, 600)]
+    pts = [(133, 100), (200, 133), (267, 167), (333, 200)]
     for p in pts:
         browser.click(*ed.at(*p))
     ed.press("End track")  # the focus goes back to the editor: the keys still reach it
@@ -725,7 +762,7 @@ def test_editor_keeps_ctrl_z_to_itself(browser, server):
 
 def test_editor_moves_and_deletes_points(browser, server):
     ed = _Editor(browser)
-    a, b, c, moved = (500, 560), (700, 600), (900, 640), (760, 820)
+    a, b, c, moved = (167, 187), (233, 200), (300, 213), (253, 273)
     for p in (a, b, c):
         browser.click(*ed.at(*p))
     ed.press("End track")
@@ -737,9 +774,9 @@ def test_editor_moves_and_deletes_points(browser, server):
     assert _same(ed.tracks(), [[a, moved]]), ed.tracks()
     browser.click(*ed.at(*a), modifiers=shift)
     assert _same(ed.tracks(), [[moved]]), ed.tracks()
-    browser.click(*ed.at(1500, 200), modifiers=shift)  # Shift+click on nothing: no point
+    browser.click(*ed.at(500, 67), modifiers=shift)  # Shift+click on nothing: no point
     assert _same(ed.tracks(), [[moved]]), ed.tracks()
-    d, e = (1200, 300), (1300, 500)  # right-click ends a track, even on its last point: it deletes nothing
+    d, e = (400, 100), (433, 167)  # right-click ends a track, even on its last point: it deletes nothing
     browser.click(*ed.at(*d))
     browser.click(*ed.at(*e))
     browser.click(*ed.at(*e), button="right")
@@ -756,8 +793,8 @@ def test_editor_moves_and_deletes_points(browser, server):
 
 def test_editor_info_line_wraps_with_many_tracks(browser, server):
     _Editor(browser)
-    many = {"width": 1920, "height": 1080,
-            "tracks": [[[40 + 45 * k, 100], [40 + 45 * k, 300 + 10 * k]] for k in range(35)] + [[[900, 900]]] * 5}
+    many = {"width": W, "height": H,
+            "tracks": [[[13 + 15 * k, 33], [13 + 15 * k, 100 + 3 * k]] for k in range(35)] + [[[300, 300]]] * 5}
     r = browser.evaluate("""(async () => {
       const w = window.__tr.widgets.find(w => w.name === 'tracks');
       w.value = TEXT; w.callback?.(w.value);
