@@ -1,10 +1,10 @@
 """The motion a set of trajectories asks for, shown on the first frame before any diffusion is run.
 
-* :func:`motion_signal` (what the CLI preview shows, and the input of dual-clock sampling): the first
-  frame warped by the flow 0 -> t with occlusion-aware softmax splatting (nearer wins), holes filled
-  from what lies behind the moved regions (never from their starting pixels), and a mask video of where
-  the moved content is.
-* :func:`motion_preview`: the plain version kept for comparison (and used by the ComfyUI preview node):
+* :func:`motion_signal` (what the CLI preview and the Motion Preview node show, and the input of dual-clock
+  sampling): the first frame warped by the flow 0 -> t with occlusion-aware softmax splatting (nearer wins),
+  holes filled from what lies behind the moved regions (never from their starting pixels), and a mask video
+  of where the moved content is.
+* :func:`motion_preview`: the plain version kept for comparison (``--warp average``, the node's ``warp`` option):
   average splatting, holes filled from the first frame, so a moved instrument also stays where it was.
 """
 
