@@ -100,7 +100,8 @@ def alternating_run(tmp: Path, name: str, dataset: AlternatingDataset, pairs: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clip", default=str(REPO.parent / "shared/data/endovis17_clip/clip.mp4"))
+    ap.add_argument("--clip", default=None, help="default: the full-resolution ../shared clip when present, else the "
+                                                 "repository's copy")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=14)
     ap.add_argument("--pairs", type=int, default=4, help="timed (cached, recompute) step pairs")
@@ -108,6 +109,10 @@ def main() -> None:
     ap.add_argument("--before", action="store_true",
                     help="also time the trainer without its speed-ups (no latent cache, per-tensor AdamW)")
     args = ap.parse_args()
+    if args.clip is None:
+        from endovis_clip import endovis_folder
+
+        args.clip = str(endovis_folder() / "clip.mp4")
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)

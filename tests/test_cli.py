@@ -49,7 +49,7 @@ def test_preview_translates_the_frame_by_the_drawn_track(endovis_frame, tmp_path
     assert colours.shape == (5, 144, 256, 3) and colours[0].min() > 240  # frame 0: no motion, white
 
 
-def test_readme_main_job_runs_on_the_real_clip_without_weights(endovis_clip, tmp_path):
+def test_preview_of_a_video_frame_runs_in_a_fresh_process_without_weights(endovis_clip, tmp_path):
     out = tmp_path / "preview.mp4"
     cmd = [sys.executable, "-m", "surgsora", "preview", "--image", str(endovis_clip), "--frame-index", "6",
            "--tracks", str(DEMO_TRACKS), "--frames", "14", "--out", str(out), "--draw-tracks"]

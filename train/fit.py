@@ -1,4 +1,6 @@
-"""Fit the SurgSora adapter on preprocessed clips (``python -m train fit``), top to bottom.
+"""Fit the SurgSora adapter on preprocessed clips (``python -m train fit``).
+
+:func:`run` reads top to bottom: models and data, optimizer, resume, logs, the loop, save.
 
 1. Frozen SVD (UNet, VAE, CLIP image encoder) from a diffusers folder or single file, or tiny random
    components (``--config tiny``); a trainable adapter from the UNet, an adapter folder, or a
@@ -8,15 +10,16 @@
    checkpoint is in the models folder or given, else the mask-aware analytic decoder), through the
    CLI's own tracks -> flow function, and freezes the DSI processors and encoders, training the trunk,
    zero convs and MSF.
-3. Each step: VAE latents of the clip, a noise level per clip (log-normal or cosine-interpolated),
-   the noise-augmented frame-0 latent and CLIP embedding exactly as the pipeline builds them at
-   inference (with conditioning dropout), ``added_time_ids`` from the pipeline's own ``time_ids`` with
-   the adapter's fps (``--fps``, saved in the adapter config), the adapter's conditions (DSI + DFM + MSF,
-   with gradients), its residuals into the frozen UNet, and the EDM loss (``train/objective.py``). The
-   frozen VAE's latent distribution and the CLIP embedding of each clip are cached after first use.
-4. AdamW (optionally 8-bit), constant LR with warm-up, gradient accumulation and clipping, mixed
-   precision and multi-GPU through ``accelerate``; crash-safe checkpoints with exact resume
-   (``train/checkpoint.py``); TensorBoard + CSV logs; periodic validation videos.
+3. Each micro-batch (:func:`compute_loss`): VAE latents of the clip, a noise level per clip (log-normal
+   or cosine-interpolated), the noise-augmented frame-0 latent and CLIP embedding exactly as the pipeline
+   builds them at inference (with conditioning dropout), ``added_time_ids`` from the pipeline's own
+   ``time_ids`` with the adapter's fps (``--fps``, saved in the adapter config), the adapter's conditions
+   (DSI + DFM + MSF, with gradients), its residuals into the frozen UNet, and the EDM loss
+   (``train/objective.py``). The frozen VAE's latent distribution and the CLIP embedding of each clip are
+   cached after first use (:class:`LatentCache`).
+4. AdamW (optionally 8-bit), constant LR with warm-up (:func:`make_optimizer`), gradient accumulation and
+   clipping, mixed precision and multi-GPU through ``accelerate``; crash-safe checkpoints with exact resume
+   (``train/checkpoint.py``); TensorBoard + CSV logs (:func:`open_logs`); periodic validation videos.
 
 All randomness (data order, noise, sigmas, dropout) comes from one ``torch.Generator`` per process;
 every process checkpoints its own generator state (and, with fp16, its GradScaler), and the data order
@@ -26,6 +29,7 @@ on one process or many (the same number as wrote the checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -39,27 +43,245 @@ import torch
 
 from .config import FitConfig
 
-__all__ = ["FitConfig", "run", "stage_trainable", "stage2_flow", "LatentCache", "flow_decoder"]
+__all__ = ["FitConfig", "run", "compute_loss", "make_optimizer", "open_logs", "stage_trainable", "stage2_flow",
+           "LatentCache", "flow_decoder"]
 
 # Modules frozen in stage 2 (the DSI processors and encoders); everything else in the adapter trains.
 STAGE2_FROZEN = ("rgb_processor", "depth_processor", "rgb_encoder", "depth_encoder")
 
 
-def stage_trainable(adapter, stage: int) -> list[str]:
-    """Set ``requires_grad`` for ``stage`` and return the names of the trainable parameters."""
-    names = []
-    for name, p in adapter.named_parameters():
-        train = stage == 1 or not name.startswith(STAGE2_FROZEN)
-        p.requires_grad_(train)
-        if train:
-            names.append(name)
-    return names
+def run(cfg: FitConfig, dataset=None) -> dict:
+    """Train; returns a summary {step, last_loss, losses, step_seconds, out, trainable}.
+
+    ``dataset`` replaces the preprocessed cache of ``cfg.data`` (any dataset yielding the same items as
+    :class:`train.data.ClipDataset`).
+    """
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from surgsora import SurgSoraPipeline
+
+    from .checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+    from .data import ClipDataset
+    from .objective import check_sigma_args
+
+    check_sigma_args(cfg.sigma_scheme, **sigma_settings(cfg))  # before minutes of model loading
+    if cfg.device.startswith("cuda:"):
+        torch.cuda.set_device(int(cfg.device.split(":")[1]))  # accelerate then uses this GPU (one process)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                              cpu=cfg.device == "cpu")
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+
+    # ---- models and data first: a file that fails to load leaves no run folder behind
+    components, condition_options = load_frozen_svd(cfg)
+    adapter = build_adapter(cfg, components["unet"], condition_options)
+    trainable = stage_trainable(adapter, cfg.stage)
+    # Fingerprinted before the cast to weight_dtype: the cached values belong to these weights at that dtype.
+    cache_off = cfg.no_latent_cache or dataset is not None and not cfg.data
+    latent_cache = LatentCache(None if cache_off else Path(cfg.data) / "latents" / _fingerprint(
+        components["vae"], components["image_encoder"], extra=str(weight_dtype)))
+    if cfg.gradient_checkpointing:
+        adapter.enable_gradient_checkpointing()
+        components["unet"].enable_gradient_checkpointing()
+    for name in ("unet", "vae", "image_encoder"):
+        module = components[name].to(device)
+        if module.dtype != weight_dtype:
+            module.to(weight_dtype)
+    # The pipeline object gives training the very same first-frame encoders and time ids as inference.
+    pipe = SurgSoraPipeline(**components, adapter=adapter)
+    decoder = None
+    if cfg.stage == 2:
+        decoder, described = flow_decoder(cfg.flow_decoder, cfg.models, device)
+        if is_main:
+            print(f"stage 2 flow: {described}")
+
+    dataset = dataset if dataset is not None else ClipDataset(cfg.data)
+    # With validation on, the last clip is held out of training.
+    val_index = len(dataset) - 1
+    held_out = cfg.validate_every > 0 and len(dataset) > 1
+    train_set = torch.utils.data.Subset(dataset, range(len(dataset) - 1)) if held_out else dataset
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in clean_partial(ckpt_dir) if ckpt_dir.exists() else []:
+            print(f"removed a partial checkpoint left by an interrupted write: {p.name}")
+        print_batch_note(cfg, world)
+
+    # ---- optimizer; accelerate wraps the adapter (DDP with several processes)
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    optimizer, lr_scheduler = make_optimizer(params, cfg, device)
+    adapter, optimizer = accelerator.prepare(adapter, optimizer)
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank)
+    generators = {f"rank{rank}": generator}
+    # Every process saves and restores its own generator and GradScaler (fp16; None otherwise).
+    ckpt_args = dict(scaler=accelerator.scaler, rank=rank, world=world)
+
+    # ---- resume
+    step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(ckpt_dir) if cfg.resume == "latest" else Path(cfg.resume)
+        if ckpt is None:
+            print(f"--resume latest: no complete checkpoint in {ckpt_dir}; starting from step 0")
+        else:
+            state = load_checkpoint(ckpt, pipe.adapter, optimizer, lr_scheduler, generators, **ckpt_args)
+            step = state["step"]
+            if is_main:
+                print(f"resumed from {ckpt} at step {step}")
+
+    # ---- logs
+    log = open_logs(out, step, is_main)
+    if is_main:
+        (out / "fit_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    losses = list(log.losses)
+    step_seconds: list[float] = []
+
+    # ---- the loop
+    # --overfit-one-batch: the same batch, noise and sigmas every step (a sanity check of the loop).
+    fixed_state = generator.get_state() if cfg.overfit_one_batch else None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not is_main)
+    while step < cfg.max_steps:
+        t_step = time.time()
+        if fixed_state is not None:
+            generator.set_state(fixed_state)
+        step_losses, sigmas = [], []
+        for micro in range(step * cfg.grad_accum, (step + 1) * cfg.grad_accum):
+            batch = load_batch(train_set, 0 if cfg.overfit_one_batch else micro, cfg, rank, world)
+            with accelerator.accumulate(adapter):
+                loss, sigma = compute_loss(pipe, adapter, batch, cfg, generator, latent_cache, decoder,
+                                           accelerator.autocast)
+                accelerator.backward(loss.mean())  # accelerate divides by the accumulation steps
+            step_losses.append(loss.detach().mean())
+            sigmas.append(sigma.mean().item())
+        grad_norm = (accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0
+                     else torch.tensor(0.0))
+        lr = lr_scheduler.get_last_lr()[0]  # the rate this step used
+        optimizer.step()
+        lr_scheduler.step()  # by hand, once per optimizer step (accelerate would step it per process)
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        loss_value = accelerator.gather(torch.stack(step_losses).mean().reshape(1)).mean().item()
+        losses.append(loss_value)
+        step_seconds.append(time.time() - t_step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if is_main and step % cfg.log_every == 0:
+            log.write(step, loss_value, lr, float(grad_norm), sigmas)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:  # collective: every rank writes its file
+            save_checkpoint(ckpt_dir, step, pipe.adapter, optimizer, lr_scheduler, generators,
+                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints,
+                            barrier=accelerator.wait_for_everyone, **ckpt_args)
+        if is_main and cfg.validate_every and step % cfg.validate_every == 0:
+            write_validation(pipe, dataset, val_index, out / "validation", step, cfg, decoder)
+        accelerator.wait_for_everyone()
+    bar.close()
+    log.close()
+
+    # ---- save
+    if is_main:
+        pipe.adapter.save_pretrained(out / "adapter")
+    return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses,
+            "step_seconds": step_seconds, "out": str(out), "trainable": len(trainable)}
 
 
-def _build_components(cfg: FitConfig, device):
-    from surgsora.tiny import tiny_adapter_options, tiny_svd_components
+# ----------------------------------------------------------------------------------------- one micro-batch
 
+def compute_loss(pipe, adapter, batch: dict, cfg: FitConfig, generator: torch.Generator,
+                 latent_cache: LatentCache | None = None, decoder=None,
+                 autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EDM loss [B] (float32, with gradients to the adapter) and the noise levels [B] of one micro-batch.
+
+    ``pipe`` holds the frozen UNet, VAE and CLIP encoder (on the training device, in the weight dtype) and the
+    adapter; ``adapter`` is that adapter as the loop calls it (DDP-wrapped with several processes; the same
+    module otherwise). Stage 1 (``cfg.stage``) conditions on the batch's dense flow, stage 2 on the flow
+    ``decoder`` decodes from its guide points and region masks. ``autocast`` is the mixed-precision context
+    of the trainable forward (``accelerator.autocast``). The caller calls backward.
+
+    Draws from ``generator`` in this order, which exact resume relies on: the VAE latent sample, the
+    noise-augmentation strengths, the frame-0 augmentation noise (in ``pipe.encode_conditioning_latent``),
+    the CLIP dropout, the latent dropout, the sigmas, the noise.
+    """
+    from surgsora.model.unet import unet_forward
+
+    from .objective import edm_loss, preconditioning, sample_noise_aug, sample_sigmas
+
+    device, weight_dtype = pipe.unet.device, pipe.unet.dtype
+    frames = batch["frames"].to(device).permute(0, 1, 4, 2, 3).float() / 255.0  # [B,T,3,H,W] in [0,1]
+    bsz, num_frames = frames.shape[:2]
+    pixels = frames * 2 - 1  # RGB in [-1, 1], as at inference
+    with torch.no_grad():
+        mean, std, clip_emb = frozen_encodings(pipe, frames, pixels, batch["clip_id"], latent_cache)
+        eps_vae = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
+        latents = (mean + std * eps_vae).view(bsz, num_frames, -1, *mean.shape[-2:])
+        latents = latents.float() * pipe.vae.config.scaling_factor
+        noise_aug = sample_noise_aug(bsz, generator, cfg.noise_aug_mean, cfg.noise_aug_std).to(device)
+        cond_latent = pipe.encode_conditioning_latent(pixels[:, 0].to(weight_dtype), noise_aug, generator)
+        # Conditioning dropout: classifier-free guidance at inference zeroes both.
+        drop_clip = torch.rand(bsz, generator=generator) < cfg.drop_clip_prob
+        drop_latent = torch.rand(bsz, generator=generator) < cfg.drop_latent_prob
+        clip_emb = clip_emb * (~drop_clip).to(device, clip_emb.dtype).view(-1, 1, 1)
+        cond_latent = cond_latent * (~drop_latent).to(device, cond_latent.dtype).view(-1, 1, 1, 1)
+        if cfg.stage == 1:
+            flow = batch["flow"].to(device).float()
+        else:
+            flow = stage2_flow(decoder, frames[:, 0], batch["points"], batch["disp"], batch["regions"],
+                               tuple(frames.shape[-2:])).to(device)
+
+    sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std, **sigma_settings(cfg)).to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    noisy = latents + sigma.view(-1, 1, 1, 1, 1) * noise
+    _, _, c_in, c_noise = preconditioning(sigma)
+    cond = cond_latent.float().unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
+    model_in = torch.cat([c_in * noisy, cond], dim=2).to(weight_dtype)
+    # added_time_ids by the pipeline's own rule: [fps - 1, motion_bucket_id, noise_aug_strength] with the
+    # adapter's fps (--fps, in its config), or the adapter's fixed ids; never the videos' frame rates.
+    time_ids = torch.tensor([pipe.time_ids(None, cfg.motion_bucket_id, float(a)) for a in noise_aug.tolist()],
+                            device=device, dtype=weight_dtype)
+
+    with autocast():
+        conditions = pipe.adapter.encode_conditions(pixels[:, 0], batch["depth"].to(device).float(),
+                                                    batch["seg"].to(device).float(), flow)
+        down, mid = adapter(model_in, c_noise, clip_emb, time_ids, conditions)
+        pred = unet_forward(pipe.unet, model_in, c_noise, clip_emb, time_ids,
+                            [d.to(weight_dtype) for d in down], mid.to(weight_dtype))
+        loss = edm_loss(pred, noisy, latents, sigma)
+    return loss, sigma
+
+
+def frozen_encodings(pipe, frames, pixels, clip_ids, latent_cache: LatentCache | None):
+    """(VAE latent mean, VAE latent std, clean frame-0 CLIP embedding) of a batch, per clip from the cache
+    or computed (and cached), so the values never depend on the batch composition."""
+    device, weight_dtype = pipe.unet.device, pipe.unet.dtype
+    means, stds, clip_embs = [], [], []
+    for b, clip_id in enumerate(clip_ids):
+        frozen = latent_cache.get(clip_id) if latent_cache is not None else None
+        if frozen is None:
+            dist = pipe.vae.encode(pixels[b].to(weight_dtype)).latent_dist
+            frozen = {"mean": dist.mean, "std": dist.std, "clip": pipe.encode_clip_image(frames[b, :1])}
+            if latent_cache is not None:
+                latent_cache.put(clip_id, frozen)
+        means.append(frozen["mean"].to(device))
+        stds.append(frozen["std"].to(device))
+        clip_embs.append(frozen["clip"].to(device))
+    return torch.cat(means), torch.cat(stds), torch.cat(clip_embs)
+
+
+def sigma_settings(cfg: FitConfig) -> dict:
+    """The sigma range and the cosine schedule's arguments (``train/objective.py``) of a config."""
+    return dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, image_d=cfg.image_d,
+                noise_d_low=cfg.noise_d_low, noise_d_high=cfg.noise_d_high)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+def load_frozen_svd(cfg: FitConfig) -> tuple[dict, dict]:
+    """(SVD components, the adapter's condition-branch options): tiny random or loaded, frozen, on the CPU."""
     if cfg.config == "tiny":
+        from surgsora.tiny import tiny_adapter_options, tiny_svd_components
+
         components = tiny_svd_components(seed=cfg.seed)
         condition_options = tiny_adapter_options()
     else:
@@ -72,7 +294,8 @@ def _build_components(cfg: FitConfig, device):
     return components, condition_options
 
 
-def _build_adapter(cfg: FitConfig, unet, condition_options):
+def build_adapter(cfg: FitConfig, unet, condition_options: dict):
+    """The adapter to train: from ``--adapter``, or from the UNet (with a MOFA warm start if asked)."""
     from surgsora import SurgSoraAdapter
 
     from .config import ConfigError
@@ -85,7 +308,7 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"--adapter {cfg.adapter} could not be loaded: {first}") from None
     else:
-        from surgsora.model.adapter import MOFA_HEADS, MOFA_SEMANTICS
+        from surgsora.loading.mofa import MOFA_HEADS, MOFA_SEMANTICS
 
         torch.manual_seed(cfg.seed)
         options = dict(condition_options, use_seg_features=not cfg.no_seg_features,
@@ -111,6 +334,17 @@ def _build_adapter(cfg: FitConfig, unet, condition_options):
     return adapter
 
 
+def stage_trainable(adapter, stage: int) -> list[str]:
+    """Set ``requires_grad`` for ``stage`` and return the names of the trainable parameters."""
+    names = []
+    for name, p in adapter.named_parameters():
+        train = stage == 1 or not name.startswith(STAGE2_FROZEN)
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    return names
+
+
 def flow_decoder(spec: str, models: str, device):
     """(decoder, description) for stage 2: ``auto`` (CMP if its checkpoint is in ``models``, else analytic),
     ``analytic``, or a CMP checkpoint path."""
@@ -129,28 +363,6 @@ def flow_decoder(spec: str, models: str, device):
     from surgsora.motion.cmp import load_cmp
 
     return load_cmp(spec, device=device), f"CMP from {spec} (region masks as a motion brush)"
-
-
-_LISTS = ("points", "disp", "regions", "clip_id")  # per-clip sizes differ: kept as lists
-
-
-def _collate(items: list[dict]) -> dict:
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in _LISTS}
-    for k in _LISTS:
-        batch[k] = [it.get(k) for it in items]
-    return batch
-
-
-def _batch_indices(step: int, n: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
-    """Data order as a function of the step: a seeded permutation per epoch, split across processes."""
-    per_step = batch_size * world
-    steps_per_epoch = max(1, n // per_step) if n >= per_step else 1
-    epoch, k = divmod(step, steps_per_epoch)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    perm = (perm * math.ceil(per_step / n + 1))[: max(n, per_step) + per_step]
-    start = k * per_step + rank * batch_size
-    return perm[start:start + batch_size]
 
 
 def stage2_flow(decoder, image01: torch.Tensor, points, disp, regions, size) -> torch.Tensor:
@@ -172,6 +384,52 @@ def stage2_flow(decoder, image01: torch.Tensor, points, disp, regions, size) -> 
         with torch.no_grad():
             flows.append(tracks_to_flow(decoder, image01[b:b + 1], tracks, (w, h), masks).cpu())
     return torch.cat(flows)
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+def make_optimizer(params: list, cfg: FitConfig, device: torch.device):
+    """(AdamW, its LR schedule): the fused AdamW (or bitsandbytes' 8-bit one), constant LR after a linear
+    warm-up of ``cfg.warmup_steps`` optimizer steps."""
+    if cfg.adam8bit:
+        import bitsandbytes as bnb  # checked by `python -m train fit` before anything starts
+
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        # The fused kernel: one pass over all parameters instead of a Python loop of small ops per tensor
+        # (the per-tensor loop was ~8% of a CPU step in benchmarks/train_step.py).
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))
+    warmup = max(0, cfg.warmup_steps)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return optimizer, lr_scheduler
+
+
+# ----------------------------------------------------------------------------------------- data
+
+_LISTS = ("points", "disp", "regions", "clip_id")  # per-clip sizes differ: kept as lists
+
+
+def load_batch(dataset, micro: int, cfg: FitConfig, rank: int = 0, world: int = 1) -> dict:
+    """The items of micro-batch number ``micro`` for process ``rank`` of ``world``, collated."""
+    idx = _batch_indices(micro, len(dataset), cfg.batch_size, rank, world, cfg.seed)
+    items = [dataset[i] for i in idx]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in _LISTS}
+    for k in _LISTS:
+        batch[k] = [it.get(k) for it in items]
+    return batch
+
+
+def _batch_indices(step: int, n: int, batch_size: int, rank: int, world: int, seed: int) -> list[int]:
+    """Data order as a function of the step: a seeded permutation per epoch, split across processes."""
+    per_step = batch_size * world
+    steps_per_epoch = max(1, n // per_step) if n >= per_step else 1
+    epoch, k = divmod(step, steps_per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    perm = (perm * math.ceil(per_step / n + 1))[: max(n, per_step) + per_step]
+    start = k * per_step + rank * batch_size
+    return perm[start:start + batch_size]
 
 
 def _fingerprint(*modules, extra: str = "") -> str:
@@ -232,254 +490,84 @@ class LatentCache:
             tmp.unlink(missing_ok=True)
 
 
-def run(cfg: FitConfig, dataset=None) -> dict:
-    """Train; returns a summary {step, last_loss, losses, step_seconds, out}.
+# ----------------------------------------------------------------------------------------- logs
 
-    ``dataset`` replaces the preprocessed cache of ``cfg.data`` (any dataset yielding the same items as
-    :class:`train.data.ClipDataset`, with ``size`` and ``num_frames`` attributes).
+LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "sigma", "seconds")
+
+
+class TrainLog:
+    """``train_log.csv`` and, when installed, TensorBoard; written by the main process only."""
+
+    def __init__(self, path: Path | None, losses: list[float], writer=None):
+        self.path, self.losses, self.writer = path, losses, writer
+        self.t_last = time.time()
+
+    def write(self, step: int, loss: float, lr: float, grad_norm: float, sigmas: list[float]) -> None:
+        """One row: the step's loss, learning rate, gradient norm, mean sigma and seconds since the last row."""
+        now = time.time()
+        row = {"step": step, "loss": f"{loss:.6f}", "lr": f"{lr:.3e}", "grad_norm": f"{grad_norm:.4f}",
+               "sigma": f"{sum(sigmas) / len(sigmas):.4f}", "seconds": f"{now - self.t_last:.3f}"}
+        self.t_last = now
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=LOG_FIELDS).writerow(row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            self.writer.add_scalar("train/grad_norm", grad_norm, step)
+            # Loss per noise-level decade (sigma 1e-3 .. 1e2+): where the adapter still struggles.
+            bucket = min(max(int(math.floor(math.log10(max(sigmas[-1], 1e-3)))), -3), 2)
+            self.writer.add_scalar(f"train/loss_sigma_1e{bucket}", loss, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def open_logs(out: Path, step: int, is_main: bool) -> TrainLog:
+    """The run's log, continuing at ``step``: CSV rows past it belong to an interrupted run and are dropped.
+
+    Its ``losses`` are the logged losses up to ``step``. Only the main process writes (CSV, and TensorBoard
+    when it is installed).
     """
-    from accelerate import Accelerator
-
-    from surgsora import SurgSoraPipeline
-    from surgsora.model.unet import unet_forward
-
-    from .checkpoint import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
-    from .data import ClipDataset
-    from .objective import check_sigma_args, edm_loss, preconditioning, sample_noise_aug, sample_sigmas
-
-    sigma_args = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data,
-                      image_d=cfg.image_d, noise_d_low=cfg.noise_d_low, noise_d_high=cfg.noise_d_high)
-    check_sigma_args(cfg.sigma_scheme, **sigma_args)  # before minutes of model loading
-    if cfg.device.startswith("cuda:"):
-        torch.cuda.set_device(int(cfg.device.split(":")[1]))  # accelerate then uses this GPU (one process)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
-                              cpu=cfg.device == "cpu")
-    device = accelerator.device
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-
-    # ---- models and data first: a file that fails to load leaves no run folder behind
-    components, condition_options = _build_components(cfg, device)
-    adapter = _build_adapter(cfg, components["unet"], condition_options)
-    trainable = stage_trainable(adapter, cfg.stage)
-    latent_cache = LatentCache(None if cfg.no_latent_cache or dataset is not None and not cfg.data else
-                               Path(cfg.data) / "latents" / _fingerprint(
-                                   components["vae"], components["image_encoder"], extra=str(weight_dtype)))
-    if cfg.gradient_checkpointing:
-        adapter.enable_gradient_checkpointing()
-        components["unet"].enable_gradient_checkpointing()
-    for name in ("unet", "vae", "image_encoder"):
-        module = components[name].to(device)
-        if module.dtype != weight_dtype:
-            module.to(weight_dtype)
-    # The pipeline object gives training the very same first-frame encoders and time ids as inference.
-    pipe = SurgSoraPipeline(**components, adapter=adapter)
-    decoder = None
-    if cfg.stage == 2:
-        decoder, described = flow_decoder(cfg.flow_decoder, cfg.models, device)
-        if accelerator.is_main_process:
-            print(f"stage 2 flow: {described}")
-
-    dataset = dataset if dataset is not None else ClipDataset(cfg.data)
-    height, width = dataset.size
-    num_frames = dataset.num_frames
-    # With validation on, the last clip is held out of training.
-    val_index = len(dataset) - 1
-    held_out = cfg.validate_every > 0 and len(dataset) > 1
-    train_set = torch.utils.data.Subset(dataset, range(len(dataset) - 1)) if held_out else dataset
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for p in clean_partial(ckpt_dir) if ckpt_dir.exists() else []:
-            print(f"removed a partial checkpoint left by an interrupted write: {p.name}")
-        total = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-        wanted = cfg.extra.get("total_batch")
-        if wanted and wanted != total:
-            print(f"note: the recipe's batch is {wanted} ({cfg.extra.get('processes')} processes x "
-                  f"{cfg.batch_size}); this run's is {total} ({accelerator.num_processes} process(es) x "
-                  f"{cfg.batch_size} x {cfg.grad_accum} accumulation steps)")
-
-    # ---- optimisation
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    if cfg.adam8bit:
-        import bitsandbytes as bnb  # checked by `python -m train fit` before anything starts
-
-        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        # The fused kernel: one pass over all parameters instead of a Python loop of small ops per tensor
-        # (the per-tensor loop was ~8% of a CPU step in benchmarks/train_step.py).
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                      fused=device.type in ("cpu", "cuda"))
-    warmup = max(0, cfg.warmup_steps)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it per process).
-    adapter, optimizer = accelerator.prepare(adapter, optimizer)
-    generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + accelerator.process_index)
-    generators = {f"rank{accelerator.process_index}": generator}
-    # Every process saves and restores its own generator and GradScaler (fp16; None otherwise).
-    ckpt_args = dict(scaler=accelerator.scaler, rank=accelerator.process_index, world=accelerator.num_processes)
-
-    step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(ckpt_dir) if cfg.resume == "latest" else Path(cfg.resume)
-        if ckpt is None:
-            print(f"--resume latest: no complete checkpoint in {ckpt_dir}; starting from step 0")
-        else:
-            state = load_checkpoint(ckpt, accelerator.unwrap_model(adapter), optimizer, lr_scheduler, generators,
-                                    **ckpt_args)
-            step = state["step"]
-            if accelerator.is_main_process:
-                print(f"resumed from {ckpt} at step {step}")
-
-    # ---- logs (CSV rows past the resumed step belong to the interrupted run: drop them)
-    log_path = out / "train_log.csv"
-    fields = ["step", "loss", "lr", "grad_norm", "sigma", "seconds"]
+    path = Path(out) / "train_log.csv"
     rows = []
-    if log_path.exists():
-        with open(log_path, newline="") as f:
+    if path.exists():
+        with open(path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    writer = None
-    if accelerator.is_main_process:
-        with open(log_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            print("tensorboard is not installed: logging to CSV only")
-        (out / "fit_config.json").write_text(json.dumps(asdict(cfg), indent=1))
     losses = [float(r["loss"]) for r in rows]
-    step_seconds: list[float] = []
+    if not is_main:
+        return TrainLog(None, losses)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
 
-    unet, vae = components["unet"], components["vae"]
-    scaling = vae.config.scaling_factor
-    fixed_state = generator.get_state() if cfg.overfit_one_batch else None
+        writer = SummaryWriter(str(Path(out) / "tensorboard"))
+    except ImportError:
+        print("tensorboard is not installed: logging to CSV only")
+    return TrainLog(path, losses, writer)
 
-    from tqdm import tqdm
 
-    def micro_step(micro: int):
-        """One forward/backward on one batch; returns (loss, mean sigma)."""
-        idx = _batch_indices(0 if cfg.overfit_one_batch else micro, len(train_set), cfg.batch_size,
-                             accelerator.process_index, accelerator.num_processes, cfg.seed)
-        batch = _collate([train_set[i] for i in idx])
-        frames = batch["frames"].to(device).permute(0, 1, 4, 2, 3).float() / 255.0  # [B,T,3,H,W] in [0,1]
-        bsz = frames.shape[0]
-        pixels = frames * 2 - 1  # RGB in [-1, 1], as at inference
-        with torch.no_grad():
-            means, stds, clip_embs = [], [], []
-            for b, clip_id in enumerate(batch["clip_id"]):
-                # Per clip, cached or not, so the values never depend on the batch composition.
-                frozen = latent_cache.get(clip_id)
-                if frozen is None:
-                    dist = vae.encode(pixels[b].to(weight_dtype)).latent_dist
-                    frozen = {"mean": dist.mean, "std": dist.std, "clip": pipe.encode_clip_image(frames[b, :1])}
-                    latent_cache.put(clip_id, frozen)
-                means.append(frozen["mean"].to(device))
-                stds.append(frozen["std"].to(device))
-                clip_embs.append(frozen["clip"].to(device))
-            mean, std = torch.cat(means), torch.cat(stds)
-            eps_vae = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
-            latents = (mean + std * eps_vae).view(bsz, num_frames, -1, *mean.shape[-2:])
-            latents = latents.float() * scaling
-            noise_aug = sample_noise_aug(bsz, generator, cfg.noise_aug_mean, cfg.noise_aug_std).to(device)
-            cond_latent = pipe.encode_conditioning_latent(pixels[:, 0].to(weight_dtype), noise_aug, generator)
-            clip_emb = torch.cat(clip_embs)
-            # Conditioning dropout: classifier-free guidance at inference zeroes both.
-            drop_clip = torch.rand(bsz, generator=generator) < cfg.drop_clip_prob
-            drop_latent = torch.rand(bsz, generator=generator) < cfg.drop_latent_prob
-            clip_emb = clip_emb * (~drop_clip).to(device, clip_emb.dtype).view(-1, 1, 1)
-            cond_latent = cond_latent * (~drop_latent).to(device, cond_latent.dtype).view(-1, 1, 1, 1)
-            if cfg.stage == 1:
-                flow = batch["flow"].to(device).float()
-            else:
-                flow = stage2_flow(decoder, frames[:, 0], batch["points"], batch["disp"], batch["regions"],
-                                   (height, width)).to(device)
-
-        sigma = sample_sigmas(bsz, generator, cfg.sigma_scheme, cfg.p_mean, cfg.p_std, **sigma_args).to(device)
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        noisy = latents + sigma.view(-1, 1, 1, 1, 1) * noise
-        _, _, c_in, c_noise = preconditioning(sigma)
-        cond = cond_latent.float().unsqueeze(1).expand(-1, num_frames, -1, -1, -1)
-        model_in = torch.cat([c_in * noisy, cond], dim=2).to(weight_dtype)
-        # added_time_ids by the pipeline's own rule: [fps - 1, motion_bucket_id, noise_aug_strength] with the
-        # adapter's fps (--fps, in its config), or the adapter's fixed ids; never the videos' frame rates.
-        time_ids = torch.tensor([pipe.time_ids(None, cfg.motion_bucket_id, float(a)) for a in noise_aug.tolist()],
-                                device=device, dtype=weight_dtype)
-
-        with accelerator.accumulate(adapter), accelerator.autocast():
-            conditions = raw_adapter.encode_conditions(pixels[:, 0], batch["depth"].to(device).float(),
-                                                       batch["seg"].to(device).float(), flow)
-            down, mid = adapter(model_in, c_noise, clip_emb, time_ids, conditions)
-            pred = unet_forward(unet, model_in, c_noise, clip_emb, time_ids,
-                                [d.to(weight_dtype) for d in down], mid.to(weight_dtype))
-            loss = edm_loss(pred, noisy, latents, sigma).mean()
-            accelerator.backward(loss)  # accelerate divides by the accumulation steps
-        return loss.detach(), sigma.mean().item()
-
-    raw_adapter = accelerator.unwrap_model(adapter)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"stage {cfg.stage}", disable=not accelerator.is_main_process)
-    t_last = time.time()
-    while step < cfg.max_steps:
-        t_step = time.time()
-        if fixed_state is not None:
-            generator.set_state(fixed_state)
-        step_losses, sigmas = [], []
-        for j in range(cfg.grad_accum):
-            loss, sig = micro_step(step * cfg.grad_accum + j)
-            step_losses.append(loss)
-            sigmas.append(sig)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else torch.tensor(0.0)
-        lr = lr_scheduler.get_last_lr()[0]  # the rate this step used
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        loss_value = accelerator.gather(torch.stack(step_losses).mean().reshape(1)).mean().item()
-        losses.append(loss_value)
-        step_seconds.append(time.time() - t_step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
-        if accelerator.is_main_process and step % cfg.log_every == 0:
-            now = time.time()
-            row = {"step": step, "loss": f"{loss_value:.6f}", "lr": f"{lr:.3e}",
-                   "grad_norm": f"{float(grad_norm):.4f}", "sigma": f"{sum(sigmas) / len(sigmas):.4f}",
-                   "seconds": f"{now - t_last:.3f}"}
-            t_last = now
-            with open(log_path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=fields).writerow(row)
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                # Loss per noise-level decade (sigma 1e-3 .. 1e2+): where the adapter still struggles.
-                bucket = min(max(int(math.floor(math.log10(max(sigmas[-1], 1e-3)))), -3), 2)
-                writer.add_scalar(f"train/loss_sigma_1e{bucket}", loss_value, step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:  # collective: every rank writes its file
-            save_checkpoint(ckpt_dir, step, raw_adapter, optimizer, lr_scheduler, generators,
-                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints,
-                            barrier=accelerator.wait_for_everyone, **ckpt_args)
-        if accelerator.is_main_process and cfg.validate_every and step % cfg.validate_every == 0:
-            _validate(pipe, raw_adapter, dataset, val_index, out / "validation", step, cfg, decoder)
-        accelerator.wait_for_everyone()
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(adapter).save_pretrained(out / "adapter")
-    return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses,
-            "step_seconds": step_seconds, "out": str(out), "trainable": len(trainable)}
+def print_batch_note(cfg: FitConfig, world: int) -> None:
+    """Say so when this run's total batch differs from the recipe's (another number of processes)."""
+    total = cfg.batch_size * cfg.grad_accum * world
+    wanted = cfg.extra.get("total_batch")
+    if wanted and wanted != total:
+        print(f"note: the recipe's batch is {wanted} ({cfg.extra.get('processes')} processes x "
+              f"{cfg.batch_size}); this run's is {total} ({world} process(es) x "
+              f"{cfg.batch_size} x {cfg.grad_accum} accumulation steps)")
 
 
 @torch.no_grad()
-def _validate(pipe, adapter, dataset, index: int, folder: Path, step: int, cfg: FitConfig, decoder) -> Path:
+def write_validation(pipe, dataset, index: int, folder: Path, step: int, cfg: FitConfig, decoder) -> Path:
     """Generate the held-out clip from its first frame with the current adapter; save mp4 + flow video."""
     from surgsora.motion.flow_viz import flow_to_rgb
     from surgsora.video_io import write_video
 
+    adapter = pipe.adapter
     was_training = adapter.training
     adapter.eval()
     item = dataset[index]
@@ -500,14 +588,6 @@ def _validate(pipe, adapter, dataset, index: int, folder: Path, step: int, cfg: 
     write_video(folder / f"step_{step:08d}_flow.mp4", flow_to_rgb(flow[0]).permute(0, 2, 3, 1).cpu().numpy(), fps=fps)
     adapter.train(was_training)
     return path
-
-
-def config_from_args(args) -> FitConfig:
-    cfg = FitConfig()
-    for k, v in vars(args).items():
-        if hasattr(cfg, k) and v is not None:
-            setattr(cfg, k, v)
-    return cfg
 
 
 if __name__ == "__main__":  # pragma: no cover

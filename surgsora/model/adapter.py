@@ -24,7 +24,7 @@ start is a rename.
   ``fusion_type`` is ``"rgb"``: the RGB stream alone), ``fusion_type="sum"`` (RGB + depth, no MSF
   parameters). (``fusion`` names the MSF modules, so the switch is ``fusion_type``.)
 * MOFA-Video-Traj (:meth:`SurgSoraAdapter.from_mofa`, the released ControlNet run exactly as
-  published; see :data:`MOFA_SEMANTICS`): RGB stream only; flow resized by nearest sampling;
+  published; see :data:`surgsora.loading.mofa.MOFA_SEMANTICS`): RGB stream only; flow resized by nearest sampling;
   features splatted with softsplat's normalisation (``splat_normalize="softsplat"``); the deepest
   condition added after the third and fourth down blocks and again before the mid block
   (``condition_injection="mofa"``); residual k scaled by the number of times MOFA's UNet adds
@@ -49,11 +49,10 @@ from .dfm import FusionBlock, warp_scales
 from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
 from .unet import time_embedding
 
-# MOFA's heads and semantics are described with the rest of MOFA in loading/mofa.py (torch-free, imports
-# nothing from here); re-exported for callers that know them from this module.
-from ..loading.mofa import MOFA_HEADS, MOFA_SEMANTICS, per_block
+# MOFA's heads and semantics live with the rest of MOFA in loading/mofa.py (torch-free, imports nothing from here).
+from ..loading.mofa import per_block
 
-__all__ = ["SurgSoraAdapter", "MOFA_SEMANTICS", "MOFA_HEADS", "residual_multiplicities"]
+__all__ = ["SurgSoraAdapter", "residual_multiplicities"]
 
 _CHOICES = dict(fusion_type=("msf", "sum", "rgb"), condition_injection=("once", "mofa"),
                 residual_multiplicity=("once", "mofa"), flow_resize=("bilinear", "nearest"),
@@ -217,7 +216,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
     @classmethod
     def from_mofa(cls, path, dtype: torch.dtype | None = None) -> "SurgSoraAdapter":
         """MOFA-Video-Traj's released ControlNet (its ``controlnet`` folder or safetensors file) as an
-        adapter in MOFA mode, computing exactly what the published code computes (see :data:`MOFA_SEMANTICS`).
+        adapter in MOFA mode, computing exactly what the published code computes (see :data:`surgsora.loading.mofa.MOFA_SEMANTICS`).
 
         ``SurgSoraPipeline(**svd_xt_parts, adapter=adapter)(image, flow=flow)`` then reproduces
         MOFA-Video-Traj's inference; no depth and no SAM features are needed.
