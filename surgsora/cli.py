@@ -499,6 +499,7 @@ def _device_and_dtype(device: str, dtype: str):
 
 def run_generate(args) -> dict:
     from .loading.adapters import describe_adapter
+    from .loading.mofa import runs_as_mofa
     from .sampling.conditioning import default_fps
     from .sampling.generate import Models, NonFiniteVideo, generate
     from .sampling.settings import TTM_MOTION_BUCKET, TTM_STEPS, SamplingSettings
@@ -525,7 +526,7 @@ def run_generate(args) -> dict:
     if adapter is not None:
         print(f"Adapter: {describe_adapter(adapter)}.")
         trained_fps = default_fps(adapter.config)
-        if adapter.config.get("fixed_time_ids") is not None and (args.fps not in (None, 7) or motion_bucket != 127):
+        if runs_as_mofa(adapter.config) and (args.fps not in (None, 7) or motion_bucket != 127):
             print("Note: this adapter fixes added_time_ids, so --fps only sets the video file's frame rate and "
                   "--motion-bucket is not used.")
         elif args.fps is not None and args.fps != trained_fps:
