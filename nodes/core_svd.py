@@ -14,15 +14,20 @@ device during sampling: the conditions (one copy per batched cond/uncond) and th
 through the UNet's pass.
 
 ``SurgSora Dual-Clock Guider`` is Time-to-Move's dual-clock sampling as a core GUIDER for
-``SamplerCustomAdvanced`` (any core sampler and scheduler; SurgSora Apply may steer the same conditioning).
-It is core CFG with ComfyUI's own inpainting rule (``KSamplerX0Inpaint``) switched on by the motion mask
-until t_strong: before every model call above sigma(t_strong) the masked latents are replaced by the motion
-signal noised to that sigma, and the call's prediction there by the signal; sampling starts at t_weak
-from the signal noised to sigma(t_weak). For deterministic samplers (Euler, Heun, DPM++ 2M ...) this is
-exactly the pipeline's re-anchoring after each step (with the prediction fixed to the signal, the step
-lands on the signal noised to the next sigma). Two differences from ``SurgSoraPipeline``: the sampler's
-one noise draw both starts and re-noises the anchor (the pipeline draws a second one, as TTM does), and
-ancestral samplers add fresh noise between anchors.
+``SamplerCustomAdvanced`` (any core sampler and scheduler; SurgSora Apply may steer the same conditioning), on
+SVD, Wan 2.1 I2V, Wan 2.2 I2V A14B and Wan 2.2 TI2V-5B. The anchoring is in the guider's model call, never
+through a model's own inpainting rule (Wan 2.2 5B keeps its known region clean and turns the mask into
+per-frame timesteps): while sigma > sigma(t_strong), the masked model input is the signal noised to that
+sigma with the model's own ``model_sampling.noise_scaling``, and the masked prediction is the signal (both in
+the model's latent space, ``process_latent_in``); sampling starts at t_weak from the signal noised to
+sigma(t_weak). For deterministic samplers (Euler, Heun, DPM++ 2M ...) this is exactly TTM's re-anchoring
+after each step (with the prediction fixed to the signal, the step lands on the signal noised to the next
+sigma). The sampler's one noise draw both starts and re-noises the anchor (the pipeline draws a second one, as
+TTM does); ancestral samplers add fresh noise between anchors. A latent ``noise_mask`` (the 5B's first frame)
+is kept: the model's own rule holds there and nothing is anchored where it is 0. The geometry comes from the
+VAE: one latent per frame for SVD, TTM's temporal rule (pixel frames [0] + [1::4]) for Wan's 4x video VAE.
+With ``full_sigmas`` connected, t_weak / t_strong count steps of the whole schedule, so the high-noise stage
+of a SplitSigmas run anchors the same steps as one unsplit run.
 
 ``SurgSora SVD Conditioning`` returns core CONDITIONING encoded the way SurgSora adapters are trained
 and sampled (core ``SVD_img2vid_Conditioning`` centre-crops the frame for CLIP and adds noise
@@ -39,7 +44,8 @@ import functools
 import torch
 
 from surgsora.sampling.conditioning import clip_normalize, clip_pixels, noise_augmented, time_ids
-from surgsora.sampling.dual_clock import check_unit_range, dual_clock_indices, latent_mask, resize_frames
+from surgsora.sampling.dual_clock import (TTM_PRESETS, check_frame_count, check_unit_range, latent_mask, resize_frames,
+                                         stage_indices)
 from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, TTM_T_STRONG, TTM_T_WEAK,
                                         check_settings, check_video_size)
 
@@ -77,6 +83,10 @@ def control_class():
             return super().get_models() + [patcher_for(self.adapter)]
 
         def pre_run(self, model, percent_to_timestep_function):
+            from surgsora.loading.adapters import check_adapter_fits
+
+            # an adapter made for another UNet: one sentence before the first step, not a shape error inside it
+            check_adapter_fits(self.adapter, getattr(getattr(model, "model_config", None), "unet_config", None))
             super().pre_run(model, percent_to_timestep_function)
             self.model_sampling_current = model.model_sampling
 
@@ -194,74 +204,139 @@ def _percent_problem(start_percent, end_percent) -> str | None:
             "[0, 1] with start_percent not larger than end_percent.")
 
 
+# Core model classes the guider anchors correctly, by what each family needs: the anchoring is done in the guider's
+# model call with the model's own noise_scaling, so it holds whatever the model's own inpainting rule is; a family
+# is listed once its latent geometry (read from the VAE) and conditioning are checked against it.
+SUPPORTED_MODELS = {"SVD_img2vid": "SVD", "WAN21": "Wan 2.1 / Wan 2.2 I2V A14B", "WAN22": "Wan 2.2 TI2V-5B"}
+SUPPORTED_NAMES = "SVD / SVD-xt, Wan 2.1 I2V, Wan 2.2 I2V A14B and Wan 2.2 TI2V-5B"
+
+
 @functools.lru_cache(maxsize=None)
 def dual_clock_guider_class():
     """Core ``CFGGuider`` with dual-clock anchoring (made on first use: importing the pack never needs ComfyUI)."""
     CFGGuider = _comfy("comfy.samplers").CFGGuider
-    clone_options = _comfy("comfy.model_patcher").create_model_options_clone
 
     class SurgSoraDualClockGuider(CFGGuider):
-        def __init__(self, model_patcher, signal, mask, t_weak, t_strong):
+        def __init__(self, model_patcher, signal, mask, t_weak, t_strong, full_sigmas=None):
             super().__init__(model_patcher)
-            self.signal = signal  # [F, C, h, w] VAE latents of the motion signal (ComfyUI scales them in)
-            self.mask = mask  # [F, 1, h, w] in {0, 1}: 1 = follow the signal
+            self.signal = signal  # VAE latents of the motion signal, the video latent's shape (ComfyUI scales them in)
+            self.mask = mask  # the latent's shape with 1 channel, in {0, 1}: 1 = follow the signal
             self.t_weak, self.t_strong = t_weak, t_strong
+            self.full_sigmas = full_sigmas  # the unsplit schedule: t_weak / t_strong are fractions of it
+            self._anchor = None  # (mask, signal in the model's latent space, noise, sigma(t_strong)) while sampling
 
         def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                    seed=None):
-            if denoise_mask is not None:
-                raise ValueError("The latent carries a noise mask, but the dual-clock guider masks the video itself; "
-                                 "remove the Set Latent Noise Mask node.")
             if latent_image.is_nested or tuple(latent_image.shape) != tuple(self.signal.shape):
                 raise ValueError(f"The latent is {tuple(latent_image.shape)} but the motion signal was encoded as "
-                                 f"{tuple(self.signal.shape)} (frames, channels, height/8, width/8); sample the "
-                                 "latent of the same SVD conditioning.")
-            weak, strong = dual_clock_indices(self.t_weak, self.t_strong, sigmas.shape[-1] - 1)
+                                 f"{tuple(self.signal.shape)}; make the video latent at the motion signal's size and "
+                                 "frame count (batch 1).")
+            full = None if self.full_sigmas is None else self.full_sigmas.to(sigmas)
+            weak, strong = stage_indices(self.t_weak, self.t_strong, sigmas, full)
             sigmas = sigmas[weak:]  # start at t_weak, from the signal noised to that level
-            boundary = float(sigmas[strong - weak])
-            earlier = self.model_options.get("denoise_mask_function")
+            self._boundary = float(sigmas[strong - weak])
+            return super().sample(noise, latent_image, sampler, sigmas, denoise_mask=denoise_mask, callback=callback,
+                                  disable_pbar=disable_pbar, seed=seed)
 
-            def follow_until_t_strong(sigma, mask, extra_options):
-                if earlier is not None:
-                    mask = earlier(sigma, mask, extra_options)
-                # anchored while sigma is above sigma(t_strong); 0 when t_strong is the last step
-                return mask if float(sigma.max()) > boundary * (1 + 1e-4) else torch.ones_like(mask)
-
-            options = self.model_options
-            self.model_options = clone_options(options)
-            self.model_options["denoise_mask_function"] = follow_until_t_strong
+        def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                         latent_shapes=None):
+            signal, mask = self.signal.to(latent_image), self.mask.to(latent_image)
+            start = signal
+            if denoise_mask is not None:  # the user's noise_mask (Wan 2.2 5B: its first frame, kept by the model)
+                free = denoise_mask.to(latent_image)
+                start = signal * free + latent_image * (1 - free)  # the kept region stays the user's latent
+                mask = mask * free  # never anchored where the user keeps the latent
+            # the one noise draw starts the sampler (KSAMPLER) and re-noises the anchor, as in TTM
+            self._anchor = (mask, self.inner_model.process_latent_in(signal), noise, self._boundary)
             try:
-                return super().sample(noise, self.signal.to(latent_image), sampler, sigmas,
-                                      denoise_mask=1 - self.mask.to(latent_image), callback=callback,
-                                      disable_pbar=disable_pbar, seed=seed)
+                return super().inner_sample(noise, start, device, sampler, sigmas, denoise_mask, callback, disable_pbar,
+                                            seed, latent_shapes=latent_shapes)
             finally:
-                self.model_options = options
+                self._anchor = None
+
+        def outer_predict_noise(self, x, timestep, model_options={}, seed=None):
+            anchor = self._anchor
+            # anchored while sigma is above sigma(t_strong); every step when t_strong is the last one (sigma 0)
+            if anchor is None or not float(timestep.max()) > anchor[3] * (1 + 1e-4):
+                return super().outer_predict_noise(x, timestep, model_options, seed)
+            mask, signal, noise, _ = anchor
+            sigma = timestep.reshape([timestep.shape[0]] + [1] * (x.ndim - 1))
+            noised = self.inner_model.model_sampling.noise_scaling(sigma, noise, signal)
+            x = x * (1 - mask) + noised * mask
+            denoised = super().outer_predict_noise(x, timestep, model_options, seed)
+            return denoised * (1 - mask) + signal * mask
 
     return SurgSoraDualClockGuider
 
 
+def model_family(model) -> str:
+    """The supported family of a core MODEL (ModelPatcher), or one sentence naming the supported ones."""
+    name = type(getattr(model, "model", None)).__name__
+    if name not in SUPPORTED_MODELS:
+        raise ValueError(f"The dual-clock guider supports {SUPPORTED_NAMES}, not this model ({name}); load one of "
+                         "those with ComfyUI's own loaders.")
+    return name
+
+
+def vae_compression(vae) -> tuple[int, int]:
+    """(temporal, spatial) compression of a core VAE: SVD's (1, 8), Wan 2.1's (4, 8), Wan 2.2's (4, 16)."""
+    formula = getattr(vae, "downscale_index_formula", None)  # (t, h, w) on video VAEs
+    if formula is not None:
+        return int(formula[0]), int(formula[1])
+    ratio = getattr(vae, "downscale_ratio", 8)
+    if isinstance(ratio, tuple):  # (frames -> latent frames, h, w): the step at which a second latent frame starts
+        frames = ratio[0]
+        return next((k for k in range(1, 65) if frames(1 + k) >= 2), 1), int(ratio[1])
+    return 1, int(ratio)
+
+
+def _dual_clock_widgets() -> dict:
+    """t_weak / t_strong as on the SurgSora sampler, told here against the full schedule (SplitSigmas)."""
+    widgets = dual_clock_widgets()
+    for name, when in (("t_weak", "sampling starts from the motion signal noised to this point"),
+                       ("t_strong", "inside the mask the video follows the signal until this point, then denoises "
+                                    "freely (1 = to the end)")):
+        kind, options = widgets[name]
+        widgets[name] = (kind, {**options, "tooltip": f"Dual-clock: {when}, as a fraction of the steps of the "
+                                                      "schedule, or of full_sigmas when connected (then a SplitSigmas "
+                                                      "stage keeps the same steps). TTM of 50 steps: SVD 16 / 21, Wan "
+                                                      "cut-and-drag 3 / 7, Wan camera 2 / 5 (see preset)."})
+    return widgets
+
+
 class SurgSoraDualClockGuider:
-    """Dual-clock (Time-to-Move) sampling on ComfyUI's own SVD: a GUIDER for SamplerCustomAdvanced. Where the
-    motion mask is on, the video follows the motion signal until t_strong; elsewhere it denoises freely from
-    t_weak. Works with any core sampler and scheduler, with VideoLinearCFGGuidance, and with SurgSora Apply
-    (SVD) on the same conditioning."""
+    """Dual-clock (Time-to-Move) sampling on ComfyUI's own video models (SVD, Wan 2.1 I2V, Wan 2.2 I2V A14B, Wan 2.2
+    TI2V-5B): a GUIDER for SamplerCustomAdvanced. Where the motion mask is on, the video follows the motion signal
+    until t_strong; elsewhere it denoises freely from t_weak. Works with any core sampler and scheduler, with
+    VideoLinearCFGGuidance, and with SurgSora Apply (SVD) on the same conditioning. For Wan 2.2 A14B drive the
+    high-noise stage with this guider and the low-noise stage with a plain CFGGuider, and connect the unsplit sigmas
+    as full_sigmas."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "ComfyUI's SVD model (ImageOnlyCheckpointLoader), patched as you like."}),
-            "positive": ("CONDITIONING", {"tooltip": "From SurgSora SVD Conditioning or SVD_img2vid_Conditioning "
-                                                     "(optionally through SurgSora Apply)."}),
+            "model": ("MODEL", {"tooltip": "ComfyUI's SVD or Wan model (for Wan 2.2 A14B: the high-noise expert), "
+                                           "patched as you like."}),
+            "positive": ("CONDITIONING", {"tooltip": "SVD: from SurgSora SVD Conditioning or SVD_img2vid_Conditioning "
+                                                     "(optionally through SurgSora Apply). Wan: from WanImageToVideo, "
+                                                     "or the text conditioning (Wan 2.2 5B)."}),
             "negative": ("CONDITIONING", {"tooltip": "The matching negative conditioning."}),
-            "vae": ("VAE", {"tooltip": "SVD's VAE: encodes the motion signal at the conditioning's video size."}),
+            "vae": ("VAE", {"tooltip": "The model's VAE (SVD's, Wan 2.1's, or Wan 2.2's for the 5B): encodes the "
+                                       "motion signal; its compression sets the latent geometry."}),
             "motion_signal": ("IMAGE", {"tooltip": "The crude animation, one image per video frame (SurgSora "
-                                                   "Motion Signal)."}),
+                                                   "Motion Signal); Wan: 4n + 1 frames."}),
             "motion_mask": ("MASK", {"tooltip": "Where the video follows the signal, one mask per frame at the "
                                                "signal's size (SurgSora Motion Signal)."}),
             "cfg": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance scale (VideoLinearCFGGuidance on the model makes "
                                          "it the last frame's)."}),
-            **dual_clock_widgets(),
+            **_dual_clock_widgets(),
+        }, "optional": {
+            "full_sigmas": ("SIGMAS", {"tooltip": "The whole schedule before SplitSigmas: t_weak / t_strong then "
+                                                  "count its steps, whatever stage this guider samples."}),
+            "preset": (["custom"] + list(TTM_PRESETS), {"default": "custom",
+                                                         "tooltip": "TTM's published steps (of the whole schedule); "
+                                                                    "custom uses t_weak / t_strong."}),
         }}
 
     RETURN_TYPES = ("GUIDER",)
@@ -271,25 +346,77 @@ class SurgSoraDualClockGuider:
     CATEGORY = f"{CATEGORY}/sampling"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None):
+    def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None, preset=None):
+        if preset not in (None, "custom"):  # a preset replaces t_weak / t_strong
+            return True if preset in TTM_PRESETS else (f"preset must be custom or one of {', '.join(TTM_PRESETS)}; "
+                                                       f"got {preset!r}.")
         return queue_problem(check_settings, t_weak=t_weak, t_strong=t_strong) or True
 
     @torch.no_grad()
     def get_guider(self, model, positive, negative, vae, motion_signal, motion_mask, cfg=3.0, t_weak=TTM_T_WEAK,
-                   t_strong=TTM_T_STRONG):
+                   t_strong=TTM_T_STRONG, full_sigmas=None, preset=None):
+        if preset not in (None, "custom"):
+            t_weak, t_strong = TTM_PRESETS[preset]
         check_settings(t_weak=t_weak, t_strong=t_strong)  # before any work
-        frame = _video_latent_size(positive)
+        if full_sigmas is not None and not bool(torch.isfinite(full_sigmas).all()):
+            raise ValueError("full_sigmas must be finite; connect a scheduler's sigmas.")
+        family = model_family(model)
+        temporal, spatial = vae_compression(vae)
         signal, mask = _signal_and_mask(motion_signal, motion_mask, 1)
         signal, mask = signal[0], mask[0]  # [F, 3, H, W] in [0, 1], [F, 1, H, W]
         for name, x in (("motion_signal", signal), ("motion_mask", mask)):
             check_unit_range(name, x, "; connect SurgSora Motion Signal.")
-        signal = resize_frames(signal.float(), frame[0] * 8, frame[1] * 8)  # as the pipeline: the whole canvas
-        latents = vae.encode(signal.movedim(1, -1))  # ComfyUI's VAE: [0, 1] BHWC in, posterior mean out
-        guider = dual_clock_guider_class()(model, latents.float().cpu(), latent_mask(mask, frame), float(t_weak),
-                                           float(t_strong))
+        if family == "SVD_img2vid":
+            if temporal != 1:
+                raise ValueError("SVD samples one latent per frame but this VAE compresses time; connect SVD's VAE.")
+            latents, mask = _svd_signal(positive, vae, signal, mask)
+        else:
+            latents, mask = _video_signal(model, positive, vae, signal, mask, temporal, spatial)
+        guider = dual_clock_guider_class()(model, latents, mask, float(t_weak), float(t_strong),
+                                           None if full_sigmas is None else full_sigmas.float().cpu())
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return (guider,)
+
+
+def _svd_signal(positive, vae, signal, mask):
+    """SVD: the signal resized to the conditioning's video size, one latent per frame [F, 4, h, w]."""
+    frame = _video_latent_size(positive)
+    signal = resize_frames(signal.float(), frame[0] * 8, frame[1] * 8)  # as the pipeline: the whole canvas
+    latents = vae.encode(signal.movedim(1, -1))  # ComfyUI's VAE: [0, 1] BHWC in, posterior mean out
+    return latents.float().cpu(), latent_mask(mask, frame)
+
+
+def _video_signal(model, positive, vae, signal, mask, temporal, spatial):
+    """Wan: the signal at the conditioning's size (WanImageToVideo's latent) or its own (5B), encoded by the video
+    VAE to [1, C, T', h, w]; the mask by TTM's rule to [1, 1, T', h, w]."""
+    if temporal == 1:
+        raise ValueError("A Wan model samples a video latent; connect its video VAE (wan_2.1_vae, or wan2.2_vae for "
+                         "the 5B).")
+    channels = getattr(getattr(model.model, "latent_format", None), "latent_channels", None)
+    if channels is not None and getattr(vae, "latent_channels", channels) != channels:
+        raise ValueError(f"The model samples {channels}-channel latents but the VAE makes {vae.latent_channels}; "
+                         "connect the model's own VAE (wan2.2_vae for Wan 2.2 TI2V-5B, wan_2.1_vae otherwise).")
+    concat = _concat_latent(positive)
+    check_frame_count(signal.shape[0], temporal, None if concat is None else concat.shape[-3])
+    if concat is not None:  # WanImageToVideo: the video size it was set to
+        height, width = concat.shape[-2] * spatial, concat.shape[-1] * spatial
+    else:
+        height, width = signal.shape[-2] // spatial * spatial, signal.shape[-1] // spatial * spatial
+        if not height or not width:
+            raise ValueError(f"The motion signal is smaller than this VAE's {spatial}x{spatial} latent pixel; make it "
+                             "larger.")
+    signal = resize_frames(signal.float(), height, width)
+    latents = vae.encode(signal.movedim(1, -1)).float().cpu()  # a video VAE takes the frames as one clip
+    grid = latent_mask(mask, (height // spatial, width // spatial), temporal)  # [T', 1, h, w]
+    return latents, grid.movedim(0, 1)[None]
+
+
+def _concat_latent(conditioning):
+    try:
+        return conditioning[0][1].get("concat_latent_image")
+    except (IndexError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _video_latent_size(conditioning) -> tuple[int, int]:

@@ -18,8 +18,8 @@ import torch
 
 from surgsora.motion.splat import resize_flow
 from surgsora.sampling.dual_clock import dual_clock_indices
-from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, MAX_STEPS, TTM_T_STRONG,
-                                        TTM_T_WEAK, SamplingSettings, check_settings, check_video_size)
+from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, MAX_STEPS, RANDOM_SEED,
+                                        TTM_T_STRONG, TTM_T_WEAK, SamplingSettings, check_settings, check_video_size)
 
 from .models import download_widget, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, PRECISION_TOOLTIP, PRECISIONS, Progress, check_interrupted, image_to_bchw,
@@ -292,8 +292,9 @@ class SurgSoraSampler:
                                                             "SVD: higher lets the video depart more from it."}),
                 "control_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                             "tooltip": "Strength of the SurgSora adapter (0 = plain SVD)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Seed of the initial noise and of the noise augmentation."}),
+                "seed": ("INT", {"default": 0, "min": RANDOM_SEED, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the initial noise and of the noise augmentation (-1: a random "
+                                            "seed, printed to the console so the run can be repeated)."}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES,
                                    "tooltip": "Video length (0 = the conditions' frame count)."}),
                 **dual_clock_widgets(),
@@ -330,6 +331,7 @@ class SurgSoraSampler:
     def sample(self, svd, image, steps=25, min_cfg=1.0, max_cfg=3.0, fps=7, motion_bucket_id=127,
                noise_aug_strength=0.02, control_scale=1.0, seed=0, frames=0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG,
                adapter=None, conditions=None, motion_signal=None, motion_mask=None):
+        from surgsora.loading.adapters import check_adapter_fits
         from surgsora.sampling.generate import sample
 
         if (adapter is None) != (conditions is None):
@@ -359,6 +361,7 @@ class SurgSoraSampler:
             bar.update(1, preview(latents[:1, middle].float()) if preview is not None else None)
             check_interrupted()  # Cancel in the UI: stop after this step
 
+        check_adapter_fits(adapter, svd.unet)  # an adapter for another UNet: one sentence, not a forward traceback
         modules = [svd.unet, svd.vae, svd.image_encoder, adapter]
         with on_device(*modules):
             if adapter is not None and adapter.dtype != svd.unet.dtype:

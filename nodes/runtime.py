@@ -18,6 +18,9 @@ import importlib
 
 import torch
 
+from surgsora.sampling.generate import precision_dtype
+from surgsora.sampling.settings import PRECISIONS as SETTING_PRECISIONS
+
 CATEGORY = "SurgSora"
 
 
@@ -58,7 +61,7 @@ def check_interrupted() -> None:
         mm.throw_exception_if_processing_interrupted()
 
 
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+PRECISIONS = list(SETTING_PRECISIONS)  # a combo widget takes a list
 PRECISION_TOOLTIP = ("Weight precision: auto = fp32 on the CPU, fp16 or bf16 (what ComfyUI picks for the device) on "
                      "a GPU.")
 
@@ -75,10 +78,8 @@ def queue_problem(check, *args, **kwargs) -> str | None:
 
 def resolve_dtype(precision: str, device: torch.device | None = None) -> torch.dtype:
     """Weight dtype for a loader's ``precision`` widget; ``auto`` = fp32 on CPU, fp16/bf16 on an accelerator."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}.")
     if precision != "auto":
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        return precision_dtype(precision)
     device = device or torch_device()
     if device.type == "cpu":
         return torch.float32

@@ -18,6 +18,7 @@ from surgsora.motion.preview import motion_preview, motion_signal
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 from surgsora.sampling.settings import MAX_FRAMES, check_settings
+from surgsora.video_io import threshold_mask
 
 from .models import download_widget, model_choices, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
@@ -72,11 +73,13 @@ def _regions_for(region_masks, size: tuple[int, int]):
         if empty:
             raise ValueError(f"region_masks: mask {empty[0]} of {m.shape[0]} is empty (all zeros); remove it or "
                              "segment again (click inside the object).")
+        for i in range(m.shape[0]):  # the decoders read > 0.5 as inside: a noisy mask says so, once, in the log
+            threshold_mask(m[i].float().cpu().numpy(), f"region_masks mask {i}", threshold=0.5)
         mh, mw = m.shape[-2:]
         h, w = size
         if (mh, mw) != (h, w):
             try:
-                check_canvas((mw, mh), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+                check_canvas((mw, mh), (w, h), "the image", tolerance=SHAPE_TOLERANCE, warn=False)
             except TrackError:
                 raise ValueError(f"region_masks are {mw}x{mh} but the image is {w}x{h}, another shape; give masks "
                                  "made on this image (e.g. SAM Masks from Clicks on it).") from None
@@ -89,7 +92,7 @@ def _flow_for(flow: torch.Tensor, h: int, w: int) -> torch.Tensor:
     if (fh, fw) == (h, w):
         return flow
     try:
-        check_canvas((fw, fh), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+        check_canvas((fw, fh), (w, h), "the image", tolerance=SHAPE_TOLERANCE, warn=False)
     except TrackError:
         raise ValueError(f"flow is {fw}x{fh} but the image is {w}x{h}, another shape; compute the flow on this "
                          "image (SurgSora Trajectories to Flow with it connected).") from None
@@ -113,7 +116,7 @@ def depth_for(depth, b: int, h: int, w: int) -> torch.Tensor:
         raise ValueError(f"depth has {d.shape[0]} images but the frame batch has {b}.")
     if d.shape[-2:] != (h, w):  # another pack's depth at another size: same picture, resample it
         try:
-            check_canvas((d.shape[-1], d.shape[-2]), (w, h), "the image", tolerance=SHAPE_TOLERANCE)
+            check_canvas((d.shape[-1], d.shape[-2]), (w, h), "the image", tolerance=SHAPE_TOLERANCE, warn=False)
         except TrackError:
             raise ValueError(f"depth is {d.shape[-1]}x{d.shape[-2]} but the image is {w}x{h}, another shape; "
                              "estimate depth on this image.") from None

@@ -1,4 +1,4 @@
-"""Command line: ``python -m surgsora preview | generate | download | models``.
+"""Command line: ``python -m surgsora preview | generate | synth | download | models``.
 
 * ``preview``  -- the motion a set of trajectories asks for, with no weights at all: the tracks are
   decoded into dense flow (the mask-aware analytic decoder, or a CMP checkpoint if given) and the
@@ -9,6 +9,8 @@
   weights from a ComfyUI-style models folder, with a progress bar and a timing breakdown per stage.
   Without weights it lists exactly which files are missing and which folder each one goes in, before
   loading anything.
+* ``synth``    -- a labelled synthetic video dataset from a job file (:mod:`surgsora.synth`): one folder per clip with
+  the video, instance masks, flow, tracks and a follow score; sharded with ``accelerate launch``, resumable.
 * ``download`` -- fetch one of the known public files into the right sub-folder (explicit, never implicit).
 * ``models``   -- show what a models folder holds and what is missing.
 
@@ -31,25 +33,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
-import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from .loading.catalogue import COMPONENTS, KNOWN_FILES, corrupt_configs, download_model, list_models
 from .loading.models_folder import MissingModels, resolve_generate_models
-from .sampling.settings import MAX_FRAMES, MAX_STEPS, SVD_MULTIPLE, SettingError, check_settings, check_video_size
+from .cli_inputs import (RunFailure, UsageError, auto_size, check_device, device_and_dtype, load_frame,
+                         load_tracks_arg, masks_arg, os_error_sentence, parse_size, read_aux_image, resize_frame)
+from .sampling.settings import (MAX_FRAMES, MAX_STEPS, SVD_MULTIPLE, SettingError, add_precision_argument,
+                                check_settings, check_video_size)
 
 __all__ = ["MissingModels", "UsageError", "resolve_generate_models", "load_frame", "load_tracks_arg", "parse_size",
            "estimate_memory", "run_preview", "run_generate", "main"]
 
-# A first frame smaller than this has nothing to generate from (it would only be upscaled blur).
-MIN_IMAGE_SIDE = 32
-MAX_TRACKS_FILE = 64 << 20
 # The sampling settings under their flags: the library checks them and its sentences name the flag.
 CLI_NAMES = {"steps": "--steps", "frames": "--frames", "min_cfg": "--min-cfg", "max_cfg": "--max-cfg", "fps": "--fps",
              "motion_bucket_id": "--motion-bucket", "noise_aug_strength": "--noise-aug",
@@ -62,157 +63,7 @@ BYTES_PER_PIXEL_FRAME = 240
 BASE_BYTES = 700 << 20
 
 
-class UsageError(SystemExit):
-    """A user mistake: ``main`` prints the sentence and exits with code 2, as argparse does for bad usage."""
-
-    def __init__(self, message: str):
-        super().__init__(2)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
 # ================================================================================= inputs
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"448x256"`` -> (448, 256); ``None``/``"auto"`` -> None."""
-    if text is None or text == "auto":
-        return None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--size must look like 448x256 (width x height); got {text!r}.") from None
-    if w < 8 or h < 8:
-        raise UsageError(f"--size must be at least 8x8; got {w}x{h}.")
-    if w > 8192 or h > 8192:
-        raise UsageError(f"--size {w}x{h} is larger than 8192 on a side; choose a working size such as 1024x576.")
-    return w, h
-
-
-def load_frame(path: str | os.PathLike, frame_index: int = 0):
-    """RGB uint8 [H, W, 3] from an image file, or frame ``frame_index`` of a video file (or frame folder)."""
-    from .video_io import VIDEO_EXTENSIONS, read_image, read_video, video_info
-
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"--image: {path} does not exist.")
-    if frame_index < 0:
-        raise UsageError(f"--frame-index must be 0 or more (0 is the first frame); got {frame_index}.")
-    if path.suffix.lower() in VIDEO_EXTENSIONS or path.is_dir():
-        count = None
-        if path.is_file():
-            try:
-                count = video_info(path)["frames"] or None
-            except ValueError as e:
-                raise UsageError(f"--image: {e}") from None
-        if count is not None and frame_index >= count:
-            raise UsageError(f"--frame-index {frame_index} is beyond the end of {path}, which has {count} frames "
-                             f"(0..{count - 1}).")
-        try:
-            frame = read_video(path, start=frame_index, count=1)[0]
-        except (ValueError, OSError) as e:
-            raise UsageError(f"--image: {e} (--frame-index {frame_index}).") from None
-    else:
-        if frame_index:
-            raise UsageError(f"--frame-index only applies to videos; {path} is an image.")
-        try:
-            frame = read_image(path)
-        except (ValueError, OSError) as e:
-            raise UsageError(f"--image: {e}") from None
-    h, w = frame.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise UsageError(f"--image {path} is only {w}x{h} pixels; give a frame of at least {MIN_IMAGE_SIDE}x"
-                         f"{MIN_IMAGE_SIDE} (a tiny image upscaled has nothing to generate from).")
-    return frame
-
-
-def load_tracks_arg(text: str) -> str:
-    """The ``--tracks`` argument: inline JSON (starting with ``[`` or ``{``), or the path of a JSON file."""
-    stripped = text.lstrip("\ufeff").strip()
-    if not stripped:
-        raise UsageError("--tracks is empty; give a tracks JSON file or inline JSON such as [[x, y], [x, y]].")
-    if stripped[0] in "[{":
-        return text
-    p = Path(stripped)
-    # Anything else is a file name: a typo must say "not found", never "not valid JSON".
-    if not p.exists():
-        raise UsageError(f"--tracks: {p} does not exist (file not found); give the path of a tracks JSON file, or "
-                         "inline JSON starting with [ or {.")
-    if p.is_dir():
-        raise UsageError(f"--tracks: {p} is a folder; give a tracks JSON file.")
-    try:
-        if p.stat().st_size > MAX_TRACKS_FILE:
-            raise UsageError(f"--tracks: {p} is {p.stat().st_size / 2**20:.0f} MB, too large for a tracks file; "
-                             "give the JSON the editor saved.")
-        data = p.read_bytes()
-    except OSError as e:
-        raise UsageError(f"--tracks: {p} could not be read ({e.strerror or e}).") from None
-    if b"\x00" in data:
-        raise UsageError(f"--tracks: {p} is a binary file, not JSON text; give the JSON file the editor saved.")
-    try:
-        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is accepted
-    except UnicodeDecodeError as e:
-        raise UsageError(f"--tracks: {p} is not UTF-8 text (undecodable byte at position {e.start}); save the JSON "
-                         "as UTF-8.") from None
-
-
-def _auto_size(width: int, height: int, multiple: int, area: int) -> tuple[int, int]:
-    """A working size near ``area`` pixels with the frame's aspect ratio, both sides multiples of ``multiple``."""
-    scale = math.sqrt(area / (width * height))
-    w = max(multiple, int(round(width * scale / multiple)) * multiple)
-    h = max(multiple, int(round(height * scale / multiple)) * multiple)
-    return w, h
-
-
-def _resize(frame, size: tuple[int, int]):
-    import cv2
-
-    w, h = size
-    if frame.shape[1] == w and frame.shape[0] == h:
-        return frame
-    interp = cv2.INTER_AREA if w < frame.shape[1] else cv2.INTER_CUBIC
-    return cv2.resize(frame, (w, h), interpolation=interp)
-
-
-def _read_aux_image(path, flag: str, frame_size: tuple[int, int], resize: bool):
-    """A mask or depth image given for the frame: readable, and of the frame's size unless ``resize``."""
-    from .video_io import read_image
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{flag}: {p} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
-    try:
-        img = read_image(p)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{flag}: {e}") from None
-    h, w = img.shape[:2]
-    if (w, h) != tuple(frame_size) and not resize:
-        raise UsageError(f"{flag}: {p} is {w}x{h} but the frame is {frame_size[0]}x{frame_size[1]}; give one drawn "
-                         "on this frame, or add --resize-masks to resize it to the frame.")
-    return img
-
-
-def _masks_arg(paths, size, frame_size=None, resize: bool = False):
-    """Region masks (> 0 = inside) as [1, M, H, W] at the working ``size``; refuses empty or mis-sized ones."""
-    import numpy as np
-    import torch
-
-    if not paths:
-        return None
-    masks = []
-    for p in paths:
-        img = _read_aux_image(p, "--masks", frame_size or size, resize or frame_size is None)
-        m = img.max(-1) > 0
-        if not m.any():
-            raise UsageError(f"--masks: {p} is empty (all zeros); draw the region (> 0 = inside) or leave it out.")
-        r = _resize(m.astype(np.float32), size) > 0.5
-        if not r.any():
-            raise UsageError(f"--masks: the region of {p} vanishes at the working size {size[0]}x{size[1]}; draw a "
-                             "larger region or use a larger --size.")
-        masks.append(r)
-    return torch.from_numpy(np.stack(masks).astype(np.float32)).unsqueeze(0)
-
 
 def available_memory() -> int | None:
     """Bytes of memory available to this process now, or None when unknown."""
@@ -267,7 +118,7 @@ class Timer:
 
         return _Stage()
 
-    def report(self, stream=sys.stdout) -> None:
+    def report(self, stream=None) -> None:
         total = sum(self.stages.values())
         print("\nTiming:", file=stream)
         for k, v in self.stages.items():
@@ -345,7 +196,7 @@ def _frame_and_tracks(args, multiple: int, area: int):
     text = load_tracks_arg(args.tracks)  # cheap checks first: a typo should not wait for a video to decode
     frame = load_frame(args.image, args.frame_index)
     H0, W0 = frame.shape[:2]
-    size = parse_size(args.size) or _auto_size(W0, H0, multiple, area)
+    size = parse_size(args.size) or auto_size(W0, H0, multiple, area)
     if multiple == SVD_MULTIPLE:  # generate: SVD's rule, the library's sentence
         try:
             check_video_size(*size, what="--size")
@@ -361,7 +212,7 @@ def _frame_and_tracks(args, multiple: int, area: int):
         tracks = prepare_tracks(ts, canvas_size=(W0, H0), size=size, num_frames=args.frames)
     except TrackError as e:
         raise UsageError(f"--tracks: {e}") from None
-    image_t = torch.from_numpy(_resize(frame, size)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    image_t = torch.from_numpy(resize_frame(frame, size)).permute(2, 0, 1).float().div(255).unsqueeze(0)
     return image_t, tracks, size, (W0, H0)
 
 
@@ -384,12 +235,12 @@ def run_preview(args) -> dict:
     timer = Timer()
     with timer("read inputs"):
         image_t, tracks, size, frame_size = _frame_and_tracks(args, 8, 512 * 288)
-        regions = _masks_arg(args.masks, size, frame_size, args.resize_masks)
+        regions = masks_arg(args.masks, size, frame_size, args.resize_masks)
         depth = None
         if args.depth:
             # A disparity image (brighter = nearer), normalised per image like Depth Anything's output.
-            img = _read_aux_image(args.depth, "--depth", frame_size, args.resize_masks)
-            d = _resize(img.max(-1).astype(np.float32), size)
+            img = read_aux_image(args.depth, "--depth", frame_size, args.resize_masks)
+            d = resize_frame(img.max(-1).astype(np.float32), size)
             d = (d - d.min()) / max(float(d.max() - d.min()), 1e-6)
             depth = torch.from_numpy(d)[None, None]
     with timer("load decoder"):
@@ -439,10 +290,6 @@ def _container(path: Path) -> str:
 
 # ================================================================================= generate
 
-class RunFailure(Exception):
-    """The run could not produce a valid result (not a usage error): ``main`` prints it and exits with code 1."""
-
-
 class _StepBar:
     """A tqdm bar over the denoising steps, opened at the first step (dual-clock starts at t_weak)."""
 
@@ -461,48 +308,12 @@ class _StepBar:
             self.bar.close()
 
 
-def check_device(text: str) -> None:
-    """Refuse a device this machine does not have, with the way out (before anything is loaded)."""
-    if text == "auto":
-        return
-    import torch
-
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {text!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA GPU visible"
-            raise UsageError(f"--device {text}: this machine has {build}; use --device cpu (or auto).")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {text}: there are only {torch.cuda.device_count()} CUDA device(s) "
-                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1}).")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise UsageError(f"--device {text}: Apple MPS is not available here; use --device cpu (or auto).")
-    elif dev.type != "cpu":
-        raise UsageError(f"--device {text}: only auto, cpu, cuda, cuda:N and mps are supported.")
-
-
-def _device_and_dtype(device: str, dtype: str):
-    import torch
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dtype == "auto":
-        dt = torch.float16 if dev.type == "cuda" else torch.float32
-    else:
-        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    return dev, dt
-
-
 def run_generate(args) -> dict:
     from .loading.adapters import describe_adapter
     from .loading.mofa import runs_as_mofa
     from .sampling.conditioning import default_fps
     from .sampling.generate import Models, NonFiniteVideo, generate
-    from .sampling.settings import TTM_MOTION_BUCKET, TTM_STEPS, SamplingSettings
+    from .sampling.settings import TTM_MOTION_BUCKET, TTM_STEPS, SamplingSettings, resolve_seed
     from .video_io import encode_video
 
     ttm = args.mode == "ttm"
@@ -514,11 +325,11 @@ def run_generate(args) -> dict:
                                         args.mode, names=MODEL_FLAGS)
     except ValueError as e:  # a model name outside the models folder
         raise UsageError(str(e)) from None
-    device, dtype = _device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype(args.device, args.precision)
     timer = Timer()
     with timer("read inputs"):
         image_t, tracks, size, frame_size = _frame_and_tracks(args, SVD_MULTIPLE, 448 * 256)
-        regions = _masks_arg(args.masks, size, frame_size, args.resize_masks)
+        regions = masks_arg(args.masks, size, frame_size, args.resize_masks)
     print("Models: " + ", ".join(f"{k}={v}" for k, v in paths.items()))
     with timer("load adapter") if "adapter" in paths else contextlib.nullcontext():
         models = Models.load(paths, device, dtype)  # the adapter now, the other models when generate needs them
@@ -536,9 +347,10 @@ def run_generate(args) -> dict:
     if ttm:
         print(f"Dual-clock sampling (Time-to-Move) on {'plain SVD' if adapter is None else 'SVD + adapter'}: "
               f"t_weak {args.t_weak}, t_strong {args.t_strong} of {steps} steps.")
+    seed = resolve_seed(args.seed, "--seed")  # -1: a random seed, printed so that the video can be made again
     settings = SamplingSettings(steps=steps, frames=args.frames, min_cfg=args.min_cfg, max_cfg=args.max_cfg, fps=fps,
                                 motion_bucket_id=motion_bucket, noise_aug_strength=args.noise_aug,
-                                control_scale=args.control_scale, seed=args.seed, t_weak=args.t_weak,
+                                control_scale=args.control_scale, seed=seed, t_weak=args.t_weak,
                                 t_strong=args.t_strong, decode_chunk=args.decode_chunk)
     bar = _StepBar()
     try:
@@ -546,7 +358,7 @@ def run_generate(args) -> dict:
                         segment=not args.no_masks, callback=bar, timer=timer)
     except NonFiniteVideo:  # a NaN video would be written as a black one with exit 0: say so instead
         raise RunFailure("the generated video contains NaN or infinite values (often fp16 overflow), so nothing was "
-                         "written; try --dtype fp32 or bf16, or a smaller --control-scale.") from None
+                         "written; try --precision fp32 or bf16, or a smaller --control-scale.") from None
     except ValueError as e:  # e.g. an adapter made for another SVD
         raise UsageError(str(e)) from None
     finally:
@@ -563,7 +375,8 @@ def run_generate(args) -> dict:
     timer.report()
     result = {"out": str(out), "flow_video": str(flow_path) if flow_path else None, "frames": int(video.shape[0]),
               "width": size[0], "height": size[1], "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-              "mode": args.mode, "steps": steps, "fps": fps, "models": {k: str(v) for k, v in paths.items()},
+              "mode": args.mode, "steps": steps, "fps": fps, "seed": seed,
+              "models": {k: str(v) for k, v in paths.items()},
               "timing_s": {k: round(v, 3) for k, v in timer.stages.items()}}
     print(json.dumps(result))
     return result
@@ -603,7 +416,8 @@ def _common(p: argparse.ArgumentParser, frames_default: int) -> None:
                                                 "created")
     p.add_argument("--flow-out", default=None, help="flow-colour video path (default: OUT_flow.mp4 for preview)")
     p.add_argument("--masks", nargs="+", default=None,
-                   help="region masks on the frame (images of the frame's size, > 0 = region) for the trajectory "
+                   help="region masks on the frame (images of the frame's size; binary or label masks: > 0 = region, "
+                        "soft ones: above half their maximum, with a warning if noisy) for the trajectory "
                         "decoder")
     p.add_argument("--resize-masks", action="store_true",
                    help="resize --masks (and preview's --depth) of another size to the frame instead of refusing them")
@@ -664,10 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-aug", type=float, default=0.02, help="noise added to the first frame, 0..1")
     g.add_argument("--control-scale", type=float, default=1.0, help="strength of the adapter's residuals (finite, "
                                                                     ">= 0)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0; -1 = a random seed, "
+                                                       "printed so that the video can be made again)")
     g.add_argument("--decode-chunk", type=int, default=8, help="frames decoded by the VAE at once (>= 1)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    add_precision_argument(g)
     g.set_defaults(func=run_generate)
 
     d = sub.add_parser("download", help="download a known public weights file into its models sub-folder")
@@ -678,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list what a models folder holds")
     m.add_argument("--models", required=True)
     m.set_defaults(func=run_models)
+
+    from .synth.cli import add_parser as add_synth_parser
+
+    add_synth_parser(sub)
     return ap
 
 
@@ -705,24 +524,32 @@ def _check_args(args) -> None:
         check_device(args.device)
 
 
-def _os_error_sentence(e: OSError) -> str:
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    if e.errno == errno.ENOSPC:
-        return f"the disk is full{where}; nothing was left under the output names. Free some space or choose " \
-               "another --out."
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"permission denied{where}; choose a folder you can write to."
-    return f"{e.strerror or e}{where}."
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's own warnings (what it assumed: a rescaled canvas, a thresholded mask) as one stderr line;
+    anyone else's as Python shows them."""
+    if category.__module__.split(".")[0] == "surgsora":
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns 0, or exits with 2 (usage error: one sentence on stderr) or 1 (the run failed)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .loading.io import ModelFileError
     from .motion.tracks import TrackError
     from .video_io import OutputPathError
 
-    if args.command in ("preview", "generate"):
+    if args.command in ("preview", "generate", "synth"):
         # Nothing but `download` may touch the network: model folders are read as local files only.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -749,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except OSError as e:  # a full disk or a folder that became read-only mid-run: outputs were cleaned up
-        print(f"error: {_os_error_sentence(e)}", file=sys.stderr)
+        flag = "--models" if args.command == "download" else "--out"
+        print(f"error: {os_error_sentence(e, flag)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; no partial output was left.", file=sys.stderr)

@@ -12,20 +12,25 @@ truncated file under the final name, nor the temporary one.
 
 from __future__ import annotations
 
-import math
 import os
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import cv2
-import numpy as np
+# OpenCV's FFmpeg would print the decoder's complaints about damaged data on stderr; damage is found and named
+# in one sentence by check_video_decodes instead (read once, when OpenCV first opens a video).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from .atomic import atomic_output
-from .sampling.settings import check_settings
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .atomic import atomic_output  # noqa: E402
+from .sampling.settings import check_settings  # noqa: E402
 
 __all__ = ["VIDEO_EXTENSIONS", "IMAGE_EXTENSIONS", "VIDEO_OUT_EXTENSIONS", "OutputPathError", "read_video",
-           "read_frames", "read_image", "write_video", "encode_video", "video_info", "check_output_path",
+           "read_frames", "read_image", "check_video_decodes", "threshold_mask",
+           "MaskThresholdWarning", "write_video", "encode_video", "video_info", "check_output_path",
            "check_fps", "atomic_output"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -53,6 +58,54 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+class MaskThresholdWarning(UserWarning):
+    """A mask that is not binary was thresholded; the message gives the threshold and how much was in between."""
+
+
+LABEL_LEVELS = 16  # a mask with at most this many values is binary or a label map (EndoVis parts: 0/10/20/30)
+EDGE_BAND = 2  # pixels either side of a region's edge where anti-aliasing puts in-between values
+NOISE_FRACTION = 0.005  # in-between pixels away from the edge above this fraction of the mask: say so
+
+
+def threshold_mask(mask: np.ndarray, name: str = "the mask", threshold: float | None = None) -> np.ndarray:
+    """A mask ``[H, W]`` (any numbers) -> bool ``[H, W]`` (True = inside), warning once when it was not binary.
+
+    The rule (``threshold`` None): a mask with at most :data:`LABEL_LEVELS` distinct values is binary or a
+    label map, and every non-zero pixel is inside. A mask with more values is soft (anti-aliased edges, a
+    probability map, noise) and is thresholded at half its maximum. ``threshold`` given (a node's MASK in
+    [0, 1]: 0.5, what the decoders use) replaces that rule: inside = above it.
+
+    Silent when the in-between values (neither 0 nor the maximum) lie only within :data:`EDGE_BAND` pixels of
+    the region's edge, as anti-aliasing puts them. Otherwise, when they cover more than
+    :data:`NOISE_FRACTION` of the mask, a :class:`MaskThresholdWarning` names the threshold applied and the
+    fraction, since the region may not be what was drawn.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2 or not m.size:
+        raise ValueError(f"{name} must be one mask [H, W]; got shape {m.shape}.")
+    m = m.astype(np.float32, copy=False)
+    if not np.isfinite(m).all():
+        raise ValueError(f"{name} contains NaN or infinite values; masks must be finite (0 = outside).")
+    top = float(m.max())
+    if threshold is None:
+        if len(np.unique(m)) <= LABEL_LEVELS:
+            return m > 0
+        threshold = top / 2
+    inside = m > threshold
+    between = (m > 0) & (m < top)
+    if between.mean() > NOISE_FRACTION:
+        kernel = np.ones((2 * EDGE_BAND + 1,) * 2, np.uint8)
+        core = inside.astype(np.uint8)
+        band = cv2.dilate(core, kernel).astype(bool) & ~cv2.erode(core, kernel).astype(bool)
+        away = float((between & ~band).mean())
+        if away > NOISE_FRACTION:
+            warnings.warn(f"{name} is not binary: {away:.1%} of its pixels hold in-between values away from the "
+                          f"region's edge (noise or a soft mask), and it was thresholded at {threshold:g} (above = "
+                          f"inside, {float(inside.mean()):.1%} of the pixels); save a clean 0/255 mask if that is not "
+                          "the region meant.", MaskThresholdWarning, stacklevel=2)
+    return inside
+
+
 def video_info(path: str | os.PathLike) -> dict:
     """Frame count, fps and size of a video file without decoding it."""
     cap = cv2.VideoCapture(str(path))
@@ -70,12 +123,18 @@ def video_info(path: str | os.PathLike) -> dict:
 
 
 def read_video(path: str | os.PathLike, start: int = 0, count: int | None = None) -> np.ndarray:
-    """Frames ``start .. start+count-1`` of a video file (or frame folder) as RGB uint8 [T, H, W, 3]."""
+    """Frames ``start .. start+count-1`` of a video file (or frame folder) as RGB uint8 [T, H, W, 3].
+
+    A file damaged before the last frame asked for is refused (:func:`check_video_decodes`), never read as
+    garbage frames."""
     path = Path(path)
     if path.is_dir():
         return read_frames(path, start, count)
     if not path.is_file():
         raise FileNotFoundError(f"Video not found: {path}")
+    if start < 0 or (count is not None and count < 0):
+        raise ValueError(f"read_video: start and count must be 0 or more; got start {start} and count {count}.")
+    check_video_decodes(path, None if count is None else start + count)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ValueError(f"{path} could not be opened as a video (supported: {', '.join(VIDEO_EXTENSIONS)}).")
@@ -94,6 +153,50 @@ def read_video(path: str | os.PathLike, start: int = 0, count: int | None = None
     if not frames:
         raise ValueError(f"{path} has no decodable frames from index {start}.")
     return np.stack(frames)
+
+
+def check_video_decodes(path: str | os.PathLike, frames: int | None = None) -> None:
+    """One sentence (``ValueError``) naming ``path`` and its first damaged frame unless the first ``frames``
+    frames (None: all) decode cleanly.
+
+    OpenCV conceals damaged data: it logs the decoder's complaints on stderr and returns garbage frames (or
+    fewer frames) as if nothing happened. This pass decodes with FFmpeg's error detection set to fail on the
+    first error (``err_detect=explode``; decoding only, no colour conversion, FFmpeg's log kept quiet), so a
+    corrupt middle is refused before any frame of it is used. A file that ends before the frames its header
+    declares is refused too. Limit: video streams carry no checksums, so damage that still decodes as valid
+    syntax (rare; some runs of zeros do) cannot be told from content and is not caught here.
+    """
+    import av
+
+    path = Path(path)
+    av.logging.set_level(None)  # the sentence below replaces FFmpeg's own lines on stderr
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{path} could not be opened as a video ({getattr(e, 'strerror', None) or e}); "
+                         f"re-export or re-download it (supported: {', '.join(VIDEO_EXTENSIONS)}).") from None
+    decoded, declared = 0, 0
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream; give a video file ({', '.join(VIDEO_EXTENSIONS)}).")
+        stream = container.streams.video[0]
+        declared = stream.frames or 0
+        stream.codec_context.options = {"err_detect": "explode"}
+        try:
+            for frame in container.decode(stream):
+                if getattr(frame, "is_corrupt", False):
+                    break
+                decoded += 1
+                if frames is not None and decoded >= frames:
+                    return
+        except av.error.FFmpegError:
+            pass
+        else:
+            if not declared or decoded >= declared:
+                return  # a clean end (a video shorter than asked is the caller's business)
+    raise ValueError(f"{path} is damaged at frame {decoded} (the decoder found invalid data there, so frames from "
+                     f"{decoded} on would be garbage); re-export or re-download the video"
+                     + (f", or use only its first {decoded} frames." if decoded else "."))
 
 
 def read_frames(folder: str | os.PathLike, start: int = 0, count: int | None = None) -> np.ndarray:
@@ -222,7 +325,9 @@ def encode_video(path: str | os.PathLike, frames, fps: float = 8.0, crf: int = 1
     with av.open(str(path), mode="w", format=fmt, options=options) as out:
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        stream.options = {"crf": str(int(crf)), "preset": "fast"}
+        # cpu-independent: without it libx264 picks its kernels per run and the same frames can give other bytes
+        # (seen under load), so reruns and shards of a dataset would differ.
+        stream.options = {"crf": str(int(crf)), "preset": "fast", "x264-params": "cpu-independent=1"}
         frame = first
         while frame is not None:
             frame = _to_uint8(frame)

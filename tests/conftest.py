@@ -22,3 +22,16 @@ def endovis_frame() -> np.ndarray:
     from surgsora.video_io import read_image
 
     return read_image(FRAME6)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow checks outside tests/integration carry the integration marker too: they run only when asked for with
+    ``-m integration`` (the default suite must stay under 5 minutes on two cores); tests/integration skips itself
+    without COMFYUI_PATH."""
+    if "integration" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with python -m pytest -m integration <file>")
+    for item in items:
+        if "integration" in item.keywords and "tests/integration/" not in item.nodeid.replace("\\", "/") \
+                and not item.nodeid.startswith("integration/"):
+            item.add_marker(skip)

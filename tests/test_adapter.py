@@ -201,3 +201,83 @@ def test_encode_conditions_rejects_bad_shapes(unet):
                           ("flow", torch.zeros(1, 3, 64, 64), "flow")]:
         with pytest.raises(ValueError, match=msg):
             adapter.encode_conditions(**{**good, key: bad})
+
+
+# ------------------------------------------------------------------ config.json that still parses but lies
+
+# (what was done to config.json, the edit, words of the one sentence): refused at load, naming the file
+CONFIG_CORRUPTIONS = [
+    ("a down block cut off", lambda c: c.update(down_block_types=c["down_block_types"][:1],
+                                                block_out_channels=c["block_out_channels"][:1]), "does not match"),
+    ("another block width", lambda c: c.update(block_out_channels=[32, 128]), "does not match"),
+    ("another layer count", lambda c: c.update(layers_per_block=1), "does not match"),
+    ("other conditioning channels", lambda c: c.update(conditioning_embedding_channels=[8, 8, 16, 16]),
+     "rgb_processor"),
+    ("no depth branch", lambda c: c.update(use_depth_branch=False, fusion_type="rgb"), "which the config has no place"),
+    ("missing block widths (defaults of SVD-xt)", lambda c: c.pop("block_out_channels"), "does not describe"),
+    ("missing everything but the class", lambda c: [c.pop(k) for k in list(c) if k != "_class_name"],
+     "conv_in.weight is [32, 8, 3, 3] in the weights but [320, 8, 3, 3] by the config"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory, unet):
+    folder = tmp_path_factory.mktemp("adapters") / "good"
+    tiny_adapter(unet).save_pretrained(folder)
+    return folder
+
+
+def test_an_edited_config_is_refused_at_load_against_its_weights(saved_adapter, tmp_path):
+    import json
+    import shutil
+
+    from surgsora.loading.adapters import load_adapter
+    from surgsora.loading.files import ModelFileError
+
+    config = json.loads((saved_adapter / "config.json").read_text())
+    for i, (what, edit, words) in enumerate(CONFIG_CORRUPTIONS):
+        folder = tmp_path / f"a{i}"
+        shutil.copytree(saved_adapter, folder)
+        c = json.loads(json.dumps(config))
+        edit(c)
+        (folder / "config.json").write_text(json.dumps(c))
+        with pytest.raises(ModelFileError) as e:
+            load_adapter(folder)
+        msg = str(e.value)
+        assert str(folder / "config.json") in msg and words in msg, (what, msg)
+        assert "\n" not in msg and "ignore_mismatched_sizes" not in msg and "restore" in msg, (what, msg)
+    assert load_adapter(saved_adapter).config.block_out_channels == [32, 64]  # the intact folder loads
+
+
+def test_an_adapter_for_another_unet_is_refused_at_load(saved_adapter):
+    """Against the UNet it will drive (a diffusers UNet, its config or ComfyUI's unet_config), before any weight."""
+    from surgsora.loading.adapters import check_adapter_fits, load_adapter
+    from surgsora.loading.files import ModelFileError
+    from surgsora.tiny import tiny_unet_config
+
+    def unet_with(**changes):
+        return {**tiny_unet_config(), **changes}
+
+    blocks3 = dict(block_out_channels=(32, 64, 64),
+                   down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",))
+    comfy_svd_xt = dict(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=2, context_dim=1024,
+                        in_channels=8, adm_in_channels=768)
+    cases = [
+        (unet_with(**blocks3), "down blocks: 2 in the adapter, 3 in this SVD's UNet"),
+        (unet_with(block_out_channels=(32, 96)), "block widths (block_out_channels): [32, 64] in the adapter"),
+        (unet_with(layers_per_block=1), "layers per down block: [2, 2] in the adapter, [1, 1]"),
+        (unet_with(cross_attention_dim=64), "cross-attention widths"),
+        (unet_with(in_channels=12), "input channels: 8 in the adapter, 12"),
+        (unet_with(projection_class_embeddings_input_dim=192, addition_time_embed_dim=64), "added-time"),
+        (comfy_svd_xt, "down blocks: 2 in the adapter, 4 in this SVD's UNet"),
+    ]
+    for unet_config, words in cases:
+        with pytest.raises(ModelFileError) as e:
+            load_adapter(saved_adapter, unet=unet_config)
+        msg = str(e.value)
+        assert words in msg and str(saved_adapter) in msg and "retrain" in msg and "\n" not in msg, msg
+    load_adapter(saved_adapter, unet=tiny_unet_config())  # its own UNet: fine
+    adapter = load_adapter(saved_adapter)
+    adapter.register_to_config(svd_num_frames=25)
+    with pytest.raises(ModelFileError, match="25-frame SVD-xt but the SVD given is the 14-frame model"):
+        check_adapter_fits(adapter, tiny_unet_config(14))

@@ -62,6 +62,14 @@ def listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+def damage_middle(data: bytes, length: int = 400, at: float = 0.5) -> bytes:
+    """A video file with ``length`` random bytes written over it at fraction ``at`` (a bad sector, a cut download)."""
+    out = bytearray(data)
+    mid = int(len(out) * at)
+    out[mid:mid + length] = np.random.default_rng(7).integers(0, 256, length, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
 # ----------------------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -85,6 +93,12 @@ def inputs(tmp_path_factory):
     (d / "tracks_latin1.json").write_bytes('{"width": 96, "height": 64, "tracks": [], "n": "caf\xe9"}'.encode("latin-1"))
     (d / "tracks_binary.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": print}, d / "pickle.pth")  # a global: not weights
+    smooth = np.stack([np.roll(frame, 4 * t, 1) for t in range(10)])
+    write_video(d / "long.mp4", smooth, fps=5)
+    (d / "damaged.mp4").write_bytes(damage_middle((d / "long.mp4").read_bytes()))
+    (d / "damaged_late.mp4").write_bytes(damage_middle((d / "long.mp4").read_bytes(), 100, at=0.9))
+    noisy = np.clip(mask.astype(int) + rng.integers(0, 40, mask.shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(d / "mask_noisy.png"), noisy)
     models = fake_models_folder(d / "models")
     corrupt = d / "models_corrupt"
     (corrupt / "surgsora" / "adapter").mkdir(parents=True)
@@ -142,7 +156,8 @@ CLI_CASES = [
     (["generate", "--motion-bucket", "-1"], "--motion-bucket must be between 0 and 1023"),
     (["generate", "--steps", "0"], "--steps must be between 1"),
     (["generate", "--decode-chunk", "0"], "--decode-chunk must be at least 1"),
-    (["generate", "--seed", "-1"], "--seed must be between 0"),
+    (["generate", "--seed", "-2"], "or -1 for a random seed"),
+    (["preview", "--image", "IN/damaged.mp4", "--frame-index", "8"], "damaged.mp4 is damaged at frame"),
     (["generate", "--t-weak", "nan"], "--t-weak (nan) must be smaller"),
     (["generate", "--device", "banana"], "is not a device"),
     (["generate", "--sam", "../no_such_folder/sam.pth"], "inside the models folder"),
@@ -238,6 +253,43 @@ def test_cli_full_disk_leaves_nothing_behind(inputs, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert exit_code(value, error) == 1 and "disk is full" in err and "Traceback" not in err
     assert listing(out) == set()
+
+
+# (extra arguments, the one warning line expected on stderr or None): what the CLI assumed, said once
+CLI_WARNING_CASES = [
+    (["--tracks", json.dumps({"width": 2 * FW, "height": 2 * FH, "tracks": [[[60, 40], [80, 48]]]})],
+     f"warning: tracks drawn on a {2 * FW}x{2 * FH} canvas were scaled to --image frame.png ({FW}x{FH})"),
+    (["--masks", "IN/mask_noisy.png"], "is not binary"),
+    (["--masks", "IN/mask.png"], None),  # a clean mask and tracks on the frame's own canvas: nothing to say
+    (["--image", "IN/damaged_late.mp4", "--frame-index", "0"], None),  # damage after the frame used: quiet
+]
+
+
+@pytest.mark.parametrize("extra, line", CLI_WARNING_CASES, ids=[" ".join(e)[:40] for e, _ in CLI_WARNING_CASES])
+def test_cli_says_once_what_it_assumed(extra, line, inputs, tmp_path, capfd):
+    args = [a.replace("IN/", f"{inputs}/") for a in extra]
+    argv = _cli_args(["preview", *args, "--frames", "2", "--size", f"{FW}x{FH}"], inputs, tmp_path)
+    value, error = run_with_timeout(lambda: cli_main(argv))
+    err = capfd.readouterr().err
+    assert exit_code(value, error) == 0, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    if line is None:
+        assert lines == [], err  # no warning, and no decoder noise either
+    else:
+        assert len(lines) == 1 and lines[0].startswith("warning: ") and line in lines[0], err
+
+
+def test_demo_tracks_fit_the_demo_frame_without_a_warning():
+    """README's preview command: the shipped tracks declare the demo frame's own canvas."""
+    import warnings
+
+    from surgsora.motion.tracks import check_canvas, parse_track_data
+
+    ts = parse_track_data((REPO / "demo" / "tracks_endovis.json").read_text())
+    h, w = cv2.imread(str(REPO / "demo" / "surgsora_endovis_frame6.png")).shape[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_canvas(ts.canvas, (w, h))
 
 
 def test_cli_subprocess_usage_error_has_no_traceback(inputs, tmp_path):
@@ -392,6 +444,30 @@ def test_node_bad_input(module, name, kwargs, exc, words, image):
     assert words in str(error) and "\n" not in str(error)
 
 
+def test_node_noisy_region_masks_are_thresholded_with_a_warning(image):
+    """The node's own MASK path (_regions_for): a soft or noisy MASK is read as > 0.5 and says so; a clean one,
+    with anti-aliased edges or not, stays quiet."""
+    import warnings
+
+    from surgsora.video_io import MaskThresholdWarning
+
+    clean = torch.zeros(1, FH, FW)
+    clean[0, 10:40, 20:60] = 1
+    soft_edge = clean.clone()
+    soft_edge[0, 9, 20:60] = 0.5
+    noisy = (clean + torch.rand(1, FH, FW) * 0.3).clamp(0, 1)
+    flow = _node("trajectory", "SurgSoraTracksToFlow")
+    for mask, warned in ((clean, False), (soft_edge, False), (noisy, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            flow(decoder=_analytic(), tracks=_tracks_dict(), image=image, region_masks=mask)
+        got = [w for w in caught if w.category is MaskThresholdWarning]
+        assert len(got) == (1 if warned else 0), [str(w.message) for w in caught]
+        if warned:
+            assert "region_masks mask 0 is not binary" in str(got[0].message)
+            assert "thresholded at 0.5" in str(got[0].message)
+
+
 def test_node_clicks_far_outside_the_image_are_refused():
     from nodes.perception import _clicks
 
@@ -484,6 +560,100 @@ def _library_cases():
     ]
 
 
+def _size_cases():
+    """Impossible sizes: refused in one sentence before interpolate's bare error."""
+    from surgsora.motion.preview import motion_signal
+    from surgsora.motion.splat import resize_flow
+    from surgsora.motion.tracks import TrackError, rasterize
+
+    flow = torch.zeros(1, 2, 8, 8)
+    return [(lambda d, s=s: resize_flow(flow, s), ValueError, w) for s, w in [
+        ((0, 4), "each at least 1"), ((-3, 4), "each at least 1"), ((4, 0), "each at least 1"),
+        ((4.5, 4), "whole pixels"), ((True, 4), "whole pixels"), (None, "(height, width)"), ((4,), "(height, width)"),
+        ((float("nan"), 4), "whole pixels")]] + [
+        (lambda d: rasterize(torch.zeros(1, 3, 2), (0, 8)), TrackError, "rasterize: size must be"),
+        (lambda d: rasterize(torch.zeros(1, 3, 2), (8, -8)), TrackError, "each at least 1"),
+        (lambda d: motion_signal(torch.rand(1, 3, 8, 8), flow[None, :1], mask_dilate=-2), ValueError,
+         "mask_dilate must be a whole number of pixels >= 0"),
+        (lambda d: motion_signal(torch.rand(1, 3, 8, 8), flow[None, :1], strength=float("inf")), ValueError,
+         "strength must be a finite number")]
+
+
+def _image_cases():
+    """Images that are not what a function draws on or warps: uint8, 0..255 or [-1, 1] floats, other layouts."""
+    from surgsora.motion.flow_viz import draw_tracks
+    from surgsora.motion.preview import motion_preview, motion_signal
+
+    flow = torch.zeros(1, 1, 2, 8, 8)
+    u8 = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    tr = [np.array([[1.0, 1.0], [3.0, 3.0]])]
+    cases = []
+    for fn in (motion_preview, motion_signal):
+        name = fn.__name__
+        cases += [(lambda d, fn=fn: fn(u8, flow), ValueError,
+                   f"{name} expects a floating-point image in [0, 1]; got uint8"),
+                  (lambda d, fn=fn: fn(u8.float(), flow), ValueError, "divide by 255"),
+                  (lambda d, fn=fn: fn(u8.float() / 127.5 - 1, flow), ValueError, "(x + 1) / 2")]
+    cases += [(lambda d, im=im: draw_tracks(im, tr), ValueError, w) for im, w in [
+        (np.zeros((3, 8, 8), np.float32), "use image.transpose(1, 2, 0)"),  # CHW where numpy is HWC
+        (np.zeros((8, 8, 2), np.uint8), "RGB: 3 channels"),
+        (torch.rand(8, 8, 4), "RGB: 3 channels"),
+        (np.zeros((2, 8, 8, 3), np.uint8), "a batch"),
+        (torch.rand(2, 8, 8, 3), "use image.permute(0, 3, 1, 2)"),  # a ComfyUI IMAGE batch
+        (torch.rand(3, 8, 3), "cannot tell the layout"),
+        (torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8), "got uint8"),
+        (torch.rand(8, 8, 3) * 255, "divide by 255"),
+        (np.full((8, 8, 3), np.nan, np.float32), "NaN or infinite")]]
+    return cases
+
+
+@pytest.mark.parametrize("cases", [_size_cases, _image_cases], ids=["impossible sizes", "images of the wrong kind"])
+def test_library_refuses_in_one_sentence(cases):
+    for i, (call, exc, words) in enumerate(cases()):
+        value, error = run_with_timeout(lambda: call(None))
+        assert isinstance(error, exc), (i, words, error)
+        msg = str(error)
+        assert words in msg and "\n" not in msg and msg.endswith("."), (i, msg)
+
+
+def test_library_warns_once_with_what_it_assumed():
+    """The silent cases now say what was assumed (and the clean inputs stay quiet)."""
+    import warnings
+
+    from surgsora.motion.tracks import CanvasScaledWarning, check_canvas
+    from surgsora.video_io import MaskThresholdWarning, threshold_mask
+
+    disc = np.zeros((64, 96), np.uint8)
+    cv2.circle(disc, (48, 32), 20, 255, -1, cv2.LINE_AA)  # anti-aliased edge
+    noise = np.random.default_rng(3).integers(0, 40, disc.shape)
+    cases = [  # (call, warning class or None, words)
+        (lambda: check_canvas((1280, 720), (640, 360)), CanvasScaledWarning,
+         "tracks drawn on a 1280x720 canvas were scaled to the image (640x360)"),
+        (lambda: check_canvas((320, 180), (640, 360)), CanvasScaledWarning, "declare width 640 and height 360"),
+        (lambda: check_canvas((641, 360), (640, 360)), CanvasScaledWarning, "641x360"),
+        (lambda: check_canvas((640, 360), (640, 360)), None, ""),
+        (lambda: check_canvas((320, 180), (640, 360), warn=False), None, ""),  # a map resampled by design
+        (lambda: threshold_mask(disc, "m"), None, ""),  # anti-aliasing only: silent
+        (lambda: threshold_mask((disc > 0) * 255, "m"), None, ""),
+        (lambda: threshold_mask(np.where(disc > 0, 20, 0), "m"), None, ""),  # a label mask (EndoVis parts)
+        (lambda: threshold_mask(np.clip(disc + noise, 0, 255), "mask m"), MaskThresholdWarning,
+         "thresholded at 127.5"),
+        (lambda: threshold_mask(np.clip(disc / 255 + noise / 255, 0, 1), "mask f", threshold=0.5),
+         MaskThresholdWarning, "mask f is not binary"),
+    ]
+    for i, (call, category, words) in enumerate(cases):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        if category is None:
+            assert caught == [], (i, [str(w.message) for w in caught])
+        else:
+            assert len(caught) == 1 and caught[0].category is category, (i, caught)
+            assert words in str(caught[0].message), (i, str(caught[0].message))
+    with pytest.warns(MaskThresholdWarning):  # and the region is the disc, not "> 0" over the noise
+        assert threshold_mask(np.clip(disc + noise, 0, 255)).sum() < 1.1 * (disc > 127).sum()
+
+
 def test_library_bad_input(tmp_path):
     for i, (call, exc, words) in enumerate(_library_cases()):
         folder = tmp_path / f"case{i}"
@@ -493,6 +663,21 @@ def test_library_bad_input(tmp_path):
         msg = str(error)
         assert words in msg and "weights_only=False" not in msg, (i, msg)
         assert {p.name for p in folder.iterdir()} <= {"nan.npy", "f.pt"}, i  # no video, no temporary file
+
+
+def test_seed_minus_one_is_a_random_seed_that_is_printed(capsys):
+    """-1 means "random" (as in ComfyUI): a fresh seed, printed so that the run can be repeated; below -1 or not a
+    whole number is refused, saying so."""
+    from surgsora.sampling.settings import SamplingSettings, SettingError, check_settings, resolve_seed
+
+    seeds = [SamplingSettings(seed=-1).seed for _ in range(3)]
+    out = capsys.readouterr().out
+    assert len(set(seeds)) == 3 and all(0 <= s < 2 ** 32 for s in seeds)
+    assert all(f"seed -1: using random seed {s} (give seed {s} to repeat this run)." in out for s in seeds)
+    assert resolve_seed(7, "--seed") == 7 and SamplingSettings(seed=7).seed == 7 and capsys.readouterr().out == ""
+    for bad in (-2, 1.5, True, "1", 2 ** 64):
+        with pytest.raises(SettingError, match="--seed must be a whole number .* or -1 for a random seed"):
+            check_settings({"seed": "--seed"}, seed=bad)
 
 
 def test_library_accepts_a_bom_and_symlinked_models(tmp_path):

@@ -115,8 +115,12 @@ def test_generate_ttm_needs_only_svd_and_uses_sam_and_depth_when_present(endovis
     assert video_info(tmp_path / "a.mp4")["frames"] == 4
     only_svd = tmp_path / "only_svd"
     shutil.copytree(models / "diffusers" / SVD_FOLDER, only_svd / "diffusers" / SVD_FOLDER)
-    code = main(args + ["--models", str(only_svd), "--out", str(tmp_path / "b.mp4")])
-    assert code == 0 and set(_last_json(capsys.readouterr().out)["models"]) == {"svd", "decoder"}
+    code = main(args + ["--models", str(only_svd), "--out", str(tmp_path / "b.mp4"), "--seed", "-1"])
+    out = capsys.readouterr().out
+    result = _last_json(out)
+    assert code == 0 and set(result["models"]) == {"svd", "decoder"}
+    # seed -1 is "random": the seed drawn is printed and reported, so the video can be made again
+    assert f"--seed -1: using random seed {result['seed']} (give --seed {result['seed']} to repeat" in out
     assert video_info(tmp_path / "b.mp4")["frames"] == 4
 
 

@@ -31,7 +31,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # The pages in reading order (training writes what evaluation reads).
 PAGES = ("README.md", "docs/comfyui.md", "docs/modes.md", "docs/training.md", "docs/evaluation.md",
-         "docs/development.md")
+         "docs/development.md", "docs/synth.md")
 README_CMD1 = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e .[test] && python -m surgsora preview '
                '--image demo/surgsora_endovis_frame6.png --tracks demo/tracks_endovis.json --masks '
                'demo/endovis17/mask_left_instrument_f06.png demo/endovis17/mask_right_instrument_f06.png --frames 14 '
@@ -106,6 +106,8 @@ COPESD_DIST = ("python -m surgsora.eval --real samples/copesd/real --fake sample
 EVAL_GENERIC = ("python -m surgsora.eval --real REAL_DIR --fake GEN_DIR --flows FLOW_DIR --out results/report.json "
                 f"{WEIGHTS} --bootstrap 200")
 COPESD = "--recipe surgsora-copesd --models models/"
+SYNTH_ARGS = "--jobs jobs.csv --models ComfyUI/models --out dataset --frames 25 --size 1024x576 --variants 3"
+SYNTH = f"python -m surgsora synth {SYNTH_ARGS}"
 NOT_HERE_COMFYUI = ("needs a ComfyUI checkout with its own Python (and network for the clone); the integration suite "
                     "installs the pack the same way: setup_comfyui.sh pip-installs this repository editable into "
                     "ComfyUI's venv and the server test links the checkout into custom_nodes")
@@ -216,11 +218,34 @@ COMMANDS: dict[str, Run | Elsewhere] = {
     **{f"python benchmarks/{name}.py": Elsewhere("a benchmark: real-size models, minutes and GBs, never part of the "
                                                   "test run", (f"benchmarks/{name}.py",), parse=False)
        for name in ("adapter_overhead", "perception", "trajectory_endovis", "load_svd", "train_step",
-                    "trajectory_memory")},
+                    "trajectory_memory", "synth_throughput")},
     "COMFYUI_PATH=/path/to/ComfyUI /path/to/comfy/python benchmarks/comfy_step.py":
         Elsewhere("a benchmark in a real ComfyUI; its tiny run is an integration test",
                   ("tests/integration/test_comfy_step.py::test_tiny_run_times_both_paths_in_the_real_comfyui",),
                   parse=False),
+    "python -m pytest -q -m integration tests/test_faults.py":
+        Elsewhere("the slow fault tests (tiny SVD and training runs killed and refilled, minutes): run by hand, "
+                  "skipped in the default suite", ("tests/test_faults.py",), parse=False),
+    "python benchmarks/gpu_suite.py":
+        Elsewhere("needs a CUDA GPU: real-size models, minutes; its CPU smoke run is a test",
+                  ("tests/test_gpu_suite.py::test_gpu_suite_runs_on_the_cpu_with_tiny_models",), parse=False),
+    "python benchmarks/gpu_suite.py --device cpu --tiny":
+        Elsewhere("the CPU smoke run, in-process", ("tests/test_gpu_suite.py::test_gpu_suite_runs_on_the_cpu_with_tiny_models",),
+                  parse=False),
+    # ------------------------------------------------------------------------------------------------ synth.md
+    SYNTH: Elsewhere("needs real weights (and a GPU to be useful); the same command on tiny models is run",
+                     ("tests/test_synth.py::test_dataset_layout_index_card_and_failures",
+                      "tests/test_synth.py::test_missing_models_are_listed_before_anything_loads")),
+    f"accelerate launch --num_processes 8 -m surgsora synth {SYNTH_ARGS}":
+        Elsewhere("several GPUs; two CPU processes give the same bytes as one",
+                  ("tests/test_synth_multiprocess.py::test_two_processes_equal_one_and_kill_then_rerun_equals_uninterrupted",)),
+    ("accelerate launch --num_machines 2 --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500 "
+     f"--num_processes 16 -m surgsora synth {SYNTH_ARGS}"):
+        Elsewhere("several machines; two CPU processes give the same bytes as one",
+                  ("tests/test_synth_multiprocess.py::test_two_processes_equal_one_and_kill_then_rerun_equals_uninterrupted",)),
+    "python -m surgsora synth --jobs jobs.csv --tiny-models --out smoke --steps 2 --frames 4 --size 64x64":
+        Elsewhere("run exactly as written on the example job file of the page",
+                  ("tests/test_synth.py::test_docs_smoke_command_runs_as_written",)),
     "python workflows_src/make_workflows.py":
         Elsewhere("writes into the repository's workflows/ and workflows_api/; the test checks the files on disk are "
                   "what it writes", ("tests/test_workflows.py::test_files_are_what_the_generator_writes",),
@@ -341,8 +366,9 @@ def parse_with_real_parser(tokens: list[str]) -> argparse.Namespace:
         from accelerate.commands.launch import launch_command_parser
 
         launch = launch_command_parser().parse_args(tokens[2:])
-        assert launch.module and launch.training_script == "train", "accelerate must launch `-m train`"
-        tokens = ["python", "-m", "train", *launch.training_script_args]
+        assert launch.module and launch.training_script in ("train", "surgsora"), \
+            "accelerate must launch `-m train` or `-m surgsora`"
+        tokens = ["python", "-m", launch.training_script, *launch.training_script_args]
     main, argv = _entry(tokens)
     err = io.StringIO()
     with _stop_at_parse(), contextlib.redirect_stderr(err):
@@ -526,8 +552,10 @@ def test_every_flag_in_the_docs_exists():
     for tokens in (["python", "-m", "surgsora.eval", "table"], ["python", "-m", "train", "preprocess"],
                    ["python", "-m", "train", "fit"], ["python", "-m", "train", "sample"]):
         known |= _options(_parser_of(tokens))
-    others = {"--index-url": "pip", "--durations": "pytest", "--num_processes": "accelerate", "--cpu": "ComfyUI",
-              "--extra-model-paths-config": "ComfyUI", "--check": "workflows_src/make_workflows.py"}
+    others = {"--index-url": "pip", "--durations": "pytest", "--num_processes": "accelerate",
+              **{f: "accelerate" for f in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port")}, "--cpu": "ComfyUI",
+              "--extra-model-paths-config": "ComfyUI", "--check": "workflows_src/make_workflows.py",
+              "--tiny": "benchmarks/gpu_suite.py"}
     unknown = {}
     for page in PAGES:
         for flag in re.findall(r"(?<![\w-])--[a-zA-Z][\w-]*", (REPO / page).read_text()):

@@ -23,7 +23,7 @@ from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, MOFA_NAM
 
 REPO = Path(__file__).resolve().parents[1]
 STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS", "CONDITIONING", "CLIP_VISION", "VAE",
-            "MODEL", "GUIDER"}
+            "MODEL", "GUIDER", "SIGMAS"}
 W, H = 128, 64  # working size: multiples of 64
 
 
@@ -271,7 +271,11 @@ EDITOR = {"width": 1920, "height": 1080, "tracks": [[[480, 540], [960, 540]], [[
 
 
 def test_trajectories_from_the_editor_rescale_to_the_frame(nodes, env, frame):
-    tracks, preview = run(nodes, "SurgSoraTrajectories", tracks=json.dumps(EDITOR), frames=5, image=frame)
+    from surgsora.motion.tracks import CanvasScaledWarning
+
+    with pytest.warns(CanvasScaledWarning, match=f"tracks drawn on a 1920x1080 canvas were scaled to the image "
+                                                 f"\\({W}x{H}\\)"):  # legitimate, but said
+        tracks, preview = run(nodes, "SurgSoraTrajectories", tracks=json.dumps(EDITOR), frames=5, image=frame)
     path = tracks["track_path"]
     assert path.shape == (5, 2, 2) and tracks["width"] == W and tracks["height"] == H
     sx, sy = W / 1920, H / 1080
@@ -523,6 +527,17 @@ def test_sampler_rejects_bad_settings(nodes, generation, frame):
         run(nodes, "SurgSoraDecode", svd=g.svd, latent={"samples": torch.zeros(4, 4, 8, 16), "surgsora_frames": 3})
 
 
+def test_an_adapter_for_another_unet_is_one_sentence_before_sampling(nodes, generation, frame):
+    """The sampler node checks its adapter against the SVD's UNet before anything runs (MOFA's ControlNet is made
+    for SVD-xt's 4 down blocks, the tiny SVD has 2)."""
+    from surgsora.loading.files import ModelFileError
+
+    (mofa,) = run(nodes, "SurgSoraLoadAdapter", adapter_name=MOFA_NAME)
+    with pytest.raises(ModelFileError, match=r"made for another UNet \(down blocks: 4 in the adapter, 2 in this SVD"):
+        run(nodes, "SurgSoraSampler", svd=generation.svd, image=frame, adapter=mofa, conditions=generation.conditions,
+            steps=1)
+
+
 def test_a_motion_signal_and_conditions_of_different_lengths_are_named_as_such(nodes, generation, frame):
     """A 14-frame motion signal with 21-frame conditions: the sentence names those two inputs (not the frames
     widget, which is left at 0)."""
@@ -572,7 +587,10 @@ def test_svd_conditioning_node_encodes_the_first_frame_as_the_pipeline(nodes, ge
     positive, negative, latent = run(nodes, "SurgSoraSVDConditioning", clip_vision=_ClipVision(g.svd),
                                      init_image=frame, vae=_VAE(g.svd), width=W, height=H, video_frames=5,
                                      motion_bucket_id=90, fps=9, augmentation_level=0.3, seed=5, adapter=adapter)
-    pipe = g.svd.pipeline(adapter)
+    pipe = g.svd.pipeline()
+    # MOFA's full-size ControlNet does not fit the tiny UNet (the pipeline refuses it); only its time ids and CLIP
+    # input rule are used here, so it is attached past that check
+    pipe.register_modules(adapter=adapter)
     with torch.no_grad():
         first = pipe.encode_first_frame(frame.permute(0, 3, 1, 2), H, W, 0.3, torch.Generator().manual_seed(5))
     embedding, options = positive[0]

@@ -36,7 +36,28 @@ def workdir(tmp_path):
     (tmp_path / "adapter_like").mkdir()
     (tmp_path / "adapter_like" / "config.json").write_text('{"_class_name": "SurgSoraAdapter"}')
     _safetensors(tmp_path / "adapter_like" / "diffusion_pytorch_model.safetensors", ["conv_in.weight"])
+    _checkpoint(tmp_path / "ckpt_pickle", optimizer=lambda p: _torch_save({"state": {}, "hook": print}, p))
     return tmp_path
+
+
+def _torch_save(obj, path: Path) -> None:
+    import torch
+
+    torch.save(obj, path)
+
+
+def _checkpoint(folder: Path, **writers) -> Path:
+    """A checkpoint folder as `python -m train fit` writes it; ``writers`` replace how a file is written
+    (``optimizer=``, ``lr_scheduler=``, ``rank0=``, ``state=``: a function of its path)."""
+    (folder / "adapter").mkdir(parents=True)
+    _safetensors(folder / "adapter" / "diffusion_pytorch_model.safetensors", ["conv_in.weight"])
+    default = {"optimizer": lambda p: _torch_save({"state": {}, "param_groups": []}, p),
+               "lr_scheduler": lambda p: _torch_save({"last_epoch": 3}, p),
+               "rank0": lambda p: _torch_save({"generators": {}, "scaler": None}, p),
+               "state": lambda p: p.write_text(json.dumps({"step": 3, "world_size": 1}))}
+    for name, write in {**default, **writers}.items():
+        write(folder / ("state.json" if name == "state" else f"{name}.pt"))
+    return folder
 
 
 FIT = ["fit", "--data", "cache", "--config", "tiny", "--out", "run"]
@@ -64,6 +85,8 @@ CASES = [
     ("out-has-checkpoints", FIT[:-1] + ["used"], "add --resume latest"),
     ("no-cache", ["fit", "--data", "nowhere", "--config", "tiny", "--out", "run"], "index.json missing"),
     ("resume-missing", FIT + ["--resume", "nowhere/step_1"], "--resume nowhere/step_1 is not a checkpoint folder"),
+    ("seed-below-random", FIT + ["--seed", "-2"], "--seed must be 0 or more, or -1 for a random seed"),
+    ("resume-pickled-optimizer", FIT + ["--resume", "ckpt_pickle"], "holds pickled Python objects (builtins.print)"),
     ("mofa-missing", FIT + ["--init-from-mofa", "missing.safetensors"], "does not exist"),
     ("mofa-wrong-file", FIT + ["--init-from-mofa", "other.safetensors"], "is not MOFA-Video-Traj's ControlNet"),
     ("mofa-text-file", FIT + ["--init-from-mofa", "a_file"], "is not a weights file"),
@@ -109,6 +132,44 @@ def test_bad_input_is_one_sentence_exit_2_and_leaves_nothing(workdir, argv, mess
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert _tree(workdir) == before  # no run folder, cache, lock or probe left behind
+
+
+def _truncate(write):
+    def cut(path: Path) -> None:
+        write(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return cut
+
+
+# (what is wrong, writers for _checkpoint, words of the sentence): checked before any model is loaded
+RESUME_CASES = [
+    ("pickled optimizer", dict(optimizer=lambda p: _torch_save({"state": {}, "fn": print}, p)), "pickled Python"),
+    ("pickled scheduler", dict(lr_scheduler=lambda p: _torch_save({"lambda": os.getcwd}, p)), "pickled Python"),
+    ("truncated optimizer", dict(optimizer=_truncate(lambda p: _torch_save({"w": [1.0] * 1000}, p))), "truncated"),
+    ("text as rank file", dict(rank0=lambda p: p.write_text("not a checkpoint")), "not a torch checkpoint"),
+    ("empty optimizer", dict(optimizer=lambda p: p.write_bytes(b"")), "truncated"),
+    ("no state.json", dict(state=lambda p: None), "not a complete checkpoint"),
+    ("state.json cut short", dict(state=lambda p: p.write_text('{"step": ')), "is damaged"),
+    ("state.json without a step", dict(state=lambda p: p.write_text("[]")), "is damaged"),
+]
+
+
+def test_resume_checkpoints_that_cannot_be_read_back_are_one_sentence(tmp_path):
+    from train.checkpoint import CheckpointError, check_checkpoint
+
+    assert check_checkpoint(_checkpoint(tmp_path / "good"))["step"] == 3
+    for i, (what, writers, words) in enumerate(RESUME_CASES):
+        folder = _checkpoint(tmp_path / f"c{i}", **writers)
+        with pytest.raises(CheckpointError) as e:
+            check_checkpoint(folder)
+        msg = str(e.value)
+        assert words in msg and "\n" not in msg and "weights_only=False" not in msg, (what, msg)
+        assert str(folder) in msg, (what, msg)  # names the file (or the folder) at fault
+    (tmp_path / "c_weights").mkdir()
+    bad = _checkpoint(tmp_path / "c_weights" / "x")
+    (bad / "adapter" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 7)
+    with pytest.raises(CheckpointError, match="not readable safetensors"):
+        check_checkpoint(bad)
 
 
 # ------------------------------------------------------------------------------ recipe, padding, clip lists

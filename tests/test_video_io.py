@@ -98,3 +98,41 @@ def test_output_names_are_checked(tmp_path, name, words):
     with pytest.raises(OutputPathError, match=words):
         check_output_path(str(tmp_path / name) if name else "", "--out")
     assert check_output_path(tmp_path / "new" / "dir" / "x.mp4") == tmp_path / "new" / "dir" / "x.mp4"
+
+
+def _damage(at: float, length: int = 400):
+    def damage(data: bytes) -> bytes:
+        out = bytearray(data)
+        i = int(len(out) * at)
+        out[i:i + length] = np.random.default_rng(7).integers(0, 256, length, dtype=np.uint8).tobytes()
+        return bytes(out)
+    return damage
+
+
+# (how the file was damaged, the function applied to its bytes): each must be refused, naming the file and the
+# first bad frame, with none of the decoder's own complaints on stderr
+DAMAGE = [
+    ("random bytes over the middle", _damage(0.5)),
+    ("random bytes over a later frame", _damage(0.85, 120)),
+    ("zeros over the middle", lambda d: d[: len(d) // 2] + bytes(300) + d[len(d) // 2 + 300:]),
+    ("cut off half-way", lambda d: d[: int(len(d) * 0.6)]),
+]
+
+
+@pytest.mark.parametrize("damage", [d for _, d in DAMAGE], ids=[n for n, _ in DAMAGE])
+def test_a_damaged_video_is_refused_at_its_first_bad_frame(tmp_path, capfd, damage):
+    from surgsora.video_io import check_video_decodes
+
+    good = write_video(tmp_path / "good.mp4", np.stack([np.roll(_smooth(1, 64, 96)[0], 4 * t, 1) for t in range(10)]),
+                       fps=5)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(damage(good.read_bytes()))
+    capfd.readouterr()
+    with pytest.raises(ValueError, match=r"bad\.mp4 is damaged at frame (\d+)") as e:
+        read_video(bad)
+    first = int(e.value.args[0].split("damaged at frame ")[1].split()[0])
+    assert 0 <= first < 10 and "\n" not in str(e.value)
+    if first:  # the frames before the damage are still readable, exactly as from the intact file
+        assert np.array_equal(read_video(bad, 0, first), read_video(good, 0, first))
+    check_video_decodes(good)  # the intact file passes
+    assert capfd.readouterr().err == ""  # the decoder's complaints are turned into the sentence

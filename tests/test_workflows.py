@@ -39,6 +39,8 @@ NAMES = [t.title for t in GEN.TEMPLATES]
 CORE_KSAMPLER = "SurgSora on Core KSampler"  # needs a full-size SVD checkpoint: ComfyUI detects SVD by its shapes
 CORE_DUAL_CLOCK = "SurgSora Dual-Clock Core Sampler"  # the same checkpoint
 CORE_SVD = (CORE_KSAMPLER, CORE_DUAL_CLOCK)  # run on the real server only (tests/integration)
+WAN_14B, WAN_5B = "SurgSora Dual-Clock Wan 2.2 14B", "SurgSora Dual-Clock Wan 2.2 5B"
+CORE_ONLY = CORE_SVD + (WAN_14B, WAN_5B)  # core model nodes (Wan too): run on the real server only
 TITLE_BAR = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
 EXPECTED_VIDEOS = {"SurgSora Trajectory to Video": {"motion_preview", "video"},
                    "SurgSora Motion Preview": {"motion_preview", "flow"},
@@ -366,7 +368,82 @@ def test_core_dual_clock_workflow_wiring():
     assert (cond["width"], cond["height"], cond["video_frames"]) == (scale["width"], scale["height"], traj["frames"])
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in CORE_SVD])
+def _wiring(name):
+    api = _api(name)
+    of = {k: n["class_type"] for k, n in api.items()}
+
+    def one(class_type, title=None):
+        (key,) = [k for k, t in of.items() if t == class_type and (title is None or api[k]["_meta"]["title"] == title)]
+        return api[key]["inputs"]
+
+    def src(value):
+        return of[value[0]], value[1]
+
+    return api, of, one, src
+
+
+def test_wan_14b_workflow_wiring():
+    """Frame -> trajectories -> analytic flow -> SurgSora Motion Signal (81 frames, 832x480); the two A14B experts
+    (UNETLoader, with their download entries) through ModelSamplingSD3; umt5 prompts -> WanImageToVideo (the
+    signal's size and length) -> the Dual-Clock Guider on the high-noise expert with the whole schedule as full_sigmas
+    and TTM's Wan steps, stage 1 on SplitSigmas' high sigmas from WanImageToVideo's latent, stage 2 with a plain
+    CFGGuider on the low-noise expert and no added noise, then VAEDecode with the Wan 2.1 VAE. (Run on the real
+    server only.)"""
+    api, of, one, src = _wiring(WAN_14B)
+    guider, split, sched = one("SurgSoraDualClockGuider"), one("SplitSigmas"), one("BasicScheduler")
+    i2v, plain, signal = one("WanImageToVideo"), one("CFGGuider"), one("SurgSoraMotionSignal")
+    first = one("SamplerCustomAdvanced", "High-noise stage (dual-clock)")
+    second = one("SamplerCustomAdvanced", "Low-noise stage")
+    scale, traj = one("ImageScale"), one("SurgSoraTrajectories")
+    unets = {api[k]["_meta"]["title"]: api[k]["inputs"]["unet_name"] for k, t in of.items() if t == "UNETLoader"}
+    assert unets == {"High-noise expert": "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+                     "Low-noise expert": "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"}
+    models = {m["name"] for n in _ui(WAN_14B)["nodes"] for m in n.get("properties", {}).get("models", [])}
+    assert models == {"wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+                      "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                      "wan_2.1_vae.safetensors"}  # the Missing Models dialog
+    assert one("VAELoader")["vae_name"] == "wan_2.1_vae.safetensors"
+    assert (i2v["width"], i2v["height"], i2v["length"]) == (scale["width"], scale["height"], traj["frames"]) \
+        == (832, 480, 81)
+    assert src(signal["image"]) == ("ImageScale", 0) and src(i2v["start_image"]) == ("ImageScale", 0)
+    assert src(guider["model"]) == src(sched["model"])
+    assert src(guider["positive"]) == ("WanImageToVideo", 0) and src(guider["negative"]) == ("WanImageToVideo", 1)
+    assert src(guider["vae"]) == ("VAELoader", 0) and src(guider["full_sigmas"]) == ("BasicScheduler", 0)
+    assert src(guider["motion_signal"]) == ("SurgSoraMotionSignal", 0)
+    assert src(guider["motion_mask"]) == ("SurgSoraMotionSignal", 1)
+    assert (guider["t_weak"], guider["t_strong"]) == (0.06, 0.14)
+    assert round(guider["t_strong"] * sched["steps"]) <= split["step"]  # t_strong inside the guider's stage
+    assert src(split["sigmas"]) == ("BasicScheduler", 0)
+    assert src(first["guider"]) == ("SurgSoraDualClockGuider", 0) and src(first["sigmas"]) == ("SplitSigmas", 0)
+    assert src(first["latent_image"]) == ("WanImageToVideo", 2) and src(first["noise"]) == ("RandomNoise", 0)
+    assert src(second["guider"]) == ("CFGGuider", 0) and src(second["sigmas"]) == ("SplitSigmas", 1)
+    assert src(second["noise"]) == ("DisableNoise", 0) and src(second["latent_image"])[1] == 0
+    assert api[second["latent_image"][0]]["_meta"]["title"] == "High-noise stage (dual-clock)"
+    assert api[plain["model"][0]]["class_type"] == "ModelSamplingSD3"
+    assert unets["Low-noise expert"] == api[api[plain["model"][0]]["inputs"]["model"][0]]["inputs"]["unet_name"]
+
+
+def test_wan_5b_workflow_wiring():
+    """The 5B: its own VAE (wan2.2_vae) into Wan22ImageToVideoLatent (the first frame kept by its noise mask) and the
+    guider, text conditioning straight from umt5, one SamplerCustomAdvanced. (Run on the real server only.)"""
+    api, of, one, src = _wiring(WAN_5B)
+    guider, latent = one("SurgSoraDualClockGuider"), one("Wan22ImageToVideoLatent")
+    sample = one("SamplerCustomAdvanced")
+    scale, traj = one("ImageScale"), one("SurgSoraTrajectories")
+    assert one("UNETLoader")["unet_name"] == "wan2.2_ti2v_5B_fp16.safetensors"
+    assert one("VAELoader")["vae_name"] == "wan2.2_vae.safetensors"
+    models = {m["name"] for n in _ui(WAN_5B)["nodes"] for m in n.get("properties", {}).get("models", [])}
+    assert models == {"wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                      "wan2.2_vae.safetensors"}
+    assert (latent["width"], latent["height"], latent["length"]) == (scale["width"], scale["height"], traj["frames"])
+    assert src(latent["vae"]) == src(guider["vae"]) == ("VAELoader", 0)
+    assert src(guider["positive"])[0] == src(guider["negative"])[0] == "CLIPTextEncode"
+    assert src(sample["latent_image"]) == ("Wan22ImageToVideoLatent", 0)
+    assert src(sample["guider"]) == ("SurgSoraDualClockGuider", 0)
+    assert (guider["t_weak"], guider["t_strong"]) == (0.06, 0.14)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in CORE_ONLY])
 def test_workflow_runs_in_process_on_tiny_checkpoints(name, env, info):
     import nodes
 

@@ -25,8 +25,18 @@ from dataclasses import fields
 from pathlib import Path
 
 # Only torch-free modules at import time: bad arguments are rejected in a fraction of a second.
+from surgsora.sampling.settings import SettingError, check_settings, resolve_seed
+
 from .config import ConfigError, FitConfig, check_fit_config, check_out_dir, load_recipe, read_adapter_config, \
     resolve_model_path
+
+
+def _check_seed(seed) -> None:
+    """A seed, or -1 for a random one (drawn and printed by resolve_seed once every check has passed)."""
+    try:
+        check_settings({"seed": "--seed"}, seed=seed)
+    except SettingError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -110,7 +120,7 @@ def preprocess_main(argv: list[str]) -> int:
     ap.add_argument("--raft-weights", help="torchvision raft_large weights file for --flow raft")
     ap.add_argument("--depth-input-size", type=int, help="Depth Anything input size (default 518; the paper 266)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="default 0; -1 = a random seed, printed")
     args = ap.parse_args(argv)
 
     values = dict(frames=21, frame_step=1, size=(256, 256), fit="pad", pad="center", content_size=None,
@@ -154,8 +164,10 @@ def preprocess_main(argv: list[str]) -> int:
                     raise ConfigError(f"--{key} {values[key]} does not exist.")
         if args.flow == "raft" and args.raft_weights and not Path(args.raft_weights).is_file():
             raise ConfigError(f"--raft-weights {args.raft_weights} does not exist.")
+        _check_seed(args.seed)
     except ConfigError as e:
         return _fail(prog, str(e))
+    args.seed = resolve_seed(args.seed, "--seed")
 
     from surgsora.loading.io import ModelFileError
 
@@ -234,6 +246,9 @@ def fit_main(argv: list[str]) -> int:
         default = getattr(defaults, f.name)
         if isinstance(default, bool):
             ap.add_argument(flag, action="store_true", default=None)
+        elif f.name == "seed":
+            ap.add_argument(flag, type=int, default=None, help="default: 0; -1 = a random seed, printed (and kept in "
+                                                               "fit_config.json) so that the run can be repeated")
         else:
             ap.add_argument(flag, type=type(default), default=None, help=f"default: {default!r}")
     args = ap.parse_args(argv)
@@ -256,8 +271,10 @@ def fit_main(argv: list[str]) -> int:
                              cfg.noise_d_low, cfg.noise_d_high)
         except ValueError as e:
             raise ConfigError(f"{e}.") from None
+        _check_resume(cfg)
     except ConfigError as e:
         return _fail(prog, str(e))
+    cfg.seed = resolve_seed(cfg.seed, "--seed")  # -1: drawn and printed here, and kept in fit_config.json
 
     from surgsora.loading.io import ModelFileError
 
@@ -271,6 +288,21 @@ def fit_main(argv: list[str]) -> int:
         return _fail(prog, (str(e).strip().splitlines() or [type(e).__name__])[0])
     print(f"done: step {summary['step']}, last loss {summary['last_loss']}, adapter in {Path(summary['out']) / 'adapter'}")
     return 0
+
+
+def _check_resume(cfg) -> None:
+    """The checkpoint --resume names (or 'latest' finds) can be read back, checked before any model loads: a
+    pickled optimizer state or a cut-off file is one sentence, not torch's advice and a traceback after minutes."""
+    if not cfg.resume:
+        return
+    from .checkpoint import CheckpointError, check_checkpoint, latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(cfg.out) / "checkpoints") if cfg.resume == "latest" else Path(cfg.resume)
+    if ckpt is not None:
+        try:
+            check_checkpoint(ckpt)
+        except CheckpointError as e:
+            raise ConfigError(f"--resume: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------- sample
@@ -290,7 +322,7 @@ def sample_main(argv: list[str]) -> int:
                     help="trajectory: decoded from the guide points (Tables 1-2); dense: the ground-truth flow")
     ap.add_argument("--flow-decoder", default="auto", help="auto | analytic | CMP checkpoint path")
     ap.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="default 0; -1 = a random seed, printed")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     ap.add_argument("--ids", nargs="*", help="only these clip ids (default: all)")
     args = ap.parse_args(argv)
@@ -312,8 +344,10 @@ def sample_main(argv: list[str]) -> int:
             raise ConfigError(f"--flow-decoder {args.flow_decoder} is not a file.")
         check_out_dir(args.out)
         _check_device(args.device)
+        _check_seed(args.seed)
     except ConfigError as e:
         return _fail(prog, str(e))
+    args.seed = resolve_seed(args.seed, "--seed")
     from surgsora.loading.io import ModelFileError
 
     from .data import CacheError
@@ -335,7 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return commands[argv[0]](argv[1:])
+    from surgsora.atomic import describe_write_error
+
+    try:
+        return commands[argv[0]](argv[1:])
+    except Exception as e:  # a full disk while writing: one sentence, exit 1 (nothing half-written is left)
+        sentence = describe_write_error(e)
+        if sentence is None:
+            raise
+        print(f"python -m train {argv[0]}: error: {sentence}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "clean_partial", "prune"]
+from surgsora.atomic import fsync_dir
+
+__all__ = ["CheckpointError", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "check_checkpoint",
+           "clean_partial", "prune"]
 
 _PREFIX = "step_"
 # Fault injection for the crash-safety tests: "SECONDS" or "SECONDS@STEP" to pause the main process in
@@ -33,16 +36,6 @@ _WRITE_DELAY_ENV = "SURGSORA_CKPT_WRITE_DELAY"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be resumed (incomplete, another adapter, or another number of processes)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # Windows cannot open a folder for fsync; its renames are durable without it
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -102,7 +95,7 @@ def save_checkpoint(out_dir: Path, step: int, adapter, optimizer, lr_scheduler, 
         if final.exists():  # re-saving the same step after a resume
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
         prune(out_dir, keep)
     barrier()  # no rank runs ahead of a checkpoint that is not yet in place
     return final
@@ -132,7 +125,53 @@ def prune(out_dir: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+_FIX = "resume from a checkpoint written by this version of `python -m train fit`, or start fresh without --resume"
+
+
+def _check_pt(path: Path) -> None:
+    """One sentence unless ``path`` is a torch file that ``weights_only`` loading accepts; reads only its pickle
+    (the list of the globals it names), never its tensors, so checking a large optimizer state is cheap."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing; {_FIX}.")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - a cut-off zip, a text file, an old pickle-only format: all the same to a user
+        raise CheckpointError(f"checkpoint file {path} is truncated or not a torch checkpoint; {_FIX}.") from None
+    if unsafe:
+        raise CheckpointError(f"checkpoint file {path} holds pickled Python objects ({', '.join(unsafe[:3])}) that "
+                              f"are not loaded for safety (weights_only); {_FIX}.")
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Check, before any model is loaded, that the checkpoint folder ``path`` can be resumed: ``state.json`` is a
+    readable step, the adapter's safetensors open, and every torch file loads with ``weights_only`` (no pickled
+    objects, not truncated). Returns the state; raises :class:`CheckpointError` with one sentence naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no state.json); give a step_* folder written by "
+                              "`python -m train fit`, or --resume latest")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{path / 'state.json'} is damaged (not the JSON of a step); {_FIX}.") from None
+    weights = path / "adapter" / "diffusion_pytorch_model.safetensors"
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception:  # noqa: BLE001 - missing, truncated header or not safetensors
+        raise CheckpointError(f"{weights} is missing or damaged (not readable safetensors); {_FIX}.") from None
+    files = ["optimizer.pt", "lr_scheduler.pt"]
+    ranks = sorted(p.name for p in path.glob("rank*.pt")) or (["rng.pt"] if (path / "rng.pt").is_file() else [])
+    for name in files + ranks:
+        _check_pt(path / name)
+    return state
+
+
 def _load(path: Path):
+    _check_pt(path)  # a sentence instead of torch's weights_only advice and a traceback
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -101,7 +101,7 @@ class FitConfig:
 
 _POSITIVE_INT = ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
                  "validation_steps", "fps")
-_NON_NEGATIVE_INT = ("warmup_steps", "validate_every", "seed", "num_workers")
+_NON_NEGATIVE_INT = ("warmup_steps", "validate_every", "num_workers")
 _PROBABILITIES = ("drop_clip_prob", "drop_latent_prob")
 
 
@@ -189,6 +189,11 @@ def check_fit_config(cfg: FitConfig) -> None:
     for name in _NON_NEGATIVE_INT:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(cfg, name)}.")
+    if cfg.seed < -1:
+        raise ConfigError(f"--seed must be 0 or more, or -1 for a random seed; got {cfg.seed}.")
+    if cfg.seed == -1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would draw its own seed
+        raise ConfigError("--seed -1 (a random seed) cannot be used with several processes, which would each draw "
+                          "their own; give a seed such as --seed 1234.")
     for name in _PROBABILITIES:
         if not 0 <= getattr(cfg, name) <= 1:
             raise ConfigError(f"{_flag(name)} is a probability between 0 and 1, got {getattr(cfg, name)}.")

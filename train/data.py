@@ -27,6 +27,7 @@ never read. ``index.json`` lists the complete shards and is rewritten only when 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from surgsora.atomic import atomic_output
 from surgsora.loading.io import ModelFileError, read_safetensors_header
 from surgsora.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, read_image, read_video, video_info
 
@@ -355,8 +357,12 @@ class _ClipLock:
                     self.path.unlink(missing_ok=True)  # stale: its process was killed
                     continue
                 return False
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{socket.gethostname()}:{os.getpid()}")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(f"{socket.gethostname()}:{os.getpid()}")
+            except OSError:  # a full disk: an empty lock would read as someone else's forever
+                self.path.unlink(missing_ok=True)
+                raise
             self.held = True
             return True
         return False
@@ -480,24 +486,34 @@ class Preprocessor:
         lock = _ClipLock(path.with_suffix(".lock"))
         if not lock.acquire():
             return "busy"
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial")
         try:
             tensors, meta = self.compute(spec)
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-            return status
         except (ValueError, OSError, ModelFileError, cv2.error) as e:
+            lock.release()
             return f"failed: {e}"
+        try:
+            # Under a temporary name, renamed when whole: a full disk or a kill never leaves a shard that counts
+            # as done (a failed write is an OSError naming the shard, and stops the run: the next clip would fail
+            # the same way).
+            with atomic_output(path) as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+            return status
         finally:
-            tmp.unlink(missing_ok=True)
             lock.release()
 
     def run(self, specs: list[ClipSpec], progress: bool = True) -> dict[str, int]:
         from tqdm import tqdm
 
         counts: dict[str, int] = {}
-        for spec in tqdm(specs, desc="preprocess", unit="clip", disable=not progress):
-            status = self.process(spec)
+        bar = tqdm(specs, desc="preprocess", unit="clip", disable=not progress)
+        for spec in bar:
+            try:
+                status = self.process(spec)
+            except OSError:  # the disk is full: index what is complete (if it still fits), then stop
+                bar.close()  # the caller's error goes on a line of its own
+                with contextlib.suppress(OSError):
+                    self.write_index()
+                raise
             if status.startswith("failed"):
                 self.log(f"{spec.source} @ {spec.start}: {status}")
                 status = "failed"
@@ -511,7 +527,7 @@ class Preprocessor:
         # filelock rather than fcntl: the same code locks on Windows.
         with FileLock(str(self.cache / "index.lock")):
             clips = []
-            for path in sorted(self.clips_dir.glob("*.safetensors")):
+            for path in sorted(self.clips_dir.glob("[!.]*.safetensors")):  # not a shard still being written
                 meta, _ = validate_shard(path, self.num_frames)
                 if meta is not None:
                     clips.append({"id": path.stem, "file": f"clips/{path.name}", "source": meta["source"],
@@ -522,9 +538,8 @@ class Preprocessor:
                      "size": list(self.size), "clips": clips}
             text = json.dumps(index, indent=1)
             if not index_path.exists() or index_path.read_text() != text:
-                tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(text)
-                os.replace(tmp, index_path)
+                with atomic_output(index_path) as tmp:
+                    tmp.write_text(text)
         return index_path
 
 

@@ -34,12 +34,14 @@ import csv
 import hashlib
 import json
 import math
-import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from surgsora.atomic import as_write_error, atomic_output
 
 from .config import FitConfig
 
@@ -134,7 +136,8 @@ def run(cfg: FitConfig, dataset=None) -> dict:
     # ---- logs
     log = open_logs(out, step, is_main)
     if is_main:
-        (out / "fit_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        with atomic_output(out / "fit_config.json") as tmp:
+            tmp.write_text(json.dumps(asdict(cfg), indent=1))
     losses = list(log.losses)
     step_seconds: list[float] = []
 
@@ -171,9 +174,19 @@ def run(cfg: FitConfig, dataset=None) -> dict:
         if is_main and step % cfg.log_every == 0:
             log.write(step, loss_value, lr, float(grad_norm), sigmas)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:  # collective: every rank writes its file
-            save_checkpoint(ckpt_dir, step, pipe.adapter, optimizer, lr_scheduler, generators,
-                            {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints,
-                            barrier=accelerator.wait_for_everyone, **ckpt_args)
+            try:
+                save_checkpoint(ckpt_dir, step, pipe.adapter, optimizer, lr_scheduler, generators,
+                                {"stage": cfg.stage, "loss": loss_value}, keep=cfg.keep_checkpoints,
+                                barrier=accelerator.wait_for_everyone, **ckpt_args)
+            except Exception as e:  # a full disk: no half-written checkpoint left, an OSError naming it
+                err = as_write_error(e, ckpt_dir / f"step_{step:08d}")
+                if err is None:
+                    raise
+                shutil.rmtree(ckpt_dir / f".tmp-step_{step:08d}", ignore_errors=True)
+                bar.close()  # the error goes on a line of its own, not after the progress bar
+                if err is e:
+                    raise
+                raise err from e
         if is_main and cfg.validate_every and step % cfg.validate_every == 0:
             write_validation(pipe, dataset, val_index, out / "validation", step, cfg, decoder)
         accelerator.wait_for_everyone()
@@ -182,7 +195,8 @@ def run(cfg: FitConfig, dataset=None) -> dict:
 
     # ---- save
     if is_main:
-        pipe.adapter.save_pretrained(out / "adapter")
+        with atomic_output(out / "adapter", folder=True) as tmp:  # a kill or full disk: no half adapter folder
+            pipe.adapter.save_pretrained(tmp)
     return {"step": step, "last_loss": losses[-1] if losses else None, "losses": losses,
             "step_seconds": step_seconds, "out": str(out), "trainable": len(trainable)}
 
@@ -479,15 +493,12 @@ class LatentCache:
             return
         from safetensors.torch import save_file
 
-        tmp = self.folder / f".{clip_id}.{os.getpid()}.partial"
         try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, self._path(clip_id))
+            with atomic_output(self._path(clip_id)) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         except OSError as e:
             print(f"latent cache off: cannot write {self.folder} ({e.strerror})")
             self.folder = None
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------- logs
@@ -523,6 +534,14 @@ class TrainLog:
             self.writer.close()
 
 
+def _log_row_ok(row: dict) -> bool:
+    try:
+        int(row["step"]), float(row["loss"]), float(row["seconds"])
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
+
+
 def open_logs(out: Path, step: int, is_main: bool) -> TrainLog:
     """The run's log, continuing at ``step``: CSV rows past it belong to an interrupted run and are dropped.
 
@@ -532,12 +551,12 @@ def open_logs(out: Path, step: int, is_main: bool) -> TrainLog:
     path = Path(out) / "train_log.csv"
     rows = []
     if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        with open(path, newline="") as f:  # a row cut short by a kill mid-append is dropped
+            rows = [r for r in csv.DictReader(f) if _log_row_ok(r) and int(r["step"]) <= step]
     losses = [float(r["loss"]) for r in rows]
     if not is_main:
         return TrainLog(None, losses)
-    with open(path, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:  # a kill here keeps the old log
         w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         w.writeheader()
         w.writerows(rows)

@@ -79,6 +79,21 @@ MODEL_SOURCES = {
     MOFA_FILE: ("https://huggingface.co/MyNiuuu/MOFA-Video-Traj/resolve/main/ckpts/controlnet/"
                 "diffusion_pytorch_model.safetensors", "surgsora"),
 }
+# Wan: the Comfy-Org repackaged files ComfyUI's own Wan templates load (what users already have)
+WAN22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+WAN21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+WAN_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
+WAN_LOW = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
+WAN_5B, WAN_TEXT = "wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN21_VAE, WAN22_VAE = "wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"
+MODEL_SOURCES.update({
+    WAN_HIGH: (WAN22 + "diffusion_models/" + WAN_HIGH, "diffusion_models"),
+    WAN_LOW: (WAN22 + "diffusion_models/" + WAN_LOW, "diffusion_models"),
+    WAN_5B: (WAN22 + "diffusion_models/" + WAN_5B, "diffusion_models"),
+    WAN_TEXT: (WAN21 + "text_encoders/" + WAN_TEXT, "text_encoders"),
+    WAN21_VAE: (WAN22 + "vae/" + WAN21_VAE, "vae"),
+    WAN22_VAE: (WAN22 + "vae/" + WAN22_VAE, "vae"),
+})
 
 # LiteGraph geometry of the ComfyUI frontend (1.35.9): a node's title bar is drawn above its pos, a group's
 # title is font_size * 1.4 tall, and below a zoom of about 0.57 (8 px / 14 px text) nodes are drawn without text.
@@ -178,7 +193,9 @@ def default_value(spec):
 # the trajectory editor, the previews of Preview Image and Save Video, a long combo label.
 NODE_SIZES = {"LoadImage": (NODE_WIDTH, 360), "LoadVideo": (NODE_WIDTH, 280), "SurgSoraTrajectories": (460, 740),
               "PreviewImage": (NODE_WIDTH, 280), "SaveVideo": (NODE_WIDTH, 320),
-              "ImageOnlyCheckpointLoader": (400, None)}
+              "ImageOnlyCheckpointLoader": (400, None),
+              "CLIPTextEncode": (NODE_WIDTH, 120),  # the frontend draws a multiline text box at least 88 px tall
+              "UNETLoader": (400, None), "CLIPLoader": (400, None)}
 
 
 def node_height(info: dict) -> int:
@@ -493,9 +510,9 @@ STEP_FRAME = "Load your first frame (here: frame 6 of the EndoVis 2017 clip). It
 PREVIEWS = "The Preview Image nodes show the drawn tracks, the SAM masks and the depth of the frame."
 
 
-def _frame(g: Graph):
+def _frame(g: Graph, width: int = WIDTH, height: int = HEIGHT):
     load = g.add("LoadImage", image=FRAME_FILE)
-    scale = g.add("ImageScale", upscale_method="area", width=WIDTH, height=HEIGHT, crop="disabled")
+    scale = g.add("ImageScale", upscale_method="area", width=width, height=height, crop="disabled")
     g.connect(load, "IMAGE", scale, "image")
     return load, scale
 
@@ -506,8 +523,8 @@ def _preview(g: Graph, src: Node, output: str, title: str) -> Node:
     return p
 
 
-def _video(g: Graph, src: Node, output: str, prefix: str) -> list[Node]:
-    video = g.add("CreateVideo", fps=float(FPS))
+def _video(g: Graph, src: Node, output: str, prefix: str, fps: int = FPS) -> list[Node]:
+    video = g.add("CreateVideo", fps=float(fps))
     g.connect(src, output, video, "images")
     save = g.add("SaveVideo", filename_prefix=prefix)
     g.connect(video, "VIDEO", save, "video")
@@ -736,19 +753,20 @@ Models: models/checkpoints/svd_xt.safetensors only. TTM's SVD settings: 50 steps
 TTM_STEPS, TTM_T_WEAK, TTM_T_STRONG, TTM_MOTION_BUCKET = 50, 0.32, 0.42, 17
 
 
-def _signal_front(g: Graph, t: Template, note_text: str) -> tuple[Node, Node, float, float]:
+def _signal_front(g: Graph, t: Template, note_text: str, width: int = WIDTH, height: int = HEIGHT,
+                  frames: int = FRAMES, fps: int = FPS) -> tuple[Node, Node, float, float]:
     """What the dual-clock workflows share: the note, the frame, the trajectories, the analytic flow (SAM and
     depth are optional for the motion signal and left out) and the motion signal with its video, with the Frame
     and Trajectory Controller groups laid out. Returns the resized frame, the motion signal node and where the
     next group goes (top y, left x)."""
     note = add_note(g, t, note_text)
-    load, scale = _frame(g)
-    traj, tprev = _trajectories(g, scale)
+    load, scale = _frame(g, width, height)
+    traj, tprev = _trajectories(g, scale, frames)
     decoder, flow = _flow(g, scale, traj, "analytic")
     signal = g.add("SurgSoraMotionSignal")
     g.connect(scale, "IMAGE", signal, "image")
     g.connect(flow, "flow", signal, "flow")
-    svideo = _video(g, signal, "motion_signal", "SurgSora/motion_signal")
+    svideo = _video(g, signal, "motion_signal", "SurgSora/motion_signal", fps)
     y = note.bottom + GROUP_GAP
     fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
     tr = lay_group(g, "Trajectory Controller -> motion signal", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
@@ -856,6 +874,130 @@ def core_dual_clock(info: dict, t: Template) -> Graph:
     return g
 
 
+# Wan: 81 frames (4n + 1: the video VAE compresses time 4x) at 480p, 16 fps (14B) / 24 fps (5B); Time-to-Move's Wan
+# cut-and-drag steps 3 and 7 of 50 as fractions of the whole schedule (the guider gets it as full_sigmas)
+WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES = 832, 480, 81
+WAN_T_WEAK, WAN_T_STRONG = 0.06, 0.14
+WAN_STEPS, WAN_SPLIT, WAN_5B_STEPS = 20, 10, 30
+WAN_PROMPT = "endoscopic surgical video, robotic instruments move smoothly over tissue, steady camera, realistic"
+WAN_NEGATIVE = "static, blurry, distorted, deformed instruments, flicker, text, watermark, low quality"
+NOTE_WAN_14B = f"""1. Load your first frame (here: frame 6 of the EndoVis 2017 clip). It is resized to {WAN_WIDTH}x{WAN_HEIGHT} (Wan 480p; crop disabled so the drawn tracks stay aligned).
+2. {STEPS_DRAW} The trajectories become a crude warped animation of {WAN_FRAMES} frames (Wan needs 4n + 1) and a mask of what moves.
+3. Models (the Comfy-Org repackaged files): models/diffusion_models/{WAN_HIGH} and {WAN_LOW}, models/text_encoders/{WAN_TEXT}, models/vae/{WAN21_VAE}. About 2 x 14 GB of fp8 experts: ComfyUI keeps one in VRAM at a time.
+4. Wan 2.2 A14B samples in two stages: SplitSigmas hands steps 0-{WAN_SPLIT} of {WAN_STEPS} to the high-noise expert with the SurgSora Dual-Clock Guider, the rest to the low-noise expert with a plain CFGGuider (no added noise). The guider gets the whole schedule as full_sigmas, so t_weak / t_strong count steps of all {WAN_STEPS}: Time-to-Move's Wan cut-and-drag 3 and 7 of 50 = {WAN_T_WEAK} and {WAN_T_STRONG} (camera motion: 2 and 5 = 0.04 and 0.10; see the preset widget). t_strong must fall inside the first stage.
+5. Any core sampler and scheduler works; WanImageToVideo's size and length must be the motion signal's."""
+NOTE_WAN_5B = f"""1. Load your first frame (here: frame 6 of the EndoVis 2017 clip). It is resized to {WAN_WIDTH}x{WAN_HEIGHT} (crop disabled so the drawn tracks stay aligned).
+2. {STEPS_DRAW} The trajectories become a crude warped animation of {WAN_FRAMES} frames (Wan needs 4n + 1) and a mask of what moves.
+3. Models (the Comfy-Org repackaged files): models/diffusion_models/{WAN_5B}, models/text_encoders/{WAN_TEXT}, models/vae/{WAN22_VAE} (the 5B's own VAE: 16x in space). Fits a 12-16 GB GPU with ComfyUI's offloading.
+4. Wan22ImageToVideoLatent keeps the first frame (its latent noise mask): the guider never anchors there. t_weak / t_strong: Time-to-Move's Wan cut-and-drag 3 and 7 of 50 = {WAN_T_WEAK} and {WAN_T_STRONG} (camera motion: 2 and 5 = 0.04 and 0.10; see the preset widget). Later t_strong = closer to the drawn motion, earlier = more freedom.
+5. Any core sampler and scheduler works; the latent's width, height and length must be the motion signal's."""
+
+
+def _wan_text(g: Graph) -> tuple[Node, Node, Node]:
+    """umt5 and the two prompts (the core Wan text conditioning)."""
+    clip = g.add("CLIPLoader", clip_name=WAN_TEXT, type="wan", device="default", models=(WAN_TEXT,))
+    pos = g.add("CLIPTextEncode", title="Positive prompt", text=WAN_PROMPT)
+    neg = g.add("CLIPTextEncode", title="Negative prompt", text=WAN_NEGATIVE)
+    g.connect(clip, "CLIP", pos, "clip")
+    g.connect(clip, "CLIP", neg, "clip")
+    return clip, pos, neg
+
+
+def _wan_model(g: Graph, name: str, title: str) -> tuple[Node, Node]:
+    unet = g.add("UNETLoader", title=title, unet_name=name, weight_dtype="default", models=(name,))
+    shift = g.add("ModelSamplingSD3", shift=8.0)  # Wan's flow shift, as ComfyUI's own Wan templates
+    g.connect(unet, "MODEL", shift, "model")
+    return unet, shift
+
+
+def _wan_guider(g: Graph, model: Node, pos: tuple[Node, str], neg: tuple[Node, str], vae: Node, signal: Node,
+                cfg: float) -> Node:
+    guider = g.add("SurgSoraDualClockGuider", cfg=cfg, t_weak=WAN_T_WEAK, t_strong=WAN_T_STRONG, preset="custom")
+    g.connect(model, "MODEL", guider, "model")
+    g.connect(pos[0], pos[1], guider, "positive")
+    g.connect(neg[0], neg[1], guider, "negative")
+    g.connect(vae, "VAE", guider, "vae")
+    g.connect(signal, "motion_signal", guider, "motion_signal")
+    g.connect(signal, "motion_mask", guider, "motion_mask")
+    return guider
+
+
+def _custom_sample(g: Graph, noise: Node, guider: Node, guider_output: str, sampler_: Node, sigmas: tuple[Node, str],
+                   latent: tuple[Node, str], title: str | None = None) -> Node:
+    sample = g.add("SamplerCustomAdvanced", title=title)
+    g.connect(noise, "NOISE", sample, "noise")
+    g.connect(guider, guider_output, sample, "guider")
+    g.connect(sampler_, "SAMPLER", sample, "sampler")
+    g.connect(sigmas[0], sigmas[1], sample, "sigmas")
+    g.connect(latent[0], latent[1], sample, "latent_image")
+    return sample
+
+
+def wan_14b_dual_clock(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, signal, y, x = _signal_front(g, t, NOTE_WAN_14B, WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES, 16)
+    high, high_m = _wan_model(g, WAN_HIGH, "High-noise expert")
+    low, low_m = _wan_model(g, WAN_LOW, "Low-noise expert")
+    clip, pos, neg = _wan_text(g)
+    vae = g.add("VAELoader", vae_name=WAN21_VAE, models=(WAN21_VAE,))
+    i2v = g.add("WanImageToVideo", width=WAN_WIDTH, height=WAN_HEIGHT, length=WAN_FRAMES, batch_size=1)
+    g.connect(pos, "CONDITIONING", i2v, "positive")
+    g.connect(neg, "CONDITIONING", i2v, "negative")
+    g.connect(vae, "VAE", i2v, "vae")
+    g.connect(scale, "IMAGE", i2v, "start_image")
+    sigmas = g.add("BasicScheduler", scheduler="simple", steps=WAN_STEPS, denoise=1.0)
+    g.connect(high_m, "MODEL", sigmas, "model")
+    split = g.add("SplitSigmas", step=WAN_SPLIT)
+    g.connect(sigmas, "SIGMAS", split, "sigmas")
+    guider = _wan_guider(g, high_m, (i2v, "positive"), (i2v, "negative"), vae, signal, 3.5)
+    g.connect(sigmas, "SIGMAS", guider, "full_sigmas")
+    noise = g.add("RandomNoise", noise_seed=42)
+    sampler_ = g.add("KSamplerSelect", sampler_name="euler")
+    first = _custom_sample(g, noise, guider, "guider", sampler_, (split, "high_sigmas"), (i2v, "latent"),
+                           "High-noise stage (dual-clock)")
+    plain = g.add("CFGGuider", cfg=3.5)
+    g.connect(low_m, "MODEL", plain, "model")
+    g.connect(i2v, "positive", plain, "positive")
+    g.connect(i2v, "negative", plain, "negative")
+    no_noise = g.add("DisableNoise")
+    second = _custom_sample(g, no_noise, plain, "GUIDER", sampler_, (split, "low_sigmas"), (first, "output"),
+                            "Low-noise stage")
+    dec = g.add("VAEDecode")
+    g.connect(second, "output", dec, "samples")
+    g.connect(vae, "VAE", dec, "vae")
+    video = _video(g, dec, "IMAGE", "SurgSora/wan_14b_dual_clock", 16)
+    lay_group(g, "Core Wan 2.2 I2V A14B: two SamplerCustomAdvanced stages, the first with the SurgSora Dual-Clock "
+              "Guider", GENERATION_COLOUR, x, y,
+              [[high, high_m, low, low_m, vae], [clip, pos, neg, i2v], [sigmas, split, guider, noise, sampler_],
+               [first, plain, no_noise, second], [dec] + video])
+    return g
+
+
+def wan_5b_dual_clock(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, signal, y, x = _signal_front(g, t, NOTE_WAN_5B, WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES, 24)
+    unet, model = _wan_model(g, WAN_5B, "Wan 2.2 TI2V 5B")
+    clip, pos, neg = _wan_text(g)
+    vae = g.add("VAELoader", vae_name=WAN22_VAE, models=(WAN22_VAE,))
+    latent = g.add("Wan22ImageToVideoLatent", width=WAN_WIDTH, height=WAN_HEIGHT, length=WAN_FRAMES, batch_size=1)
+    g.connect(vae, "VAE", latent, "vae")
+    g.connect(scale, "IMAGE", latent, "start_image")
+    guider = _wan_guider(g, model, (pos, "CONDITIONING"), (neg, "CONDITIONING"), vae, signal, 5.0)
+    sigmas = g.add("BasicScheduler", scheduler="simple", steps=WAN_5B_STEPS, denoise=1.0)
+    g.connect(model, "MODEL", sigmas, "model")
+    noise = g.add("RandomNoise", noise_seed=42)
+    sampler_ = g.add("KSamplerSelect", sampler_name="euler")
+    sample = _custom_sample(g, noise, guider, "guider", sampler_, (sigmas, "SIGMAS"), (latent, "LATENT"))
+    dec = g.add("VAEDecode")
+    g.connect(sample, "output", dec, "samples")
+    g.connect(vae, "VAE", dec, "vae")
+    video = _video(g, dec, "IMAGE", "SurgSora/wan_5b_dual_clock", 24)
+    lay_group(g, "Core Wan 2.2 TI2V 5B: SamplerCustomAdvanced with the SurgSora Dual-Clock Guider", GENERATION_COLOUR,
+              x, y, [[unet, model, vae], [clip, pos, neg, latent], [guider, sigmas, noise, sampler_],
+                     [sample, dec] + video])
+    return g
+
+
 def _example_tracks() -> str:
     data = json.loads(EXAMPLE_TRACKS.read_text())
     return json.dumps({"width": data["width"], "height": data["height"], "tracks": data["tracks"]})
@@ -898,6 +1040,12 @@ TEMPLATES = [
     Template("SurgSora Dual-Clock Core Sampler",
              "Trajectory-controlled video on ComfyUI's own SVD, no training: the SurgSora Dual-Clock Guider runs "
              "Time-to-Move sampling in core SamplerCustomAdvanced.", core_dual_clock, "core dual-clock"),
+    Template("SurgSora Dual-Clock Wan 2.2 14B",
+             "Trajectory-controlled video on ComfyUI's own Wan 2.2 I2V A14B, no training: the SurgSora Dual-Clock "
+             "Guider drives the high-noise expert, core CFG the low-noise one.", wan_14b_dual_clock, "Wan 2.2 14B"),
+    Template("SurgSora Dual-Clock Wan 2.2 5B",
+             "Trajectory-controlled video on ComfyUI's own Wan 2.2 TI2V 5B, no training: the SurgSora Dual-Clock "
+             "Guider in core SamplerCustomAdvanced.", wan_5b_dual_clock, "Wan 2.2 5B"),
 ]
 NAMES = [t.title for t in TEMPLATES]
 

@@ -13,11 +13,11 @@ differences are then printed on the console and kept in the report.
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import sys
 from pathlib import Path
 
+from ..atomic import describe_write_error
 from .evaluate import ALL_METRICS, EvalConfig, evaluate
 from .report import comparison_table, load_report, write_report
 from .weights import SPECS
@@ -94,7 +94,8 @@ def _table_main(argv: list[str]) -> int:
             with atomic_output(Path(a.out)) as tmp:
                 tmp.write_text(table + "\n", encoding="utf-8")
         except OSError as e:
-            print(f"error: could not write {a.out} ({e.strerror or e}); choose another --out.", file=sys.stderr)
+            sentence = describe_write_error(e) or f"could not write {a.out} ({e.strerror or e}); choose another --out."
+            print(f"error: {sentence}", file=sys.stderr)
             return 1
     else:
         print(table)
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk or a folder that became read-only: nothing half-written is left
-        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        print(f"error: could not write the report {a.out} ({reason}); free some space or choose another --out.",
-              file=sys.stderr)
+        sentence = describe_write_error(e) or (f"could not write the report {a.out} ({e.strerror or e}); choose "
+                                               "another --out.")
+        print(f"error: {sentence}", file=sys.stderr)
         return 1
     n_plots = f" and {len(paths['plots'])} plots" if paths["plots"] else ""
     log(f"wrote {paths['json']} and {paths['markdown']}{n_plots}")

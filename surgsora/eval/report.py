@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_output
+
 __all__ = ["COLUMNS", "to_jsonable", "comparison_table", "markdown_report", "make_plots", "write_report",
            "load_report"]
 
@@ -65,8 +67,6 @@ def to_jsonable(obj):
 
 def _atomic_write_text(path: Path, text: str) -> None:
     """Temporary file in the same folder, fsync, rename; removed on any failure (a full disk included)."""
-    from ..video_io import atomic_output
-
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -171,8 +171,6 @@ def _safe_name(name: str) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    from ..video_io import atomic_output
-
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -264,7 +262,11 @@ def write_report(result, out: str | os.PathLike, plots: bool = True) -> dict:
         raise ValueError(f"--out must name a .json file (got {out}); the markdown and plots go next to it.")
     out.parent.mkdir(parents=True, exist_ok=True)
     md_path = out.with_suffix(".md")
-    plot_paths = make_plots(result, out.parent / f"{out.stem}_plots") if plots else {}
+    plot_paths = {}
+    if plots:  # the plots folder whole or not at all; the JSON, written last, is what marks a report done
+        folder = out.parent / f"{out.stem}_plots"
+        with atomic_output(folder, folder=True) as tmp:
+            plot_paths = {k: folder / Path(v).name for k, v in make_plots(result, tmp).items()}
     rel = {k: os.path.relpath(v, md_path.parent) for k, v in plot_paths.items()}
     report = dict(result.report)
     report["plots"] = rel

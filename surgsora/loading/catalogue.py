@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, describe_write_error
 from .io import ModelFileError
 
 __all__ = ["KnownFile", "KNOWN_FILES", "COMPONENTS", "find_model", "list_models", "best_model", "download_model",
@@ -359,10 +359,20 @@ def download_model(name: str, folder: str | os.PathLike,
             _verify(known, tmp, expected)
     except ModelFileError:
         raise
-    except Exception as e:  # network, HTTP, auth, disk: one sentence with the way out
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
-                 "first.") if known.gated else ""
-        raise ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
-                             f"Download it yourself and put it in {folder}.") from None
+    except OSError as e:
+        if describe_write_error(e) is not None:  # a full disk: the caller says so (nothing was left behind)
+            raise
+        raise _download_error(known, folder, e) from None
+    except Exception as e:  # network, HTTP, auth: one sentence with the way out
+        raise _download_error(known, folder, e) from None
     return target
+
+
+def _download_error(known: KnownFile, folder: Path, e: Exception) -> Exception:
+    from .io import ModelFileError
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    gated = (" It is a gated model: accept its licence on the model page and run `huggingface-cli login` "
+             "first.") if known.gated else ""
+    return ModelFileError(f"Could not download {known.name} from {known.source} ({first}).{gated} "
+                          f"Download it yourself and put it in {folder}.")

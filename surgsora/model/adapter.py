@@ -44,6 +44,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from .dfm import FusionBlock, warp_scales
 from .dsi import DepthProcessor, FeatureEncoder, RGBProcessor, zero_module
@@ -239,6 +240,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
     def needs_seg(self) -> bool:
         return self.rgb_processor.seg_proj is not None
 
+    @apply_forward_hook  # under diffusers' model CPU offload, brings the adapter to the GPU as forward() does
     def encode_conditions(
         self,
         image: torch.Tensor,
@@ -276,6 +278,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         rgb, dep = self.encode_dsi(image, depth, seg)
         return self.fuse_conditions(rgb, dep, flow)
 
+    @apply_forward_hook
     def encode_dsi(self, image: torch.Tensor, depth: torch.Tensor | None = None, seg: torch.Tensor | None = None
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Dual Semantic Injector alone: frame-0 RGB and depth features at every scale ([B, C_s, h_s, w_s] each).
@@ -294,6 +297,7 @@ class SurgSoraAdapter(ModelMixin, ConfigMixin):
         dep = self.depth_encoder(self.depth_processor(depth.to(dtype), seg))
         return rgb, dep
 
+    @apply_forward_hook
     def fuse_conditions(self, rgb: Sequence[torch.Tensor], dep: Sequence[torch.Tensor] | None, flow: torch.Tensor
                         ) -> list[torch.Tensor]:
         """Decoupled Flow Mapper + Multi-Scale Fusion: warp both DSI streams by ``flow`` [B, T-1, 2, H, W]

@@ -48,8 +48,10 @@ def align_seg_features(seg: torch.Tensor, image_size: tuple[int, int], size: tup
     valid = seg[..., :vh, :vw]
     if (vh, vw) == tuple(size):
         return valid
-    return F.interpolate(valid, size=size, mode="bilinear", align_corners=False,
-                         antialias=vh > size[0] or vw > size[1])
+    # antialiased resize has no fp16/bf16 kernel on the CPU: resize in fp32, hand back the input dtype
+    out = F.interpolate(valid.float(), size=size, mode="bilinear", align_corners=False,
+                        antialias=vh > size[0] or vw > size[1])
+    return out.to(seg.dtype)
 
 
 class RGBProcessor(nn.Module):

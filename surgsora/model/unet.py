@@ -54,6 +54,9 @@ def unet_forward(
     mid_block_residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``unet(sample, ...)`` with optional adapter residuals; returns the model output [B, T, C, h, w]."""
+    hook = getattr(unet, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):  # diffusers' model CPU offload: bring the UNet to the GPU
+        hook.pre_forward(unet)  # (it hooks unet.forward, which this function replaces)
     batch_size, num_frames = sample.shape[:2]
     up_factor = 2 ** unet.num_upsamplers
     forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])

@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["AnalyticDecoder", "decode_points", "region_weights", "check_decoder_inputs"]
+__all__ = ["AnalyticDecoder", "DecodedFlow", "PointFlow", "decode_points", "region_weights", "check_decoder_inputs", "refuse_meta"]
 
 # Largest pixels x tracks block evaluated at once (float32/64 entries): ~8-16 MB, whatever the track count.
 BLOCK_ELEMENTS = 1 << 20
@@ -157,13 +157,14 @@ def _gauss_apply(coords: torch.Tensor, points: torch.Tensor, values: torch.Tenso
     return out
 
 
-def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor, stiffness: float) -> torch.Tensor:
-    """Ridge-regularised affine field + Gaussian RBF interpolation of the residuals.
+def _smooth_fit(points: torch.Tensor, disp: torch.Tensor, stiffness: float) -> tuple:
+    """Ridge-regularised affine field + Gaussian RBF interpolation of the residuals, solved once for all frames.
 
-    points [K, 2], disp [K, F*2] (float64), coords [P, 2] -> field [P, F*2] (float32). The affine
-    gradient is shrunk towards a pure translation by ``stiffness`` (in coordinates scaled by the
-    tracks' spread), so few or badly spread tracks do not extrapolate wild stretches over the region;
-    the residuals are interpolated exactly, so every track is still followed.
+    points [K, 2], disp [K, F*2] (float64) -> the fit :func:`_smooth_eval` evaluates. The affine gradient is
+    shrunk towards a pure translation by ``stiffness`` (in coordinates scaled by the tracks' spread), so few or
+    badly spread tracks do not extrapolate wild stretches over the region; the residuals are interpolated
+    exactly, so every track is still followed. Every column (frame and axis) is its own solution, so the
+    fit is cheap ([3 + K, F*2]) and a chunk of frames is evaluated from its columns alone.
     """
     k = points.shape[0]
     c = points.mean(0)
@@ -175,9 +176,7 @@ def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor
     Da = torch.cat([disp, disp.new_zeros(2, disp.shape[1])])
     beta = torch.linalg.pinv(Xa, rtol=1e-9) @ Da  # [3, F*2]; minimum-norm when the tracks are collinear
     resid = disp - X @ beta
-    coords = coords.to(torch.float32)
-    basis = torch.cat([torch.ones(coords.shape[0], 1), (coords - c.float()) / scale], dim=1)
-    field = basis @ beta.float()
+    rbf = None
     if k >= 2 and float(resid.abs().max()) > 1e-6:
         if k <= DENSE_RBF_MAX:
             d2 = _sq_dist(points, points)
@@ -188,7 +187,18 @@ def _smooth_field(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tensor
             coef = torch.linalg.solve(phi + 1e-6 * torch.eye(k, dtype=phi.dtype), resid)
         else:
             sigma, coef = _sparse_rbf_solve(points, resid)
-        field += _gauss_apply(coords, points.float(), coef.float(), sigma)
+        rbf = (sigma, coef.float())
+    return c.float(), scale, beta.float(), points.float(), rbf
+
+
+def _smooth_eval(fit: tuple, coords: torch.Tensor, cols: slice) -> torch.Tensor:
+    """The fitted field at ``coords`` [P, 2] for the columns ``cols`` of ``disp`` -> [P, len(cols)] (float32)."""
+    c, scale, beta, points, rbf = fit
+    coords = coords.to(torch.float32)
+    basis = torch.cat([torch.ones(coords.shape[0], 1), (coords - c) / scale], dim=1)
+    field = basis @ beta[:, cols]
+    if rbf is not None:
+        field += _gauss_apply(coords, points, rbf[1][:, cols], rbf[0])
     return field
 
 
@@ -253,6 +263,116 @@ def _rbf_background(points: torch.Tensor, disp: torch.Tensor, coords: torch.Tens
     return num / den.clamp_min(1e-12) * (1 - keep)
 
 
+class PointFlow:
+    """The dense flow of one video's control points, solved once and evaluated a chunk of frames at a time.
+
+    What :func:`decode_points` returns whole: ``shape`` is ``(F, 2, H, W)``, ``frames(a, b)`` the flow of frames
+    ``a..b-1`` ``[b - a, 2, H, W]`` (float32) and ``chunks(n)`` yields it ``n`` frames at a time. Frame t depends
+    only on the tracks' displacements at t (the fits are per column), so the chunks concatenate to the whole
+    flow while holding ``n`` frames instead of F; :func:`decode_points` is ``frames(0, F)``.
+    """
+
+    def __init__(self, points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int],
+                 region_masks: torch.Tensor | np.ndarray | None = None, region_motion: str = "smooth",
+                 feather: float = 0.02, radius: float = 0.1, merge_iou: float = 0.8, stiffness: float = 0.3):
+        if region_motion not in ("smooth", "rigid"):
+            raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
+        h, w = int(size[0]), int(size[1])
+        if h < 1 or w < 1:
+            raise ValueError(f"size must be (H, W) of at least 1x1 pixels; got {size}")
+        points = torch.as_tensor(points).detach().cpu().to(torch.float64).reshape(-1, 2)
+        disp = torch.as_tensor(disp).detach().cpu().to(torch.float64)
+        if disp.ndim != 3 or disp.shape[0] != points.shape[0] or disp.shape[2] != 2:
+            raise ValueError(f"disp must be [K, F, 2] for {points.shape[0]} points; got {tuple(disp.shape)}")
+        if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(disp).all())):
+            raise ValueError("decode_points: the track positions or displacements contain NaN or inf; every "
+                             "coordinate must be finite.")
+        for name, v in (("feather", feather), ("radius", radius), ("stiffness", stiffness)):
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {v}")
+        if radius == 0:
+            raise ValueError("radius must be > 0 (the background tracks' reach, a fraction of the frame size)")
+        k, f = disp.shape[0], disp.shape[1]
+        self.shape = (f, 2, h, w)
+        # Region terms (box, its weight, the field of a frame range) and the background: all per-video, frame-free.
+        self._terms: list[tuple] = []
+        self._background = None
+        if k == 0:
+            return
+        flat_disp = disp.reshape(k, f * 2)
+
+        regions: list[np.ndarray] = []
+        if region_masks is not None:
+            rm = (region_masks.detach().cpu().numpy() if isinstance(region_masks, torch.Tensor)
+                  else np.asarray(region_masks))
+            regions = _merge_regions(rm.astype(np.float32).reshape(-1, h, w), merge_iou)
+
+        px = points[:, 0].floor().long().clamp(0, w - 1).numpy()
+        py = points[:, 1].floor().long().clamp(0, h - 1).numpy()
+        owner = np.full(k, -1)
+        if regions:
+            areas = np.array([np.count_nonzero(r > 0.5) for r in regions])
+            inside = np.stack([r[py, px] > 0.5 for r in regions])  # [M, K]
+            for j in range(k):
+                cand = np.flatnonzero(inside[:, j])
+                if len(cand):
+                    owner[j] = cand[np.argmin(areas[cand])]
+
+        # Regions are composited from the smallest (most specific: a jaw inside an instrument) to the
+        # largest; each takes what the smaller ones left: w_eff = w_m * prod_{smaller j} (1 - w_j).
+        remaining = torch.ones(h, w, dtype=torch.float32)
+        feather_px = feather * max(h, w)
+        for m in (np.argsort(areas, kind="stable") if regions else []):
+            wgt = torch.from_numpy(region_weights(regions[m], feather_px))
+            sel = np.flatnonzero(owner == m)
+            if len(sel):
+                rows = np.flatnonzero((wgt > 1e-4).any(1).numpy())
+                cols = np.flatnonzero((wgt > 1e-4).any(0).numpy())
+                box = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)  # evaluate only where it matters
+                idx = torch.from_numpy(sel)
+                if region_motion == "rigid":
+                    pts, d = points[idx], disp[idx]
+                    field = (lambda a, b, pts=pts, d=d, box=box:
+                             _rigid_field(pts, d[:, a:b], _grid(*box)))
+                else:
+                    fit = _smooth_fit(points[idx], flat_disp[idx], stiffness)
+                    field = lambda a, b, fit=fit, box=box: _smooth_eval(fit, _grid(*box), slice(2 * a, 2 * b))
+                y0, y1, x0, x1 = box
+                self._terms.append((box, (wgt * remaining)[y0:y1, x0:x1], field))
+            # A region nobody drags still claims its pixels, with zero motion: it stays still.
+            remaining *= 1 - wgt
+        background = np.flatnonzero(owner == -1)
+        if len(background):
+            idx = torch.from_numpy(background)
+            self._background = (points[idx].float(), flat_disp[idx].float(), radius * max(h, w), remaining)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def frames(self, a: int, b: int) -> torch.Tensor:
+        """The flow of frames ``a`` to ``b - 1`` (0 = the flow 0 -> 1): ``[b - a, 2, H, W]`` float32."""
+        f, _, h, w = self.shape
+        a, b = max(0, a), min(b, f)
+        n = max(0, b - a)
+        out = torch.zeros(n * 2, h, w, dtype=torch.float32)
+        if n == 0:
+            return out.view(n, 2, h, w)
+        for (y0, y1, x0, x1), box, field in self._terms:
+            out[:, y0:y1, x0:x1] += field(a, b).T.to(torch.float32).reshape(n * 2, y1 - y0, x1 - x0) * box
+        if self._background is not None:
+            pts, flat_disp, sigma, remaining = self._background
+            bg = _rbf_background(pts, flat_disp[:, 2 * a:2 * b], _grid(0, h, 0, w, torch.float32), sigma)
+            out += remaining * bg.T.reshape(n * 2, h, w)
+        return out.view(n, 2, h, w)
+
+    def chunks(self, chunk: int | None = None):
+        """Yield the flow ``chunk`` frames at a time (``None``: all at once)."""
+        f = self.shape[0]
+        step = f if chunk is None else max(1, int(chunk))
+        for a in range(0, f, max(step, 1)):
+            yield self.frames(a, a + step)
+
+
 def decode_points(points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int],
                   region_masks: torch.Tensor | np.ndarray | None = None, region_motion: str = "smooth",
                   feather: float = 0.02, radius: float = 0.1, merge_iou: float = 0.8,
@@ -260,75 +380,51 @@ def decode_points(points: torch.Tensor, disp: torch.Tensor, size: tuple[int, int
     """Dense flow ``[F, 2, H, W]`` from control points for one video.
 
     ``points`` [K, 2] frame-0 positions (x, y, continuous pixels: pixel i spans [i, i+1)); ``disp``
-    [K, F, 2] displacements from frame 0; ``region_masks`` [M, H, W] or ``None``.
+    [K, F, 2] displacements from frame 0; ``region_masks`` [M, H, W] or ``None``. The whole flow of
+    :class:`PointFlow` (use that to evaluate a few frames at a time).
     """
-    if region_motion not in ("smooth", "rigid"):
-        raise ValueError(f"region_motion must be 'smooth' or 'rigid'; got {region_motion!r}")
-    h, w = int(size[0]), int(size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be (H, W) of at least 1x1 pixels; got {size}")
-    points = torch.as_tensor(points).detach().cpu().to(torch.float64).reshape(-1, 2)
-    disp = torch.as_tensor(disp).detach().cpu().to(torch.float64)
-    if disp.ndim != 3 or disp.shape[0] != points.shape[0] or disp.shape[2] != 2:
-        raise ValueError(f"disp must be [K, F, 2] for {points.shape[0]} points; got {tuple(disp.shape)}")
-    if not (bool(torch.isfinite(points).all()) and bool(torch.isfinite(disp).all())):
-        raise ValueError("decode_points: the track positions or displacements contain NaN or inf; every "
-                         "coordinate must be finite.")
-    for name, v in (("feather", feather), ("radius", radius), ("stiffness", stiffness)):
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0; got {v}")
-    if radius == 0:
-        raise ValueError("radius must be > 0 (the background tracks' reach, a fraction of the frame size)")
-    k, f = disp.shape[0], disp.shape[1]
-    out = torch.zeros(f * 2, h, w, dtype=torch.float32)
-    if k == 0:
-        return out.view(f, 2, h, w)
-    flat_disp = disp.reshape(k, f * 2)
+    plan = PointFlow(points, disp, size, region_masks, region_motion, feather, radius, merge_iou, stiffness)
+    return plan.frames(0, plan.shape[0])
 
-    regions: list[np.ndarray] = []
-    if region_masks is not None:
-        rm = region_masks.detach().cpu().numpy() if isinstance(region_masks, torch.Tensor) else np.asarray(region_masks)
-        regions = _merge_regions(rm.astype(np.float32).reshape(-1, h, w), merge_iou)
 
-    px = points[:, 0].floor().long().clamp(0, w - 1).numpy()
-    py = points[:, 1].floor().long().clamp(0, h - 1).numpy()
-    owner = np.full(k, -1)
-    if regions:
-        areas = np.array([np.count_nonzero(r > 0.5) for r in regions])
-        inside = np.stack([r[py, px] > 0.5 for r in regions])  # [M, K]
-        for j in range(k):
-            cand = np.flatnonzero(inside[:, j])
-            if len(cand):
-                owner[j] = cand[np.argmin(areas[cand])]
+def _control_points(sparse: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Control points of one video's sparse flow ``[F, 2, H, W]`` where ``where`` [H, W] is set: pixel centres
+    [K, 2] and their displacements [K, F, 2] (float64), in row-major pixel order."""
+    ys, xs = where.nonzero(as_tuple=True)
+    points = torch.stack([xs, ys], 1).to("cpu", torch.float64) + 0.5
+    disp = sparse[:, :, ys, xs].permute(2, 0, 1).to("cpu", torch.float64)  # [K, F, 2]
+    return points, disp
 
-    # Regions are composited from the smallest (most specific: a jaw inside an instrument) to the
-    # largest; each takes what the smaller ones left: w_eff = w_m * prod_{smaller j} (1 - w_j).
-    remaining = torch.ones(h, w, dtype=torch.float32)
-    feather_px = feather * max(h, w)
-    for m in (np.argsort(areas, kind="stable") if regions else []):
-        wgt = torch.from_numpy(region_weights(regions[m], feather_px))
-        sel = np.flatnonzero(owner == m)
-        if len(sel):
-            rows = np.flatnonzero((wgt > 1e-4).any(1).numpy())
-            cols = np.flatnonzero((wgt > 1e-4).any(0).numpy())
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # evaluate only where it matters
-            coords = _grid(y0, y1, x0, x1)
-            idx = torch.from_numpy(sel)
-            if region_motion == "rigid":
-                field = _rigid_field(points[idx], disp[idx], coords)
-            else:
-                field = _smooth_field(points[idx], flat_disp[idx], coords, stiffness)
-            box = (wgt * remaining)[y0:y1, x0:x1]
-            out[:, y0:y1, x0:x1] += field.T.to(torch.float32).reshape(f * 2, y1 - y0, x1 - x0) * box
-        # A region nobody drags still claims its pixels, with zero motion: it stays still.
-        remaining *= 1 - wgt
-    background = np.flatnonzero(owner == -1)
-    if len(background):
-        idx = torch.from_numpy(background)
-        bg = _rbf_background(points[idx].float(), flat_disp[idx].float(), _grid(0, h, 0, w, torch.float32),
-                             radius * max(h, w))
-        out += remaining * bg.T.reshape(f * 2, h, w)
-    return out.view(f, 2, h, w)
+
+class DecodedFlow:
+    """A decoded flow ``[B, F, 2, H, W]`` evaluated on demand: ``frames(a, b)`` is ``flow[:, a:b]`` (in ``dtype`` on
+    ``device``) computed from the per-video solutions, so a caller holds one chunk of frames at a time."""
+
+    def __init__(self, videos: list[list[tuple[int, PointFlow]]], shape: tuple, dtype: torch.dtype,
+                 device: torch.device):
+        self.videos, self.shape, self.dtype, self.device = videos, tuple(shape), dtype, device
+
+    def frames(self, a: int, b: int) -> torch.Tensor:
+        out = []
+        for groups in self.videos:
+            parts = [pf.frames(max(a, t0) - t0, min(b, t0 + len(pf)) - t0) for t0, pf in groups
+                     if t0 < b and t0 + len(pf) > a]
+            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        return torch.stack(out).to(device=self.device, dtype=self.dtype)
+
+    def chunks(self, chunk: int | None = None):
+        """Yield ``[B, c, 2, H, W]`` chunks of ``chunk`` frames (``None``: all at once)."""
+        f = self.shape[1]
+        step = max(1, f if chunk is None else int(chunk))
+        for a in range(0, f, step):
+            yield self.frames(a, a + step)
+
+
+def refuse_meta(what: str, *tensors) -> None:
+    """NumPy / OpenCV / SciPy code needs values: one sentence for ``meta`` tensors. (Inputs on any real device are
+    moved to the CPU explicitly, solved there once per video, and the result moved back to the input's device.)"""
+    if any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in tensors):
+        raise ValueError(f"{what} computes with NumPy on the CPU and needs values; got tensors on the meta device.")
 
 
 class AnalyticDecoder(torch.nn.Module):
@@ -360,25 +456,55 @@ class AnalyticDecoder(torch.nn.Module):
     @torch.no_grad()
     def forward(self, image: torch.Tensor | None, sparse_flow: torch.Tensor, mask: torch.Tensor,
                 region_masks: torch.Tensor | None = None) -> torch.Tensor:
+        lazy = self.lazy(image, sparse_flow, mask, region_masks)
+        return lazy.frames(0, lazy.shape[1])
+
+    @torch.no_grad()
+    def lazy(self, image: torch.Tensor | None, sparse_flow: torch.Tensor, mask: torch.Tensor,
+             region_masks: torch.Tensor | None = None) -> "DecodedFlow":
+        """What :meth:`forward` returns, solved but not evaluated: a :class:`DecodedFlow` whose ``frames(a, b)``
+        gives ``forward(...)[:, a:b]`` holding only those frames."""
+        refuse_meta("The analytic decoder", image, sparse_flow, mask, region_masks)
         region_masks = check_decoder_inputs(image, sparse_flow, mask, region_masks)
         b, f, _, h, w = sparse_flow.shape
         present = mask.detach()[:, :, 0] > 0.5  # [B, F, H, W]
-        out = []
+        videos = []
         for i in range(b):
             rm = region_masks[i] if region_masks is not None else None
             if bool((present[i] == present[i, :1]).all()):
-                groups = [(slice(None), present[i, 0])]
+                groups = [(0, f, present[i, 0])]
             else:
                 # A control point missing in some frames: solve those frames separately.
-                groups = [(slice(t, t + 1), present[i, t]) for t in range(f)]
-            parts = []
-            for frames, where in groups:
-                ys, xs = where.nonzero(as_tuple=True)
-                points = torch.stack([xs, ys], 1).to("cpu", torch.float64) + 0.5
-                disp = sparse_flow[i, frames][:, :, ys, xs].permute(2, 0, 1).to("cpu", torch.float64)  # [K, F', 2]
-                parts.append(decode_points(points, disp, (h, w), rm, **self._options()))
-            out.append(parts[0] if len(parts) == 1 else torch.cat(parts))
-        return torch.stack(out).to(device=sparse_flow.device, dtype=sparse_flow.dtype)
+                groups = [(t, t + 1, present[i, t]) for t in range(f)]
+            videos.append([(t0, PointFlow(*_control_points(sparse_flow[i, t0:t1], where), (h, w), rm, **self._options()))
+                           for t0, t1, where in groups])
+        return DecodedFlow(videos, (b, f, 2, h, w), sparse_flow.dtype, sparse_flow.device)
+
+    @torch.no_grad()
+    def lazy_tracks(self, image: torch.Tensor | None, tracks, size: tuple[int, int], regions=None,
+                    chunk: int | None = None) -> "DecodedFlow":
+        """``tracks_to_flow(self, image, tracks, size, regions)`` (tracks [N, T, 2] at ``size = (W, H)``) as a
+        :class:`DecodedFlow`, never holding the rasterised sparse flow of more than ``chunk`` frames: the tracks
+        are rasterised ``chunk`` frames at a time (rasterize is per frame) and only their K displacements kept."""
+        from .tracks import rasterize
+
+        w, h = size
+        t = torch.as_tensor(np.asarray(tracks) if not isinstance(tracks, torch.Tensor) else tracks)
+        nf = t.shape[-2] - 1 if t.ndim >= 2 else 0
+        step = max(1, nf if chunk is None else int(chunk))
+        points, disp, rm = None, [], None
+        for a in range(0, max(nf, 1), step):
+            frames = [0, *range(a + 1, min(a + step, nf) + 1)]
+            sparse, mask = rasterize(t[..., frames, :], (h, w))  # refuses bad tracks in one sentence
+            if a == 0:  # forward's checks, once: the later chunks are the same tracks
+                refuse_meta("The analytic decoder", image, sparse, mask, regions)
+                rm = check_decoder_inputs(image, sparse, mask, regions)
+            # rasterize marks every track's pixel in all frames: one set of control points for the video.
+            pts, d = _control_points(sparse[0], mask[0, 0, 0] > 0.5)
+            points = pts if points is None else points
+            disp.append(d)
+        plan = PointFlow(points, torch.cat(disp, 1), (h, w), None if rm is None else rm[0], **self._options())
+        return DecodedFlow([[(0, plan)]], (1, nf, 2, h, w), torch.float32, torch.device("cpu"))
 
     @torch.no_grad()
     def decode_tracks(self, tracks: np.ndarray | torch.Tensor, size: tuple[int, int],

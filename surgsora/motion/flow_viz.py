@@ -86,19 +86,38 @@ def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tens
 
 
 def _to_uint8_hwc(image) -> tuple[np.ndarray, str]:
-    if isinstance(image, torch.Tensor):
-        arr = image.detach().float().cpu().numpy()
-        if arr.ndim == 3 and arr.shape[0] == 3:
-            return (np.clip(arr.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8), "chw"
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), "hwc"
-    else:
-        arr = np.asarray(image)
-        if arr.ndim == 3 and arr.shape[-1] == 3:
-            if arr.dtype == np.uint8:
-                return arr.copy(), "np8"
-            return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), "npf"
-    raise ValueError(f"draw_tracks expects one RGB image [3, H, W] or [H, W, 3]; got shape {tuple(arr.shape)}")
+    """The image as uint8 [H, W, 3] and its layout; one sentence for anything that is not one RGB picture in a
+    known layout and range (it would otherwise come back as a plausible but wrong picture: all white, or
+    transposed)."""
+    is_torch = isinstance(image, torch.Tensor)
+    arr = image.detach().cpu().numpy() if is_torch else np.asarray(image)
+    shape = tuple(arr.shape)
+    chw = is_torch and arr.ndim == 3 and shape[0] == 3
+    hwc = arr.ndim == 3 and shape[-1] == 3
+    if not (chw or hwc) or 0 in shape:
+        hint = (" (a batch: draw on each image, or pass a torch [B, 3, H, W])" if arr.ndim == 4 else
+                " (numpy images are [H, W, 3]: use image.transpose(1, 2, 0))" if arr.ndim == 3 and shape[0] == 3 else
+                " (RGB: 3 channels)" if arr.ndim == 3 else "")
+        raise ValueError(f"draw_tracks expects one RGB image, torch [3, H, W] or [H, W, 3] or numpy [H, W, 3]; got "
+                         f"shape {shape}{hint}.")
+    if chw and hwc:  # [3, H, 3]: a 3-pixel-wide CHW image or a 3-pixel-high HWC one
+        raise ValueError(f"draw_tracks cannot tell the layout of a {shape} image (CHW or HWC); draw on a larger image.")
+    if arr.dtype == np.uint8 and not is_torch:
+        return arr.copy(), "np8"
+    if not np.issubdtype(arr.dtype, np.floating):
+        also = "" if is_torch else " or a numpy uint8 one"
+        raise ValueError(f"draw_tracks expects a float image in [0, 1]{also}; got {arr.dtype}: convert it with "
+                         ".float() / 255.")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError("draw_tracks: the image contains NaN or infinite values; every entry must be finite.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:  # clipping would show a white (0..255) or half-black ([-1, 1]) picture
+        fix = "divide by 255" if lo >= -1e-3 else "map [-1, 1] to [0, 1] with (x + 1) / 2"
+        raise ValueError(f"draw_tracks expects a float image in [0, 1]; got values from {lo:g} to {hi:g}: {fix}.")
+    if chw:
+        arr = arr.transpose(1, 2, 0)
+    return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8), ("chw" if chw else "hwc") if is_torch else "npf"
 
 
 def _from_uint8(canvas: np.ndarray, kind: str, like):
@@ -117,8 +136,13 @@ def draw_tracks(image, tracks, thickness: int | None = None, colours=TRACK_COLOU
     ``image``: torch ``[3, H, W]`` / ``[H, W, 3]`` / ``[B, 3, H, W]`` in [0, 1], or numpy ``[H, W, 3]``
     (uint8 or float). ``tracks``: ``[N, T, 2]`` (x, y) in pixels of the image, or a list of ``[P, 2]``
     (``[B, N, T, 2]`` for a batch). Start = dot, path = line, end = arrow head, static anchor = ring.
+    Another layout (numpy CHW, 2 or 4 channels, a numpy batch, [B, H, W, 3]), a layout that cannot be told
+    ([3, H, 3]) or a float image outside [0, 1] raises ``ValueError``: it would be drawn as a wrong picture.
     """
     if isinstance(image, torch.Tensor) and image.ndim == 4:
+        if image.shape[1] != 3:  # the loop below would take a ComfyUI IMAGE [B, H, W, 3] row by row
+            raise ValueError(f"draw_tracks expects a batch as torch [B, 3, H, W]; got shape {tuple(image.shape)} "
+                             "(a ComfyUI IMAGE [B, H, W, 3]: use image.permute(0, 3, 1, 2)).")
         per_image = getattr(tracks, "ndim", None) == 4  # [B, N, T, 2]: one track set per image
         tr = tracks if per_image else [tracks] * image.shape[0]
         return torch.stack([draw_tracks(im, t, thickness, colours, opacity) for im, t in zip(image, tr)])

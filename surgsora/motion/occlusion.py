@@ -78,7 +78,8 @@ def _pushpull(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     back unchanged; a hole gets a smooth blend of the pixels around it, nearer ones weighing more.
     """
     sums, weights = [values * known], [known]
-    while min(sums[-1].shape[-2:]) > 1 and bool((weights[-1] <= 0).any()):
+    # (on the meta device there are no values to look at: the pyramid then goes down to one pixel)
+    while min(sums[-1].shape[-2:]) > 1 and (known.device.type == "meta" or bool((weights[-1] <= 0).any())):
         sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True))
         weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
     est = sums[-1] / weights[-1].clamp_min(1e-12)
@@ -114,6 +115,10 @@ def inpaint(image: torch.Tensor, hole: torch.Tensor, method: str = "pushpull") -
 
         if image.shape[1] != 3:
             raise ValueError(f"Telea inpainting needs 3-channel images in [0, 1]; got {image.shape[1]} channels.")
+        if image.device.type == "meta" or hole.device.type == "meta":
+            raise ValueError("Telea inpainting runs in OpenCV on the CPU and needs values; got tensors on the meta "
+                             "device (use method='pushpull', pure PyTorch, to stay on a device).")
+        # OpenCV works on the CPU: the image goes there explicitly, once, and the fill comes back to its device.
         out = image.clone()
         pix = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         holes = hole[:, 0].cpu().numpy().astype(np.uint8)

@@ -10,12 +10,38 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .occlusion import backward_warp, dilate, inpaint, motion_disparity, region_disparity
 from .splat import forward_splat, softmax_splat, sum_splat
 
-__all__ = ["motion_signal", "motion_preview"]
+__all__ = ["motion_signal", "motion_signal_chunks", "motion_preview", "motion_preview_chunks", "chunk_frames", "CHUNK_PIXELS"]
+
+# Pixels (frames x height x width) the chunked motion signal works on at once: ~200 bytes each, so ~200 MB
+# whatever the video's length and size (one frame at a time from 1024x1024 up).
+CHUNK_PIXELS = 1 << 20
+_RANGE_SLACK = 1e-3  # float rounding of a [0, 1] image (a resize's overshoot) is not a wrong range
+
+
+def _check_unit_image(fn: str, image: torch.Tensor) -> None:
+    """One sentence unless ``image`` is floating point, finite and in [0, 1]: a uint8 or 0..255 image would
+    otherwise be warped as if it were [0, 1] and come back clamped, a silent wrong video."""
+    if not image.is_floating_point():
+        dtype = str(image.dtype).replace("torch.", "")
+        raise ValueError(f"{fn} expects a floating-point image in [0, 1]; got {dtype}: convert it with "
+                         "image.float() / 255.")
+    if image.device.type == "meta":  # shapes only (a dry run): there are no values to check
+        return
+    if image.numel() and not bool(torch.isfinite(image).all()):
+        raise ValueError(f"{fn}: the image contains NaN or infinite values; every entry must be finite.")
+    if image.numel():
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+            fix = ("divide by 255" if hi > 1 + _RANGE_SLACK and lo >= -_RANGE_SLACK
+                   else "map [-1, 1] to [0, 1] with (x + 1) / 2")
+            raise ValueError(f"{fn} expects a float image in [0, 1]; got values from {lo:g} to {hi:g}: {fix}.")
 
 
 @torch.no_grad()
@@ -24,21 +50,45 @@ def motion_preview(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
     Frame 0 is the image itself; frame t the image forward-warped by flow t, holes filled from the image.
     """
-    if image.ndim != 4 or flow.ndim != 5 or flow.shape[2] != 2 or flow.shape[0] != image.shape[0] \
-            or flow.shape[-2:] != image.shape[-2:]:
+    video, = motion_preview_chunks(image, flow)
+    return video
+
+
+@torch.no_grad()
+def motion_preview_chunks(image: torch.Tensor, flow, chunk: int | None = None):
+    """:func:`motion_preview` ``chunk`` flow frames at a time (``None``: all): yields ``[B, t, 3, H, W]`` pieces in
+    frame order, the first with frame 0. ``flow`` as in :func:`motion_signal_chunks` (a tensor or a lazy flow)."""
+    shape, flow_dtype, read = _flow_source(flow)
+    if image.ndim != 4 or shape is None or len(shape) != 5 or shape[2] != 2 or shape[0] != image.shape[0] \
+            or shape[-2:] != tuple(image.shape[-2:]):
+        got = tuple(flow.shape) if shape is not None else type(flow).__name__
         raise ValueError(f"motion_preview expects image [B, C, H, W] and flow [B, T-1, 2, H, W] of the same B, H, W; "
-                         f"got {tuple(image.shape)} and {tuple(flow.shape)}")
+                         f"got {tuple(image.shape)} and {got}")
+    _check_unit_image("motion_preview", image)
+    lazy = not isinstance(flow, torch.Tensor)
+    if not flow_dtype.is_floating_point or (not lazy and flow.device.type != "meta"
+                                            and not bool(torch.isfinite(flow).all())):
+        raise ValueError("motion_preview: the flow must be floating point and finite (pixels, frame 0 -> t).")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"motion_preview: chunk must be a whole number of frames >= 1 (or None for all); got "
+                         f"{chunk!r}.")
     b, c, h, w = image.shape
-    f = flow.shape[1]
+    nf = shape[1]
     img = image.float()
-    # A ones channel measures how much splatted weight each target received (1 = fully covered).
-    src = torch.cat([img, torch.ones_like(img[:, :1])], 1)
-    src = src.unsqueeze(1).expand(b, f, c + 1, h, w).reshape(b * f, c + 1, h, w)
-    warped = forward_splat(src, flow.float().reshape(b * f, 2, h, w)).view(b, f, c + 1, h, w)
-    coverage = warped[:, :, c:].clamp(0, 1)
-    frames = warped[:, :, :c] + (1 - coverage) * img.unsqueeze(1)
-    video = torch.cat([img.unsqueeze(1), frames], 1).clamp(0, 1)
-    return video.to(image.dtype)
+    step = max(1, nf if chunk is None else min(chunk, nf))
+    for a in range(0, max(nf, 1), step):
+        f = read(a, min(a + step, nf))
+        n = f.shape[1]
+        if lazy and not bool(torch.isfinite(f).all()):
+            raise ValueError("motion_preview: the flow must be floating point and finite (pixels, frame 0 -> t).")
+        # A ones channel measures how much splatted weight each target received (1 = fully covered).
+        src = torch.cat([img, torch.ones_like(img[:, :1])], 1)
+        src = src.unsqueeze(1).expand(b, n, c + 1, h, w).reshape(b * n, c + 1, h, w)
+        warped = forward_splat(src, f.float().reshape(b * n, 2, h, w)).view(b, n, c + 1, h, w)
+        coverage = warped[:, :, c:].clamp(0, 1)
+        frames = warped[:, :, :c] + (1 - coverage) * img.unsqueeze(1)
+        video = (torch.cat([img.unsqueeze(1), frames], 1) if a == 0 else frames).clamp(0, 1)
+        yield video.to(image.dtype)
 
 
 def _finite(name: str, x: torch.Tensor) -> None:
@@ -95,58 +145,113 @@ def motion_signal(image: torch.Tensor, flow: torch.Tensor, depth: torch.Tensor |
 
     ``strength`` scales disparity into the softmax metric: at 50 a disparity gap of 0.2 weighs e^10 : 1 (a
     z-buffer between instrument and tissue, a soft blend within one surface); 0 is average splatting.
-    ``motion_threshold`` (pixels) separates moving from still. Bad shapes, non-float images and NaN/inf in
-    the image, flow, depth or regions raise ``ValueError``.
+    ``motion_threshold`` (pixels) separates moving from still. Bad shapes, an image that is not float in
+    [0, 1] (uint8, 0..255, [-1, 1]) and NaN/inf in the image, flow, depth or regions raise ``ValueError``.
     """
-    if not isinstance(image, torch.Tensor) or image.ndim != 4 or not isinstance(flow, torch.Tensor) \
-            or flow.ndim != 5 or flow.shape[2] != 2 or flow.shape[0] != image.shape[0] \
-            or flow.shape[-2:] != image.shape[-2:]:
+    (video, mask), = motion_signal_chunks(image, flow, depth, regions, strength=strength, fill=fill,
+                                          motion_threshold=motion_threshold, mask_dilate=mask_dilate)
+    return video, mask
+
+
+def chunk_frames(height: int, width: int, batch: int = 1, budget: int = CHUNK_PIXELS) -> int:
+    """Frames per chunk so that a chunk holds about ``budget`` pixels (at least one frame)."""
+    return max(1, int(budget) // max(1, batch * height * width))
+
+
+def _flow_source(flow):
+    """(shape, dtype, read(a, b) -> flow[:, a:b]) of a flow tensor or a lazy flow (``shape``, ``dtype``, ``frames``)."""
+    if isinstance(flow, torch.Tensor):
+        return tuple(flow.shape), flow.dtype, lambda a, b: flow[:, a:b]
+    if hasattr(flow, "frames") and hasattr(flow, "shape") and hasattr(flow, "dtype"):
+        return tuple(flow.shape), flow.dtype, flow.frames
+    return None, None, None
+
+
+@torch.no_grad()
+def motion_signal_chunks(image: torch.Tensor, flow, depth: torch.Tensor | None = None,
+                         regions: torch.Tensor | None = None, *, chunk: int | None = None, strength: float = 50.0,
+                         fill: str = "pushpull", motion_threshold: float = 0.5, mask_dilate: int | None = None):
+    """:func:`motion_signal` a chunk of frames at a time: yields ``(video, mask)`` pieces ``[B, t, C, H, W]`` and
+    ``[B, t, 1, H, W]`` in frame order (the first piece also holds frame 0) whose concatenation along dim 1 is
+    what :func:`motion_signal` returns (which is this with one chunk).
+
+    ``chunk``: flow frames per piece (``None``: all; :func:`chunk_frames` sizes it for a memory budget), so the
+    working memory (warped frames, splat buffers, ~200 bytes per pixel and frame) is that of ``chunk`` frames,
+    not of the video. ``flow`` is a tensor ``[B, T-1, 2, H, W]`` or a lazy flow (an object with ``shape``,
+    ``dtype`` and ``frames(a, b)`` returning ``flow[:, a:b]``, e.g. :meth:`AnalyticDecoder.lazy_tracks
+    <surgsora.motion.analytic_flow.AnalyticDecoder.lazy_tracks>`), read twice: once for which pixels move at all
+    (the plate and the frame-0 mask), then for the frames. Every check happens before the first piece.
+    """
+    shape, flow_dtype, read = _flow_source(flow)
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or shape is None or len(shape) != 5 \
+            or shape[2] != 2 or shape[0] != image.shape[0] or shape[-2:] != tuple(image.shape[-2:]):
         shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (image, flow)]
         raise ValueError(f"motion_signal expects image [B, C, H, W] and flow [B, T-1, 2, H, W] of the same B, H, W; "
                          f"got {shapes[0]} and {shapes[1]}.")
-    if not image.is_floating_point() or not flow.is_floating_point():
-        raise ValueError(f"motion_signal needs floating-point image and flow in [0, 1] and pixels; got "
-                         f"{image.dtype} and {flow.dtype}.")
+    _check_unit_image("motion_signal", image)
+    if not flow_dtype.is_floating_point:
+        raise ValueError(f"motion_signal needs a floating-point flow in pixels; got {flow_dtype}.")
     if fill not in ("pushpull", "telea"):
         raise ValueError(f"motion_signal: fill must be 'pushpull' or 'telea'; got {fill!r}.")
+    if mask_dilate is not None and (isinstance(mask_dilate, bool) or not isinstance(mask_dilate, int)
+                                    or mask_dilate < 0):
+        raise ValueError(f"motion_signal: mask_dilate must be a whole number of pixels >= 0 (or None for ~1% of the "
+                         f"short side); got {mask_dilate!r}.")
+    for name, value in (("strength", strength), ("motion_threshold", motion_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"motion_signal: {name} must be a finite number >= 0; got {value!r}.")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"motion_signal: chunk must be a whole number of frames >= 1 (or None for all); got "
+                         f"{chunk!r}.")
     b, c, h, w = image.shape
-    nf = flow.shape[1]
+    nf = shape[1]
     if nf == 0:
         raise ValueError("motion_signal: the flow has no frames (T-1 = 0); give at least one frame 0 -> t.")
-    _finite("the flow", flow)
-    _finite("the image", image)
+    if isinstance(flow, torch.Tensor):
+        _finite("the flow", flow)
     depth = _per_video("depth", depth, b, h, w, 1)
     regions = _per_video("regions", regions, b, h, w, None)
     work = torch.promote_types(image.dtype, torch.float32)
     img = image.to(work)
-    f = flow.to(work).reshape(b * nf, 2, h, w)
     if mask_dilate is None:
         mask_dilate = max(1, round(0.01 * min(h, w)))
     margin = max(1, round(min(h, w) / 128))  # boundary pixels of a mask often still show the object
+    step = nf if chunk is None else min(chunk, nf)
+    spans = [(a, min(a + step, nf)) for a in range(0, nf, step)]
 
-    def frames(x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B * (T-1), ...], one copy per frame
-        return x.unsqueeze(1).expand(b, nf, *x.shape[1:]).reshape(b * nf, *x.shape[1:])
+    def flow_of(a: int, e: int) -> torch.Tensor:  # [B * n, 2, H, W] in the working dtype
+        f = read(a, e)
+        if not isinstance(flow, torch.Tensor):
+            _finite("the flow", f)
+        return f.to(work).reshape(b * (e - a), 2, h, w)
 
+    # Pass 1, what needs every frame: which pixels move at all (the removed regions, the frame-0 mask).
     # Motion against the frame's dominant motion (a camera pan moves everything and hides nothing).
-    d = f - f.flatten(2).median(-1).values[..., None, None]
-    rel = torch.hypot(d[:, 0], d[:, 1]).view(b, nf, h, w)
+    rel_max = start = None
+    cached = None
+    for a, e in spans:
+        f = flow_of(a, e)
+        n = e - a
+        d = f - f.flatten(2).median(-1).values[..., None, None]
+        rel = torch.hypot(d[:, 0], d[:, 1]).view(b, n, h, w).amax(1, keepdim=True)  # [B, 1, H, W]
+        nonzero = (torch.hypot(f[:, :1], f[:, 1:]) > motion_threshold).to(work)
+        moving = nonzero.view(b, n, 1, h, w).amax(1)
+        rel_max = rel if rel_max is None else torch.maximum(rel_max, rel)
+        start = moving if start is None else torch.maximum(start, moving)
+        if len(spans) == 1:  # one chunk: pass 2 reuses it instead of reading the flow again
+            cached = (f, nonzero)
+        del d, rel
     has_regions = regions is not None and regions.shape[1] > 0
     if has_regions:
         inside = regions > 0.5  # [B, M, H, W]
-        moved = (rel.amax(1, keepdim=True) > motion_threshold) & inside  # [B, M, H, W]
+        moved = (rel_max > motion_threshold) & inside  # [B, M, H, W]
         moved_any = moved.flatten(2).any(-1)[..., None, None]  # which regions move at all
         removed = (inside & moved_any).any(1, keepdim=True)  # [B, 1, H, W]
     else:
-        removed = (rel.amax(1) > motion_threshold).unsqueeze(1)
-
-    # Depth order -> z-metric, per source pixel and frame.
-    if depth is not None:
-        disparity = frames(depth.to(work))
-    elif has_regions:
-        disparity = frames(region_disparity(regions.to(work)).to(work))
-    else:
-        disparity = motion_disparity(f).to(work)
-    warped, coverage = softmax_splat(frames(img), f, strength * disparity, return_coverage=True)
+        removed = rel_max > motion_threshold
+    if has_regions:
+        start = torch.maximum(start, dilate(removed.to(work), mask_dilate))
+    region_level = region_disparity(regions.to(work)).to(work) if depth is None and has_regions else None
 
     # What lies behind: the image with the moved content removed and filled from around it, moved by the
     # background's dominant motion (per-frame median flow outside the removed pixels: 0 for a still
@@ -154,26 +259,45 @@ def motion_signal(image: torch.Tensor, flow: torch.Tensor, depth: torch.Tensor |
     # flow is dragged along with it (decoders) or noisy (optical flow), and the tissue behind did not move so.
     hole = dilate(removed.to(work), margin)
     plate = inpaint(img, hole, method=fill)
-    keep = frames(hole[:, 0] < 0.5).reshape(b * nf, 1, h * w).expand(-1, 2, -1)
-    flat = f.reshape(b * nf, 2, h * w)
-    pan = torch.where(keep, flat, torch.full_like(flat, float("nan"))).nanmedian(-1).values  # [B*(T-1), 2]
-    pan = torch.nan_to_num(pan, nan=0.0)  # nothing left outside the removed pixels: assume a still camera
-    behind = backward_warp(frames(plate), pan[..., None, None].expand(-1, -1, h, w))
-    # Fully covered targets keep the splat; thinly covered ones (trailing edges) fade into the background.
-    alpha = (2 * coverage).clamp(0, 1)
-    moved_frames = alpha * warped + (1 - alpha) * behind
-    video = torch.cat([img.unsqueeze(1), moved_frames.view(b, nf, c, h, w)], 1).clamp(0, 1)
 
-    # Mask: moved regions carried along the flow and dilated, plus every moving pixel where it lands.
-    # Stretching motion scatters what lands into sparse pixels; a closing (dilate, then erode) of the
-    # same radius joins them into one solid area, since the sampler anchors areas, not dots.
-    region_src = frames(removed.to(work)) if has_regions else torch.zeros_like(f[:, :1])
-    nonzero = (torch.hypot(f[:, :1], f[:, 1:]) > motion_threshold).to(work)
-    landed = (sum_splat(torch.cat([region_src, nonzero], 1), f) > 0.1).to(work)
-    landed = 1 - dilate(1 - dilate(landed, mask_dilate), mask_dilate)
-    mask_t = torch.maximum(dilate(landed[:, :1], mask_dilate), landed[:, 1:])
-    start = nonzero.view(b, nf, 1, h, w).amax(1)
-    if has_regions:
-        start = torch.maximum(start, dilate(removed.to(work), mask_dilate))
-    mask = torch.cat([start.unsqueeze(1), mask_t.view(b, nf, 1, h, w)], 1).clamp(0, 1)
-    return video.to(image.dtype), mask.to(image.dtype)
+    # Pass 2, frame by frame (each frame t needs only frame 0 and the flow 0 -> t).
+    for a, e in spans:
+        n = e - a
+        f, nonzero = cached if cached is not None else (flow_of(a, e), None)
+
+        def frames(x: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [B * n, ...], one copy per frame
+            return x.unsqueeze(1).expand(b, n, *x.shape[1:]).reshape(b * n, *x.shape[1:])
+
+        # Depth order -> z-metric, per source pixel and frame.
+        if depth is not None:
+            disparity = frames(depth.to(work))
+        elif has_regions:
+            disparity = frames(region_level)
+        else:
+            disparity = motion_disparity(f).to(work)
+        warped, coverage = softmax_splat(frames(img), f, strength * disparity, return_coverage=True)
+        del disparity
+        keep = frames(hole[:, 0] < 0.5).reshape(b * n, 1, h * w).expand(-1, 2, -1)
+        flat = f.reshape(b * n, 2, h * w)
+        pan = torch.where(keep, flat, torch.full_like(flat, float("nan"))).nanmedian(-1).values  # [B*n, 2]
+        pan = torch.nan_to_num(pan, nan=0.0)  # nothing left outside the removed pixels: assume a still camera
+        behind = backward_warp(frames(plate), pan[..., None, None].expand(-1, -1, h, w))
+        # Fully covered targets keep the splat; thinly covered ones (trailing edges) fade into the background.
+        alpha = (2 * coverage).clamp(0, 1)
+        moved_frames = (alpha * warped + (1 - alpha) * behind).view(b, n, c, h, w)
+        del warped, coverage, behind, alpha
+        video = (torch.cat([img.unsqueeze(1), moved_frames], 1) if a == 0 else moved_frames).clamp(0, 1)
+        del moved_frames
+
+        # Mask: moved regions carried along the flow and dilated, plus every moving pixel where it lands.
+        # Stretching motion scatters what lands into sparse pixels; a closing (dilate, then erode) of the
+        # same radius joins them into one solid area, since the sampler anchors areas, not dots.
+        region_src = frames(removed.to(work)) if has_regions else torch.zeros_like(f[:, :1])
+        if nonzero is None:
+            nonzero = (torch.hypot(f[:, :1], f[:, 1:]) > motion_threshold).to(work)
+        landed = (sum_splat(torch.cat([region_src, nonzero], 1), f) > 0.1).to(work)
+        landed = 1 - dilate(1 - dilate(landed, mask_dilate), mask_dilate)
+        mask_t = torch.maximum(dilate(landed[:, :1], mask_dilate), landed[:, 1:]).view(b, n, 1, h, w)
+        mask = (torch.cat([start.unsqueeze(1), mask_t], 1) if a == 0 else mask_t).clamp(0, 1)
+        del f, nonzero, landed, mask_t, region_src
+        yield video.to(image.dtype), mask.to(image.dtype)

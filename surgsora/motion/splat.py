@@ -15,10 +15,25 @@ instrument and the tissue behind it land on one pixel, the nearer one shows inst
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["forward_splat", "forward_splat_video", "softmax_splat", "sum_splat", "resize_flow"]
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every splat accumulates in: fp32 at least. In fp16 a target position ``x + flow`` at x ~ 1000 has
+    a resolution of 0.5 px, a sum of bilinear weights loses small contributions, and a softmax metric above ~11
+    (e.g. 50 x disparity) overflows ``exp`` unless shifted; outputs go back to the input dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """``isfinite(x).all()``, True on the ``meta`` device (no values there: device and shape checks only)."""
+    return x.device.type == "meta" or bool(torch.isfinite(x).all())
+
 
 # Below this total weight a target pixel fades linearly to 0 instead of being divided by a tiny
 # number; keeps the output continuous in the flow (and the gradients finite).
@@ -82,14 +97,14 @@ def forward_splat(features: torch.Tensor, flow: torch.Tensor, eps: float = _EPS,
         )
     if not features.is_floating_point():
         raise TypeError(f"forward_splat needs floating-point features, got {features.dtype}")
-    if not bool(torch.isfinite(flow).all()):
+    if not _all_finite(flow):
         # NaN/inf would silently splat nothing (an all-zero, "valid-looking" result).
         raise ValueError("forward_splat: the flow contains NaN or infinite values; every displacement must be "
                          "finite.")
 
     out_dtype = features.dtype
-    # Accumulating many small contributions in half precision loses mass; work in >= fp32.
-    work = torch.promote_types(out_dtype, torch.float32)
+    # Accumulating many small contributions in half precision loses mass; work in >= fp32 (_work_dtype).
+    work = _work_dtype(out_dtype)
     feats = features.to(work)
     flow = flow.to(work)
 
@@ -112,7 +127,7 @@ def _check_pair(name: str, features: torch.Tensor, flow: torch.Tensor) -> None:
                          f"{tuple(features.shape)} and {tuple(flow.shape)}.")
     if not features.is_floating_point() or not flow.is_floating_point():
         raise TypeError(f"{name} needs floating-point features and flow; got {features.dtype} and {flow.dtype}.")
-    if not bool(torch.isfinite(flow).all()):
+    if not _all_finite(flow):
         raise ValueError(f"{name}: the flow contains NaN or infinite values; every displacement must be finite.")
 
 
@@ -125,7 +140,7 @@ def sum_splat(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """
     _check_pair("sum_splat", features, flow)
     n, c, h, w = features.shape
-    work = torch.promote_types(features.dtype, torch.float32)
+    work = _work_dtype(features.dtype)
     src = features.to(work).permute(0, 2, 3, 1).reshape(n * h * w, c)
     acc = src.new_zeros(n * h * w + 1, c)
     for index, wgt in _corners(flow.to(work), n, h, w):
@@ -154,10 +169,10 @@ def softmax_splat(features: torch.Tensor, flow: torch.Tensor, metric: torch.Tens
     if metric.shape != (n, 1, h, w):
         raise ValueError(f"softmax_splat: metric must be [N,1,H,W] = [{n},1,{h},{w}] to match the features; "
                          f"got {tuple(metric.shape)}.")
-    if not bool(torch.isfinite(metric).all()):
+    if not _all_finite(metric):
         raise ValueError("softmax_splat: the metric contains NaN or infinite values; it must be finite everywhere.")
     out_dtype = features.dtype
-    work = torch.promote_types(out_dtype, torch.float32)
+    work = _work_dtype(out_dtype)  # the metric, exp and the weight sums in fp32 at least (fp16 overflows past e^11)
     src = features.to(work).permute(0, 2, 3, 1).reshape(n * h * w, c)
     z = metric.to(work).reshape(n * h * w)
     corners = list(_corners(flow.to(work), n, h, w))
@@ -202,6 +217,24 @@ def forward_splat_video(features: torch.Tensor, flow: torch.Tensor, normalize: s
     return torch.cat([features.unsqueeze(1), warped], dim=1)
 
 
+def _check_size(fn: str, size) -> tuple[int, int]:
+    """``size = (h, w)`` as two whole numbers >= 1, or one sentence (before interpolate's bare error)."""
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: size must be (height, width); got {size!r}.") from None
+    out = []
+    for v in (h, w):
+        try:  # ints, numpy and 0-d torch integers; 64.0 too, but never 63.5, True or None
+            n = int(v) if isinstance(v, float) and v.is_integer() else operator.index(v)
+        except TypeError:
+            n = None
+        if isinstance(v, bool) or n is None or n < 1:
+            raise ValueError(f"{fn}: size must be (height, width) in whole pixels, each at least 1; got {size!r}.")
+        out.append(n)
+    return out[0], out[1]
+
+
 def resize_flow(flow: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize a flow field ``[..., 2, H, W]`` to ``size = (h, w)`` and rescale its values.
 
@@ -209,7 +242,7 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     displacements by 8 (x by w/W, y by h/H). Downsampling is antialiased so that a small moving
     region still contributes its mean motion instead of being skipped by point sampling.
     ``mode="nearest"`` point-samples instead (what MOFA-Video does, so its weights see the flow they
-    were trained on).
+    were trained on). A size that is not two whole numbers >= 1 raises ``ValueError``.
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"flow resize mode must be 'bilinear' or 'nearest'; got {mode!r}")
@@ -217,7 +250,9 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
         raise ValueError(f"flow must be [..., 2, H, W]; got {tuple(flow.shape)}")
     lead = flow.shape[:-3]
     H, W = flow.shape[-2:]
-    h, w = int(size[0]), int(size[1])
+    h, w = _check_size("resize_flow", size)
+    if 0 in (H, W):
+        raise ValueError(f"resize_flow: the flow is empty ({H}x{W} pixels); give a flow of at least 1x1.")
     if (h, w) == (H, W):
         return flow
     flat = flow.reshape(-1, 2, H, W)

@@ -38,13 +38,17 @@ most 5 % of the canvas outside it is clamped onto the canvas edge; later points 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .splat import _check_size  # the one rule for (height, width) sizes
+
 __all__ = [
+    "CanvasScaledWarning",
     "tracks_to_flow",
     "TrackError",
     "TrackSet",
@@ -65,6 +69,10 @@ FAR_LIMIT = 10.0
 
 class TrackError(ValueError):
     """Trajectory input that cannot be used; the message says what was wrong and how to fix it."""
+
+
+class CanvasScaledWarning(UserWarning):
+    """Tracks declared on a canvas of the image's shape but another resolution were rescaled to the image."""
 
 
 @dataclass
@@ -433,14 +441,18 @@ def _validate_canvas_points(ts: TrackSet, canvas: tuple[int, int]) -> list[np.nd
 
 
 def check_canvas(canvas: tuple[int, int], size: tuple[int, int], what: str = "the image",
-                 tolerance: float = 0.01) -> None:
+                 tolerance: float = 0.01, *, warn: bool = True) -> None:
     """Raise :class:`TrackError` when tracks drawn on ``canvas = (w, h)`` cannot belong to ``size = (W, H)``.
 
-    A canvas with the image's shape at another resolution (an editor preview, a downscaled copy) is fine:
-    the tracks are rescaled. A shape that differs by more than ``tolerance`` (relative aspect ratio; one
+    A canvas with the image's shape at another resolution (an editor preview, a downscaled copy) is legitimate:
+    the tracks are rescaled, and a :class:`CanvasScaledWarning` says so once ("tracks drawn on a 1280x720
+    canvas were scaled to the image (640x360)"), since wrong width/height in the JSON would otherwise misplace
+    every track without a word. A shape that differs by more than ``tolerance`` (relative aspect ratio; one
     pixel of rounding is always allowed) means they were drawn on another picture or a crop, and rescaling
-    would stretch them: refused, naming both sizes. Front ends that resize frames to SVD's multiples of 64
-    (which changes the shape slightly, the frame and its tracks alike) pass a larger tolerance.
+    would stretch them: refused, naming both sizes and the fix (a stretch is never a guess worth making).
+    Front ends that resize frames to SVD's multiples of 64 (which changes the shape slightly, the frame and
+    its tracks alike) pass a larger tolerance. ``warn=False``: the shape rule alone, for maps (masks, flow,
+    depth) that a caller resamples to the image by design.
     """
     import math
 
@@ -452,6 +464,10 @@ def check_canvas(canvas: tuple[int, int], size: tuple[int, int], what: str = "th
     if not rounding and abs(math.log((cw / ch) / (W / H))) > math.log1p(tolerance):
         raise TrackError(f"The tracks were drawn on a {cw}x{ch} canvas but {what} is {W}x{H}, another shape; "
                          "draw the tracks on this image (or give the image they were drawn on).")
+    if warn and (cw, ch) != (W, H):  # legitimate (an editor preview, a downscaled copy), but never silent
+        warnings.warn(f"tracks drawn on a {cw}x{ch} canvas were scaled to {what} ({W}x{H}); if they were drawn "
+                      f"on it at full size, declare width {W} and height {H} in the tracks JSON.",
+                      CanvasScaledWarning, stacklevel=2)
 
 
 def prepare_tracks(data: Any, canvas_size: tuple[int, int] | None = None, size: tuple[int, int] | None = None,
@@ -531,7 +547,10 @@ def rasterize(tracks: np.ndarray | torch.Tensor, size: tuple[int, int], mask_cha
     if t.ndim != 4 or t.shape[-1] != 2:
         raise TrackError(f"rasterize expects tracks [N, T, 2] or [B, N, T, 2]; got {tuple(t.shape)}.")
     b, n, T, _ = t.shape
-    H, W = int(size[0]), int(size[1])
+    try:
+        H, W = _check_size("rasterize", size)
+    except ValueError as e:
+        raise TrackError(str(e)) from None
     if T < 2:
         raise TrackError(f"Tracks need at least 2 frames to describe motion; got T={T}.")
     if n > H * W:

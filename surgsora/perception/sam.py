@@ -324,18 +324,23 @@ class _Entry:
     original_size: tuple[int, int]
 
 
+def _encoder_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    """The image encoder's dtype: float32 on the CPU (half precision is slow or missing there; a warning says so),
+    else ``dtype`` (default float32)."""
+    if device.type == "cpu":
+        if dtype not in (None, torch.float32):
+            warnings.warn(f"{dtype} requested on CPU; running SAM in float32 instead.", stacklevel=3)
+        return torch.float32
+    return dtype or torch.float32
+
+
 class SamSegmenter:
     """SAM image embeddings (segment features) and prompt masks, with a per-image embedding cache."""
 
     def __init__(self, model, config: SamConfig, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, cache_size: int = 8, max_batch: int = 4):
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            if dtype not in (None, torch.float32):
-                warnings.warn(f"{dtype} requested on CPU; running SAM in float32 instead.", stacklevel=2)
-            self.dtype = torch.float32  # half precision on CPU is slow or missing
-        else:
-            self.dtype = dtype or torch.float32
+        self.dtype = _encoder_dtype(self.device, dtype)
         # Only the heavy image encoder runs in ``dtype``; the prompt encoder casts clicks to float32 before
         # its Gaussian projection, so the (cheap) prompt encoder and mask decoder stay in float32.
         self.model = model.to(device=self.device, dtype=torch.float32).eval()

@@ -1,8 +1,13 @@
-"""Dual-clock (Time-to-Move) settings and the rules for its inputs (value range, resize, mask), light enough for the ComfyUI nodes to import at start-up.
+"""Dual-clock (Time-to-Move) settings and the rules for its inputs (value range, resize, mask, latent geometry,
+schedule indices), light enough for the ComfyUI nodes to import at start-up.
 
 The sampling itself is :class:`surgsora.sampling.pipeline.SurgSoraPipeline` with ``motion_signal``
-(see its module docstring), or, on ComfyUI's own SVD, the ``SurgSora Dual-Clock Guider`` node; the motion
-signal is :func:`surgsora.motion.preview.motion_signal`.
+(see its module docstring), or, on ComfyUI's own video models (SVD, Wan 2.1, Wan 2.2), the
+``SurgSora Dual-Clock Guider`` node; the motion signal is :func:`surgsora.motion.preview.motion_signal`.
+
+Geometry is a VAE's (temporal, spatial) compression: SVD (1, 8): one latent per frame; Wan 2.1 (4, 8) and
+Wan 2.2 (4, 16): a causal video VAE whose latent frame 0 is pixel frame 0 and latent frame j >= 1 covers pixel
+frames 4j-3 .. 4j, so T pixel frames need T = 4 (T' - 1) + 1.
 """
 
 from __future__ import annotations
@@ -11,9 +16,15 @@ import torch
 
 from .settings import TTM_MOTION_BUCKET, TTM_STEPS, TTM_T_STRONG, TTM_T_WEAK, check_settings
 
-__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "dual_clock_indices", "latent_mask",
-           "check_unit_range", "resize_frames"]
+__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "TTM_PRESETS", "dual_clock_indices",
+           "stage_indices", "latent_mask", "latent_frames", "check_frame_count", "check_unit_range", "resize_frames"]
 
+# Time-to-Move's published step pairs (of 50 steps), as fractions of the whole schedule.
+TTM_PRESETS = {
+    "SVD (TTM: 16 / 21 of 50)": (0.32, 0.42),
+    "Wan cut-and-drag (TTM: 3 / 7 of 50)": (0.06, 0.14),
+    "Wan camera (TTM: 2 / 5 of 50)": (0.04, 0.10),
+}
 
 
 def dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int, int]:
@@ -24,10 +35,59 @@ def dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int,
     return weak, min(max(round(t_strong * steps), weak + 1), steps)
 
 
-def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def stage_indices(t_weak: float, t_strong: float, stage: torch.Tensor, full: torch.Tensor | None = None
+                  ) -> tuple[int, int]:
+    """(t_weak, t_strong) as step indices into ``stage``, the sigmas one sampler run sees.
+
+    Without ``full`` they are fractions of ``stage`` (:func:`dual_clock_indices`). With ``full`` (the whole,
+    unsplit schedule) they are fractions of ``full``, so a SplitSigmas stage keeps TTM's step meaning: ``stage``
+    must be a run of ``full``, t_weak must not fall before the stage and t_strong not after its end (one
+    sentence each)."""
+    steps = stage.shape[-1] - 1
+    if full is None:
+        return dual_clock_indices(t_weak, t_strong, steps)
+    total = full.shape[-1] - 1
+    weak, strong = dual_clock_indices(t_weak, t_strong, total)
+    matches = [j for j in range(total + 1 - steps)
+               if torch.allclose(full[j:j + steps + 1].double(), stage.double(), rtol=1e-5, atol=1e-7)]
+    if not matches:
+        raise ValueError(f"The guider samples {steps} steps that are not a run of the {total}-step schedule given as "
+                         "full_sigmas; connect the scheduler's sigmas before SplitSigmas.")
+    start = matches[0]
+    if weak < start or strong > start + steps:
+        raise ValueError(f"t_weak / t_strong are steps {weak} / {strong} of {total} but this stage runs steps {start} "
+                         f"to {start + steps}; split the sigmas at step {strong} or later (the guider drives the "
+                         "first, high-noise stage) or lower t_strong.")
+    return weak - start, strong - start
+
+
+def latent_frames(frames: int, temporal: int) -> int:
+    """Latent frames of ``frames`` pixel frames under a ``temporal`` x causal VAE (1 = one latent per frame)."""
+    return frames if temporal == 1 else (frames - 1) // temporal + 1
+
+
+def check_frame_count(frames: int, temporal: int, latent: int | None = None) -> None:
+    """One sentence unless ``frames`` pixel frames fit a ``temporal`` x VAE (T = (T' - 1) k + 1) and, when given,
+    make ``latent`` latent frames."""
+    if temporal > 1 and (frames - 1) % temporal:
+        lo = (frames - 1) // temporal * temporal + 1
+        raise ValueError(f"The motion signal has {frames} frames but this video VAE compresses time {temporal}x and "
+                         f"needs {temporal}n + 1 frames (e.g. {lo} or {lo + temporal}); set the trajectories' frame "
+                         "count to one of those.")
+    if latent is not None and latent_frames(frames, temporal) != latent:
+        need = (latent - 1) * temporal + 1 if temporal > 1 else latent
+        raise ValueError(f"The motion signal has {frames} frames but the video conditioning was made for {need}; "
+                         "use the same frame count (length) for both.")
+
+
+def latent_mask(mask: torch.Tensor, size: tuple[int, int], temporal: int = 1) -> torch.Tensor:
     """A pixel mask [N, 1, H, W] in [0, 1] on the latent grid ``size`` as TTM does it: thresholded at 0.5, then
-    nearest sampling (so a latent is anchored or free, never half of each)."""
+    nearest sampling (so a latent is anchored or free, never half of each). With a ``temporal`` x video VAE the
+    latent frames take pixel frames [0] + [1::temporal] (TTM's Wan rule: the first frame of each latent's group),
+    giving [(N - 1) / temporal + 1, 1, h, w]."""
     hard = (mask.float() > 0.5).float()
+    if temporal > 1:
+        hard = torch.cat([hard[:1], hard[1::temporal]])
     return torch.nn.functional.interpolate(hard, size=tuple(size), mode="nearest")
 
 

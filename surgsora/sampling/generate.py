@@ -30,12 +30,13 @@ import torch
 
 from ..loading.files import ModelFileError
 from .dual_clock import dual_clock_indices
-from .settings import SamplingSettings, check_video_size
+from .settings import PRECISIONS, SamplingSettings, check_video_size
 
 if TYPE_CHECKING:  # the pipeline imports diffusers: loaded when sampling, not when the preview loads a decoder
     from .pipeline import SurgSoraPipeline
 
-__all__ = ["sample", "generate", "Models", "Deferred", "Generated", "NonFiniteVideo", "load_model", "load_decoder"]
+__all__ = ["sample", "generate", "Models", "Deferred", "Generated", "NonFiniteVideo", "load_model", "load_decoder",
+           "PRECISIONS", "precision_dtype"]
 
 Timer = Callable[[str], ContextManager]  # timer("stage name") times the block it opens
 
@@ -46,6 +47,21 @@ class NonFiniteVideo(RuntimeError):
 
 def _stages(timer: Timer | None) -> Timer:
     return timer if timer is not None else (lambda name: contextlib.nullcontext())
+
+
+# ======================================================================================= precision
+
+def precision_dtype(name: str, device="cpu") -> torch.dtype:
+    """The weight dtype of a ``--precision`` choice on ``device``: fp32 / fp16 / bf16 as named; ``auto`` is fp32 on
+    the CPU (half precision is slow there) and fp16 on a GPU (what diffusers and ComfyUI run SVD in).
+
+    UNet, CLIP image encoder, adapter and VAE weights take this dtype; an fp16 VAE decodes and encodes in fp32
+    (diffusers' ``force_upcast`` rule, :meth:`SurgSoraPipeline.vae_upcast`), bf16 runs as it is."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}.")
+    if name == "auto":
+        return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 # ======================================================================================= sample
@@ -181,7 +197,10 @@ class Models:
     @classmethod
     def load(cls, paths: Mapping[str, Any], device, dtype: torch.dtype) -> "Models":
         """Models from the paths :func:`~surgsora.loading.models_folder.resolve_generate_models` returns: the adapter
-        now (on ``device``, in ``dtype``), every other model deferred (SAM and depth in their own precision)."""
+        now (on ``device``, in ``dtype``), every other model deferred (SAM and depth in their own precision).
+
+        ``dtype`` (see :func:`precision_dtype`) is the weight dtype of SVD (UNet, CLIP, VAE) and the adapter; an fp16
+        VAE computes in fp32 when the pipeline encodes or decodes (diffusers' ``force_upcast``)."""
         from ..loading.adapters import load_adapter
         from ..loading.svd_checkpoint import load_svd
         from ..perception.depth import load_depth_anything

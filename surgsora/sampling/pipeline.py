@@ -39,6 +39,7 @@ VAE posterior mean, not a sample, so a seed fixes the whole video and the anchor
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -52,14 +53,15 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..loading.adapters import check_adapter_fits
 from ..model.adapter import SurgSoraAdapter
 from ..model.unet import unet_forward
 from .conditioning import clip_normalize, clip_pixels, noise_augmented, time_ids
 from .dual_clock import check_unit_range, latent_mask, resize_frames
 from .settings import check_settings
 
-__all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_adapter_fits",
-           "check_motion_signal", "check_anchor_steps"]
+__all__ = ["SurgSoraPipeline", "FirstFrame", "MotionAnchor", "to_image_tensor", "check_motion_signal",
+           "check_anchor_steps"]
 
 
 @dataclass
@@ -140,20 +142,10 @@ def check_anchor_steps(t_weak_index: int, t_strong_index: int, steps: int) -> No
                          f"{t_strong_index}")
 
 
-def check_adapter_fits(adapter, unet) -> None:
-    """Refuse an adapter built for another SVD (one sentence naming the fix)."""
-    if adapter is None:
-        return
-    wanted = adapter.config.get("svd_num_frames")
-    have = unet.config.get("num_frames")
-    if wanted and have and wanted != have:
-        raise ValueError(
-            f"this adapter was trained on the {wanted}-frame SVD{'-xt' if wanted == 25 else ''} but the SVD given is the "
-            f"{have}-frame model; load svd_xt.safetensors or svd_xt_1_1.safetensors instead.")
-
-
 class SurgSoraPipeline(StableVideoDiffusionPipeline):
-    model_cpu_offload_seq = "image_encoder->adapter->unet->vae"
+    # enable_model_cpu_offload: one model on the GPU at a time in this order; the adapter is hooked outside the
+    # chain (diffusers does so for every other component), so it is not sent back to the CPU by the UNet every step
+    model_cpu_offload_seq = "image_encoder->unet->vae"
 
     _optional_components = ["adapter"]
 
@@ -204,13 +196,23 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         """
         noise = randn_tensor(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
         pixels = noise_augmented(pixels, noise_aug_strength, noise)
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
-        return latents
+        with self.vae_upcast() as dtype:
+            return self.vae.encode(pixels.to(dtype)).latent_dist.mode()
+
+    @contextlib.contextmanager
+    def vae_upcast(self):
+        """diffusers' VAE rule: an fp16 VAE whose config sets ``force_upcast`` (SVD's does) runs in fp32 inside this
+        block, since its activations overflow fp16, and goes back to fp16 after (the weights stay small in memory);
+        bf16 has fp32's range and runs as it is. Yields the dtype the VAE computes in."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and bool(vae.config.get("force_upcast", False))
+        if upcast:  # (torch's Module.to: diffusers' ModelMixin.to logs a warning on every dtype cast)
+            torch.nn.Module.to(vae, dtype=torch.float32)
+        try:
+            yield torch.float32 if upcast else vae.dtype
+        finally:
+            if upcast:
+                torch.nn.Module.to(vae, dtype=torch.float16)
 
     @torch.no_grad()
     def encode_first_frame(self, image, height: int | None = None, width: int | None = None,
@@ -242,13 +244,9 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         width = width or motion_signal.shape[-1]
         pixels = self._pixels(motion_signal.flatten(0, 1).float(), height, width)
         chunk = chunk_size or pixels.shape[0]
-        needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float32)
-        latents = torch.cat([self.vae.encode(pixels[i:i + chunk].to(self.vae.dtype)).latent_dist.mode()
-                             for i in range(0, pixels.shape[0], chunk)])
-        if needs_upcasting:
-            self.vae.to(dtype=torch.float16)
+        with self.vae_upcast() as dtype:
+            latents = torch.cat([self.vae.encode(pixels[i:i + chunk].to(dtype)).latent_dist.mode()
+                                 for i in range(0, pixels.shape[0], chunk)])
         latents = (latents * self.vae.config.scaling_factor).unflatten(0, (b, frames))
         mask = latent_mask(motion_mask.flatten(0, 1).to(latents.device), latents.shape[-2:]).unflatten(0, (b, frames))
         return MotionAnchor(latents, mask, int(t_weak_index), int(t_strong_index))
@@ -373,10 +371,12 @@ class SurgSoraPipeline(StableVideoDiffusionPipeline):
         num_frames = latents.shape[1]
         chunk = decode_chunk_size or num_frames
         # Chunks are cut along time per video: diffusers' decode_latents chunks the flattened B*T frames, so with
-        # B > 1 one chunk could hold the end of one video and the start of the next.
-        frames = torch.cat([self.decode_latents(latents[:, i:i + chunk], latents[:, i:i + chunk].shape[1],
-                                                latents[:, i:i + chunk].shape[1])
-                            for i in range(0, num_frames, chunk)], dim=2)  # [B, C, T, H, W] in [-1, 1]
+        # B > 1 one chunk could hold the end of one video and the start of the next. An fp16 VAE decodes in fp32
+        # (vae_upcast: diffusers' force_upcast rule; its decoder overflows fp16); frames come back as float32.
+        with self.vae_upcast() as dtype:
+            frames = torch.cat([self.decode_latents(latents[:, i:i + chunk].to(dtype), latents[:, i:i + chunk].shape[1],
+                                                    latents[:, i:i + chunk].shape[1])
+                                for i in range(0, num_frames, chunk)], dim=2)  # [B, C, T, H, W] in [-1, 1]
         return (frames.permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
 
     # ------------------------------------------------------------------ all in one

@@ -12,10 +12,12 @@ queue time), and the pair rules (``min_cfg <= max_cfg``, ``t_weak < t_strong``) 
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
-__all__ = ["SettingError", "SamplingSettings", "check_settings", "check_video_size", "MAX_STEPS", "MAX_FRAMES",
+__all__ = ["SettingError", "SamplingSettings", "check_settings", "check_video_size", "resolve_seed", "RANDOM_SEED",
+           "MAX_STEPS", "MAX_FRAMES",
            "MAX_MOTION_BUCKET", "MAX_FPS", "MAX_SEED", "SVD_MULTIPLE", "TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS",
            "TTM_MOTION_BUCKET"]
 
@@ -24,6 +26,7 @@ MAX_FRAMES = 4096
 MAX_MOTION_BUCKET = 1023  # SVD's motion bucket ids
 MAX_FPS = 1000.0
 MAX_SEED = 2 ** 64 - 1  # what torch.Generator.manual_seed takes
+RANDOM_SEED = -1  # "random" in ComfyUI and most tools: a fresh seed, printed so that the run can be repeated
 SVD_MULTIPLE = 64  # the SVD UNet downsamples latents (1/8 of the image) three more times
 
 # Time-to-Move's SVD settings (run_svd.py): t_weak at step 16 and t_strong at step 21 of 50, motion bucket 17.
@@ -89,6 +92,28 @@ def check_video_size(width: int, height: int, what: str = "The video size", fix:
                            f"multiples of {SVD_MULTIPLE} (e.g. {sw}x{sh}){fix}.")
 
 
+def _seed(name: str, value) -> None:
+    if value == RANDOM_SEED and not isinstance(value, bool):
+        return
+    try:
+        _integer(name, value, 0, MAX_SEED)
+    except SettingError:
+        raise SettingError(f"{name} must be a whole number between 0 and {MAX_SEED}, or {RANDOM_SEED} for a random "
+                           f"seed; got {value!r}.") from None
+
+
+def resolve_seed(seed, name: str = "seed", announce: Callable[[str], None] | None = print) -> int:
+    """``seed`` as an int; :data:`RANDOM_SEED` (-1) draws a fresh one (below 2**32, short enough to type) and
+    ``announce`` says which ("seed -1: using random seed N"), so that the run can be repeated with it."""
+    check_settings({"seed": name}, seed=seed)
+    if seed != RANDOM_SEED:
+        return int(seed)
+    drawn = secrets.randbelow(2 ** 32)
+    if announce is not None:
+        announce(f"{name} {RANDOM_SEED}: using random seed {drawn} (give {name} {drawn} to repeat this run).")
+    return drawn
+
+
 def _fraction(name: str, value) -> None:
     _number(name, value, 0.0, 1.0)
 
@@ -118,7 +143,7 @@ _RULES = {
     "motion_bucket_id": lambda name, v: _integer(name, v, 0, MAX_MOTION_BUCKET),
     "noise_aug_strength": lambda name, v: _number(name, v, 0.0, 1.0),
     "control_scale": _number,
-    "seed": lambda name, v: _integer(name, v, 0, MAX_SEED),
+    "seed": _seed,
     "t_weak": _fraction,
     "t_strong": _fraction,
     "decode_chunk": lambda name, v: _integer(name, v, 1),  # more than the video's frames = all at once
@@ -132,7 +157,8 @@ class SamplingSettings:
 
     ``fps`` None = the adapter's training fps (7 without an adapter); ``frames`` None = the conditions' or motion
     signal's count (or the UNet's); ``t_weak`` / ``t_strong`` are fractions of the schedule and matter only with a
-    motion signal (dual-clock sampling).
+    motion signal (dual-clock sampling). ``seed`` -1 (:data:`RANDOM_SEED`) becomes a fresh random seed, printed
+    (:func:`resolve_seed`) and stored in ``seed``, so that the run can be repeated.
     """
 
     steps: int = 25
@@ -150,3 +176,19 @@ class SamplingSettings:
 
     def __post_init__(self):
         check_settings(**asdict(self))
+        if self.seed == RANDOM_SEED:
+            object.__setattr__(self, "seed", resolve_seed(self.seed))  # frozen: set once, here
+
+
+# Weight precision, a choice of the CLIs (--precision) and the loader nodes (precision widget); the dtype it names on
+# a device is :func:`surgsora.sampling.generate.precision_dtype` (this module stays torch-free).
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision auto|fp32|fp16|bf16`` (alias ``--dtype``) on an argparse parser; read it back with
+    ``precision_dtype(args.precision, device)``."""
+    parser.add_argument("--precision", "--dtype", dest="precision", default="auto", choices=PRECISIONS,
+                        help="weight precision: auto = fp32 on the CPU, fp16 on a GPU; bf16 has fp32's range (no "
+                             "overflow) at fp16's memory; an fp16 VAE decodes in fp32 as diffusers does")
+

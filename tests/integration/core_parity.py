@@ -15,7 +15,9 @@ SVD from the keys). Both UNets then denoise the same input:
 * ``SurgSora Dual-Clock Guider`` through core sampling (Euler, with the SurgSora control on the same
   conditioning) against Time-to-Move's loop written here from its description (step, then re-anchor the
   masked latents to the signal noised to the next sigma until t_strong), plus its two limits: an empty mask
-  is plain sampling from t_weak, a full mask to the end returns the signal.
+  is plain sampling from t_weak, a full mask to the end returns the signal; and against the guider as it was
+  before it anchored in its own model call (core's inpainting rule through ``denoise_mask``, kept here as
+  :func:`inpainting_rule_guider`): on SVD the two are equal.
 """
 
 from __future__ import annotations
@@ -164,6 +166,41 @@ def main() -> None:
     print(json.dumps(result))
 
 
+def inpainting_rule_guider():
+    """The SVD dual-clock guider as it was first shipped: core CFG with ComfyUI's inpainting rule
+    (``KSamplerX0Inpaint``) switched on by the motion mask until t_strong through ``denoise_mask``."""
+    import comfy.model_patcher
+    import comfy.samplers
+
+    from surgsora.sampling.dual_clock import dual_clock_indices
+
+    class InpaintingRuleGuider(comfy.samplers.CFGGuider):
+        def __init__(self, model_patcher, signal, mask, t_weak, t_strong):
+            super().__init__(model_patcher)
+            self.signal, self.mask, self.t_weak, self.t_strong = signal, mask, t_weak, t_strong
+
+        def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
+                   seed=None):
+            weak, strong = dual_clock_indices(self.t_weak, self.t_strong, sigmas.shape[-1] - 1)
+            sigmas = sigmas[weak:]
+            boundary = float(sigmas[strong - weak])
+
+            def follow_until_t_strong(sigma, mask, extra_options):
+                return mask if float(sigma.max()) > boundary * (1 + 1e-4) else torch.ones_like(mask)
+
+            options = self.model_options
+            self.model_options = comfy.model_patcher.create_model_options_clone(options)
+            self.model_options["denoise_mask_function"] = follow_until_t_strong
+            try:
+                return super().sample(noise, self.signal.to(latent_image), sampler, sigmas,
+                                      denoise_mask=1 - self.mask.to(latent_image), callback=callback,
+                                      disable_pbar=disable_pbar, seed=seed)
+            finally:
+                self.model_options = options
+
+    return InpaintingRuleGuider
+
+
 def dual_clock(patcher, adapter, conditions, context, g) -> dict:
     """The dual-clock guider against an independent TTM loop on the same ComfyUI model (see module doc)."""
     import comfy.samplers
@@ -182,11 +219,17 @@ def dual_clock(patcher, adapter, conditions, context, g) -> dict:
     euler = comfy.samplers.sampler_object("euler")
     Guider = core_svd.dual_clock_guider_class()
 
-    def guided(m, weak=t_weak, strong=t_strong):
-        guider = Guider(patcher, signal, m, weak, strong)
+    def guided(m, weak=t_weak, strong=t_strong, guider_class=Guider):
+        guider = guider_class(patcher, signal, m, weak, strong)
         guider.set_conds(positive, negative)
         guider.set_cfg(2.5)
         return guider.sample(noise, torch.zeros_like(signal), euler, sigmas, seed=0)
+
+    # SVD: the model-call anchoring equals the first shipped guider (core's inpainting rule), bit for bit
+    before = inpainting_rule_guider()
+    cases = [(mask, t_weak, t_strong), (torch.zeros_like(mask), t_weak, t_strong), (torch.ones_like(mask), t_weak, 1.0),
+             (mask, 0.0, 0.5), (mask, t_weak, 1.0)]
+    svd_vs_before = max((guided(m, w, s_) - guided(m, w, s_, before)).abs().max().item() for m, w, s_ in cases)
 
     def ttm(model, x, sigmas, extra_args, callback=None, disable=None):
         # Time-to-Move: after each step before t_strong, the masked latents become the signal noised to the
@@ -233,6 +276,7 @@ def dual_clock(patcher, adapter, conditions, context, g) -> dict:
         "dual_clock_node_mask_on_latent_grid": list(node_guider.mask.shape),
         "dual_clock_node_mask_binary": bool(((node_guider.mask == 0) | (node_guider.mask == 1)).all()),
         "dual_clock_bad_order": order_error,
+        "dual_clock_vs_inpainting_rule_guider": svd_vs_before,
     }
 
 

@@ -86,3 +86,34 @@ def empty_motion_mask(prompt: dict) -> dict:
                 "_meta": {"title": "Empty motion mask"}}
     p[key]["inputs"]["motion_mask"] = [empty, 0]
     return p
+
+
+def wan_smallest(prompt: dict, steps: int = 4, split: int = 2, frames: int = 5, **guider) -> dict:
+    """A Wan dual-clock template on the tiny Wan files (:func:`.wan_models.write_tiny_wan`, under the templates' file
+    names) at 128x64, ``frames`` frames, ``steps`` steps (the 14B split after ``split``). umt5 has a fixed config, so
+    the prompts come from a test-only node (``SurgSoraTestWanText``); the 5B's Wan 2.2 VAE is built at full width
+    only, so a test-only stand-in with its geometry replaces it (``SurgSoraTestWan22VAE``). ``guider`` sets the
+    Dual-Clock Guider's widgets."""
+    p = copy.deepcopy(prompt)
+    for key, node in list(p.items()):
+        i, t = node["inputs"], node["class_type"]
+        if t == "ImageScale":
+            i.update(width=128, height=64)
+        elif t == "SurgSoraTrajectories":
+            i["frames"] = frames
+        elif t in ("WanImageToVideo", "Wan22ImageToVideoLatent"):
+            i.update(width=128, height=64, length=frames)
+        elif t == "BasicScheduler":
+            i["steps"] = steps
+        elif t == "SplitSigmas":
+            i["step"] = split
+        elif t == "CLIPTextEncode":
+            p[key] = {"inputs": {"seed": int(key)}, "class_type": "SurgSoraTestWanText", "_meta": node["_meta"]}
+        elif t == "CLIPLoader":
+            del p[key]
+        elif t == "VAELoader" and i["vae_name"] == "wan2.2_vae.safetensors":
+            p[key] = {"inputs": {}, "class_type": "SurgSoraTestWan22VAE", "_meta": node["_meta"]}
+        elif t == "SurgSoraDualClockGuider":
+            assert set(guider) <= set(i), guider
+            i.update(guider)
+    return p

@@ -46,7 +46,7 @@ if not COMFYUI:
                 "the real-server tests", allow_module_level=True)
 
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
-from .prompts import core_smallest, shrink  # noqa: E402
+from .prompts import core_smallest, shrink, wan_smallest  # noqa: E402
 from .tiny_models import (CORE_ADAPTER_NAME, CORE_SVD_NAME, MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER,  # noqa: E402
                           write_tiny_models)
 
@@ -78,8 +78,10 @@ EXPECTED_OUTPUTS = {"SurgSora Trajectory to Video": {"motion_preview": 21, "vide
 # so they share one of their own (tiny_models.write_core_svd).
 CORE = "SurgSora on Core KSampler"
 CORE_DUAL = "SurgSora Dual-Clock Core Sampler"
+# The Wan templates run on tiny Wan files under their real names (test_wan_dual_clock_workflow_runs)
+WAN = {"SurgSora Dual-Clock Wan 2.2 14B": "wan_14b_dual_clock", "SurgSora Dual-Clock Wan 2.2 5B": "wan_5b_dual_clock"}
 RUNNABLE = [n for n in NAMES if n in EXPECTED_OUTPUTS]
-assert sorted(RUNNABLE + [CORE, CORE_DUAL]) == sorted(NAMES)  # every shipped workflow runs on the server
+assert sorted(RUNNABLE + [CORE, CORE_DUAL] + list(WAN)) == sorted(NAMES)  # every shipped workflow runs on the server
 
 
 def _free_port() -> int:
@@ -98,7 +100,11 @@ class Server:
         write_tiny_models(self.models, frames=21)
         yaml = root / "extra_model_paths.yaml"
         yaml.write_text("surgsora_test:\n  base_path: " + str(self.models) + "\n" + "".join(
-            f"  {k}: {k}\n" for k in ("sams", "depthanything", "surgsora", "checkpoints", "diffusers")))
+            f"  {k}: {k}\n" for k in ("sams", "depthanything", "surgsora", "checkpoints", "diffusers",
+                                      "diffusion_models", "vae", "text_encoders")))
+        # test-only nodes for the Wan templates (Wan CONDITIONING without umt5, a Wan 2.2 VAE stand-in)
+        shutil.copy(Path(__file__).with_name("wan_models.py"),
+                    self.base / "custom_nodes" / "surgsora_wan_test_nodes.py")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")
@@ -312,6 +318,57 @@ def core_svd(server):
     yield ckpt
     ckpt.unlink()  # (pytest keeps the temporary folders of the last runs: do not leave 1.8 GiB in each)
     shutil.rmtree(server.models / "surgsora" / CORE_ADAPTER_NAME)
+
+
+@pytest.fixture(scope="module")
+def wan_files(server):
+    """Tiny Wan files under the Comfy-Org names the Wan templates load (two A14B experts, the 5B, the Wan 2.1 VAE:
+    :func:`.wan_models.write_tiny_wan`, built from ComfyUI's own classes by ComfyUI's Python)."""
+    code = "import sys; from integration.wan_models import write_tiny_wan; write_tiny_wan(sys.argv[1])"
+    path = os.pathsep.join([COMFYUI, str(REPO / "tests")])
+    run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", code, str(server.models)], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return server.models
+
+
+def _error(entry) -> str:
+    return next((m[1].get("exception_message", "") for m in entry["status"].get("messages", [])
+                 if m[0] == "execution_error"), "")
+
+
+@pytest.mark.parametrize("name", list(WAN))
+def test_wan_dual_clock_workflow_runs(server, wan_files, name):
+    """A Wan template on the real server at 128x64, 5 frames, 4 steps: core UNETLoader loads the tiny Wan file as Wan
+    (WAN21 for the A14B experts, WAN22 for the 5B), the guider drives SamplerCustomAdvanced (for the 14B the
+    high-noise stage of a SplitSigmas schedule, then core CFGGuider on the low-noise expert), VAEDecode makes the
+    video. Both videos have the signal's frames and size."""
+    from surgsora.video_io import video_info
+
+    t0 = time.time()
+    entry = server.wait(server.queue(wan_smallest(json.loads((API / f"{name}.json").read_text()))))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.log_tail()
+    saved = _saved(server, entry)
+    shapes = {k: (v["frames"], v["width"], v["height"]) for k, v in ((k, video_info(p)) for k, p in saved.items())}
+    assert WAN[name] in shapes and set(shapes) <= {WAN[name], "motion_signal"}, shapes
+    assert all(v == (5, 128, 64) for v in shapes.values()), shapes
+    print(f"{name}: {time.time() - t0:.1f} s")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(t_strong=0.9), "this stage runs steps 0 to 2"),  # past the high-noise stage
+    (dict(frames=9), "has 5 frames but the video conditioning was made for 9"),
+])
+def test_wan_bad_inputs_are_one_sentence_before_sampling(server, wan_files, change, message):
+    name = "SurgSora Dual-Clock Wan 2.2 14B"
+    prompt = wan_smallest(json.loads((API / f"{name}.json").read_text()),
+                          **{k: v for k, v in change.items() if k != "frames"})
+    if "frames" in change:  # WanImageToVideo for another length than the trajectories
+        (key,) = [k for k, n in prompt.items() if n["class_type"] == "WanImageToVideo"]
+        prompt[key]["inputs"]["length"] = change["frames"]
+    entry = server.wait(server.queue(prompt))
+    text = _error(entry)
+    assert entry["status"]["status_str"] == "error" and message in text and "\n" not in text.strip(), text
 
 
 def test_core_ksampler_workflow_runs(server, core_svd):
@@ -535,13 +592,17 @@ BROWSE = """
   item.closest('[role="button"],button,a,li,div').click();
   await sleep(2000);
   const cards = [...document.querySelector('[data-testid="template-workflows-content"]').children];
-  for (let i = 0; i < 40 && !cards.every(c => c.querySelector('img')?.complete); i++) await sleep(250);
-  const out = cards.map(c => {
+  // the browser draws a card's thumbnail only while the card is in view (more cards than fit the dialog): read
+  // each card scrolled into view
+  const out = [];
+  for (const c of cards) {
+    c.scrollIntoView({block: 'center'});
+    for (let i = 0; i < 20 && !c.querySelector('img')?.complete; i++) await sleep(250);
     const h3 = c.querySelector('h3'), p = c.querySelector('p'), img = c.querySelector('img');
     const cut = h3 ? h3.scrollHeight > h3.clientHeight + 1 || h3.scrollWidth > h3.clientWidth + 1 : null;
-    return {title: h3?.textContent.trim(), cut,
-            description: p?.textContent.trim(), image: img ? [img.naturalWidth, img.naturalHeight] : null};
-  });
+    out.push({title: h3?.textContent.trim(), cut,
+              description: p?.textContent.trim(), image: img ? [img.naturalWidth, img.naturalHeight] : null});
+  }
   const dialog = document.querySelector('.workflow-template-selector-dialog');
   const close = [...dialog.querySelectorAll('button')].find(b => /close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('[class*="lucide--x"],.pi-times'));
   close?.click();

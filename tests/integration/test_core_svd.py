@@ -60,6 +60,8 @@ def test_dual_clock_guider_is_time_to_move_through_core_sampling(measured):
     assert measured["dual_clock_vs_sdedit_in_free_region"] > 1e-2  # and the anchor reached it through the model
     assert measured["dual_clock_empty_mask_vs_sdedit"] == 0  # no mask: plain sampling from t_weak, bit for bit
     assert measured["dual_clock_full_mask_to_end_vs_signal"] <= 1e-5  # full mask to the end: the signal itself
+    # anchoring in the guider's model call (made for every family) is, on SVD, the first shipped guider exactly
+    assert measured["dual_clock_vs_inpainting_rule_guider"] == 0
 
 
 def test_dual_clock_guider_node_encodes_at_the_conditionings_size(measured):
