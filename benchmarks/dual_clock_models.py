@@ -56,30 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def motion_signal_runs(sizes: list[str]) -> list[dict]:
-    """``python -m surgsora preview`` per size in a fresh process: wall time and that process's peak RSS."""
-    import subprocess
-    import tempfile
+    """``python -m surgsora preview`` per size in a fresh process: wall time and that process's peak RSS (the one
+    measurement, shared with ``benchmarks/trajectory_memory.py --sizes``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from trajectory_memory import preview_runs
 
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            frames, width, height = (int(v) for v in size.split("x"))
-            frame = REPO / "demo" / "surgsora_endovis_frame6.png"
-            cmd = [sys.executable, "-m", "surgsora", "preview", "--image", str(frame),
-                   "--tracks", str(REPO / "demo" / "tracks_endovis.json"), "--frames", str(frames),
-                   "--size", f"{width}x{height}", "--out", str(Path(tmp) / f"signal_{size}.mp4")]
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            err = proc.stderr.read().decode(errors="replace")
-            if proc.returncode:
-                raise SystemExit(f"preview at {size} failed:\n{err[-2000:]}")
-            out.append({"size": size, "seconds": round(time.perf_counter() - t0, 1),
-                        "peak_rss_mb": round(usage.ru_maxrss / 1024)})
-    for r in out:
-        r["rss_vs_first"] = round(r["peak_rss_mb"] / out[0]["peak_rss_mb"], 2)
-    return out
+    return preview_runs(sizes)
 
 
 class PeakRSS:

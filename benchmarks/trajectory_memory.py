@@ -8,14 +8,20 @@ of them static anchors) and, with ``--masks``, the two instrument masks of the c
 go through the regions' smooth fields, the rest through the background). Reported per point: the peak
 resident memory of that process (``ru_maxrss``), the resident memory after imports alone, and the wall
 time. ``--frames-sweep`` instead varies ``--frames`` at 10 tracks, which is what calibrates the CLI's
-memory estimate (``surgsora.cli.BYTES_PER_PIXEL_FRAME``). Target: peak RSS flat within 2x from 10 to 5000
+memory estimate (``surgsora.cli.estimate_memory``). Target: peak RSS flat within 2x from 10 to 5000
 tracks. Ends with one JSON line.
+
+``--sizes 25x512x288 81x832x480 81x1280x720`` (FRAMESxWIDTHxHEIGHT) instead runs ``python -m surgsora preview`` on
+the demo frame and the demo tracks (``demo/``) at each size, one fresh process at a time, and reports its wall time,
+peak RSS (``ru_maxrss`` of the child, from ``wait4``), the CLI's estimate and the ratios against the first size
+(target for the video-model sizes: peak RSS within 1.5x of 25x512x288, issue 21).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -76,6 +82,41 @@ def run_point(n: int, frames: int, masks: bool, tmp: Path, data: Path) -> dict:
     return out
 
 
+def preview_runs(sizes: list[str], extra: list[str] | None = None, repo: Path = REPO) -> list[dict]:
+    """``python -m surgsora preview`` on the demo frame and tracks per FRAMESxWIDTHxHEIGHT, each in a fresh process:
+    wall time and that process's peak RSS; ratios against the first size. ``repo``: the checkout whose ``surgsora``
+    runs (another one gives a baseline on the same machine)."""
+    sys.path.insert(0, str(REPO))
+    from surgsora.cli import estimate_memory
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            frames, width, height = (int(v) for v in size.lower().split("x"))
+            demo = REPO / "demo"
+            cmd = [sys.executable, "-m", "surgsora", "preview", "--image", str(demo / "surgsora_endovis_frame6.png"),
+                   "--tracks", str(demo / "tracks_endovis.json"), "--frames", str(frames),
+                   "--size", f"{width}x{height}", "--out", str(Path(tmp) / f"preview_{size}.mp4"), *(extra or [])]
+            log = Path(tmp) / "log.txt"
+            with open(log, "wb") as sink:  # a file, not a pipe: wait4 reaps the child itself (for its rusage)
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, cwd=repo, stdout=sink, stderr=subprocess.STDOUT)
+                _, status, usage = os.wait4(proc.pid, 0)
+                seconds = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode:
+                raise SystemExit(f"preview at {size} failed:\n{log.read_text(errors='replace')[-2000:]}")
+            peak = usage.ru_maxrss / 1024
+            rows.append({"size": size, "seconds": round(seconds, 1), "peak_rss_mb": round(peak),
+                         "estimate_mb": round(estimate_memory((width, height), frames, streamed=True) / 2**20)})
+            print(f"{size:>14}  {rows[-1]['seconds']:7.1f} s  peak RSS {rows[-1]['peak_rss_mb']:6d} MB  "
+                  f"(CLI estimate {rows[-1]['estimate_mb']} MB)", flush=True)
+    for r in rows:
+        r["rss_vs_first"] = round(r["peak_rss_mb"] / rows[0]["peak_rss_mb"], 2)
+        r["time_vs_first"] = round(r["seconds"] / rows[0]["seconds"], 2)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -84,9 +125,17 @@ def main() -> None:
     ap.add_argument("--masks", action="store_true", help="also pass the clip's two instrument masks")
     ap.add_argument("--frames-sweep", type=int, nargs="*", default=None,
                     help="vary --frames (10 tracks) instead, e.g. --frames-sweep 14 56 112")
+    ap.add_argument("--sizes", nargs="+", default=None,
+                    help="FRAMESxWIDTHxHEIGHT: time and peak RSS of the demo preview per size (see above)")
+    ap.add_argument("--repo", default=str(REPO), help="with --sizes: run the surgsora package of this checkout (a "
+                    "baseline), on this checkout's demo frame and tracks")
     a = ap.parse_args()
     if a.child:
         _child(json.loads(a.child))
+        return
+    if a.sizes:
+        rows = preview_runs(a.sizes, repo=Path(a.repo).resolve())
+        print(json.dumps({"sizes": rows, "rss_ratio_max": max(r["rss_vs_first"] for r in rows)}))
         return
     from endovis_clip import endovis_folder
 

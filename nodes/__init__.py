@@ -7,19 +7,21 @@
   SVD Sampler (adapter and/or dual-clock), Decode.
 * ``core_svd``: SurgSora Apply (SVD), SurgSora SVD Conditioning and SurgSora Dual-Clock Guider, for ComfyUI's
   own SVD model and samplers.
+* ``cosmos``: Load Cosmos-H-Surgical, Cosmos Text Encode, Cosmos Image to Video (NVIDIA's surgical video model
+  as ComfyUI's own Cosmos Predict2 model, driven by the Dual-Clock Guider).
 
 Importing this package registers the model folders with ComfyUI's ``folder_paths`` (when ComfyUI is
 there) and nothing else: no model is loaded or downloaded until a node runs.
 """
 
-from . import core_svd, generation, perception, trajectory
+from . import core_svd, cosmos, generation, perception, trajectory
 from .models import register_folders
 
 register_folders()
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _family in (perception, trajectory, generation, core_svd):
+for _family in (perception, trajectory, generation, core_svd, cosmos):
     NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)
 

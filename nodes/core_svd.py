@@ -15,7 +15,8 @@ through the UNet's pass.
 
 ``SurgSora Dual-Clock Guider`` is Time-to-Move's dual-clock sampling as a core GUIDER for
 ``SamplerCustomAdvanced`` (any core sampler and scheduler; SurgSora Apply may steer the same conditioning), on
-SVD, Wan 2.1 I2V, Wan 2.2 I2V A14B and Wan 2.2 TI2V-5B. The anchoring is in the guider's model call, never
+SVD, Wan 2.1 I2V, Wan 2.2 I2V A14B, Wan 2.2 TI2V-5B and Cosmos-H-Surgical (``nodes/cosmos.py``). The anchoring
+is in the guider's model call, never
 through a model's own inpainting rule (Wan 2.2 5B keeps its known region clean and turns the mask into
 per-frame timesteps): while sigma > sigma(t_strong), the masked model input is the signal noised to that
 sigma with the model's own ``model_sampling.noise_scaling``, and the masked prediction is the signal (both in
@@ -25,7 +26,8 @@ after each step (with the prediction fixed to the signal, the step lands on the 
 sigma). The sampler's one noise draw both starts and re-noises the anchor (the pipeline draws a second one, as
 TTM does); ancestral samplers add fresh noise between anchors. A latent ``noise_mask`` (the 5B's first frame)
 is kept: the model's own rule holds there and nothing is anchored where it is 0. The geometry comes from the
-VAE: one latent per frame for SVD, TTM's temporal rule (pixel frames [0] + [1::4]) for Wan's 4x video VAE.
+VAE: one latent per frame for SVD, TTM's temporal rule (pixel frames [0] + [1::4]) for the 4x video VAEs (Wan's;
+Cosmos-H-Surgical samples Wan 2.1 VAE latents, its first frame kept by the model from SurgSora Cosmos Image to Video).
 With ``full_sigmas`` connected, t_weak / t_strong count steps of the whole schedule, so the high-noise stage
 of a SplitSigmas run anchors the same steps as one unsplit run.
 
@@ -44,7 +46,7 @@ import functools
 import torch
 
 from surgsora.sampling.conditioning import clip_normalize, clip_pixels, noise_augmented, time_ids
-from surgsora.sampling.dual_clock import (TTM_PRESETS, check_frame_count, check_unit_range, latent_mask, resize_frames,
+from surgsora.sampling.dual_clock import (PRESETS, check_frame_count, check_unit_range, latent_mask, resize_frames,
                                          stage_indices)
 from surgsora.sampling.settings import (MAX_FPS, MAX_FRAMES, MAX_MOTION_BUCKET, MAX_SEED, TTM_T_STRONG, TTM_T_WEAK,
                                         check_settings, check_video_size)
@@ -207,7 +209,8 @@ def _percent_problem(start_percent, end_percent) -> str | None:
 # Core model classes the guider anchors correctly, by what each family needs: the anchoring is done in the guider's
 # model call with the model's own noise_scaling, so it holds whatever the model's own inpainting rule is; a family
 # is listed once its latent geometry (read from the VAE) and conditioning are checked against it.
-SUPPORTED_MODELS = {"SVD_img2vid": "SVD", "WAN21": "Wan 2.1 / Wan 2.2 I2V A14B", "WAN22": "Wan 2.2 TI2V-5B"}
+SUPPORTED_MODELS = {"SVD_img2vid": "SVD", "WAN21": "Wan 2.1 / Wan 2.2 I2V A14B", "WAN22": "Wan 2.2 TI2V-5B",
+                    "CosmosPredict25": "Cosmos-H-Surgical (SurgSora Load Cosmos-H-Surgical)"}
 SUPPORTED_NAMES = "SVD / SVD-xt, Wan 2.1 I2V, Wan 2.2 I2V A14B and Wan 2.2 TI2V-5B"
 
 
@@ -274,7 +277,7 @@ def model_family(model) -> str:
     name = type(getattr(model, "model", None)).__name__
     if name not in SUPPORTED_MODELS:
         raise ValueError(f"The dual-clock guider supports {SUPPORTED_NAMES}, not this model ({name}); load one of "
-                         "those with ComfyUI's own loaders.")
+                         "those with ComfyUI's own loaders, or Cosmos-H-Surgical with SurgSora Load Cosmos-H-Surgical.")
     return name
 
 
@@ -306,7 +309,8 @@ def _dual_clock_widgets() -> dict:
 
 class SurgSoraDualClockGuider:
     """Dual-clock (Time-to-Move) sampling on ComfyUI's own video models (SVD, Wan 2.1 I2V, Wan 2.2 I2V A14B, Wan 2.2
-    TI2V-5B): a GUIDER for SamplerCustomAdvanced. Where the motion mask is on, the video follows the motion signal
+    TI2V-5B) and on Cosmos-H-Surgical: a GUIDER for SamplerCustomAdvanced. Where the motion mask is on, the video
+    follows the motion signal
     until t_strong; elsewhere it denoises freely from t_weak. Works with any core sampler and scheduler, with
     VideoLinearCFGGuidance, and with SurgSora Apply (SVD) on the same conditioning. For Wan 2.2 A14B drive the
     high-noise stage with this guider and the low-noise stage with a plain CFGGuider, and connect the unsplit sigmas
@@ -315,11 +319,12 @@ class SurgSoraDualClockGuider:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "ComfyUI's SVD or Wan model (for Wan 2.2 A14B: the high-noise expert), "
-                                           "patched as you like."}),
+            "model": ("MODEL", {"tooltip": "ComfyUI's SVD or Wan model (for Wan 2.2 A14B: the high-noise expert) or "
+                                           "Cosmos-H-Surgical, patched as you like."}),
             "positive": ("CONDITIONING", {"tooltip": "SVD: from SurgSora SVD Conditioning or SVD_img2vid_Conditioning "
                                                      "(optionally through SurgSora Apply). Wan: from WanImageToVideo, "
-                                                     "or the text conditioning (Wan 2.2 5B)."}),
+                                                     "or the text conditioning (Wan 2.2 5B). Cosmos-H-Surgical: from "
+                                                     "SurgSora Cosmos Image to Video."}),
             "negative": ("CONDITIONING", {"tooltip": "The matching negative conditioning."}),
             "vae": ("VAE", {"tooltip": "The model's VAE (SVD's, Wan 2.1's, or Wan 2.2's for the 5B): encodes the "
                                        "motion signal; its compression sets the latent geometry."}),
@@ -334,7 +339,7 @@ class SurgSoraDualClockGuider:
         }, "optional": {
             "full_sigmas": ("SIGMAS", {"tooltip": "The whole schedule before SplitSigmas: t_weak / t_strong then "
                                                   "count its steps, whatever stage this guider samples."}),
-            "preset": (["custom"] + list(TTM_PRESETS), {"default": "custom",
+            "preset": (["custom"] + list(PRESETS), {"default": "custom",
                                                          "tooltip": "TTM's published steps (of the whole schedule); "
                                                                     "custom uses t_weak / t_strong."}),
         }}
@@ -348,7 +353,7 @@ class SurgSoraDualClockGuider:
     @classmethod
     def VALIDATE_INPUTS(cls, t_weak=None, t_strong=None, preset=None):
         if preset not in (None, "custom"):  # a preset replaces t_weak / t_strong
-            return True if preset in TTM_PRESETS else (f"preset must be custom or one of {', '.join(TTM_PRESETS)}; "
+            return True if preset in PRESETS else (f"preset must be custom or one of {', '.join(PRESETS)}; "
                                                        f"got {preset!r}.")
         return queue_problem(check_settings, t_weak=t_weak, t_strong=t_strong) or True
 
@@ -356,7 +361,7 @@ class SurgSoraDualClockGuider:
     def get_guider(self, model, positive, negative, vae, motion_signal, motion_mask, cfg=3.0, t_weak=TTM_T_WEAK,
                    t_strong=TTM_T_STRONG, full_sigmas=None, preset=None):
         if preset not in (None, "custom"):
-            t_weak, t_strong = TTM_PRESETS[preset]
+            t_weak, t_strong = PRESETS[preset]
         check_settings(t_weak=t_weak, t_strong=t_strong)  # before any work
         if full_sigmas is not None and not bool(torch.isfinite(full_sigmas).all()):
             raise ValueError("full_sigmas must be finite; connect a scheduler's sigmas.")
@@ -398,6 +403,9 @@ def _video_signal(model, positive, vae, signal, mask, temporal, spatial):
         raise ValueError(f"The model samples {channels}-channel latents but the VAE makes {vae.latent_channels}; "
                          "connect the model's own VAE (wan2.2_vae for Wan 2.2 TI2V-5B, wan_2.1_vae otherwise).")
     concat = _concat_latent(positive)
+    if concat is None and type(model.model).__name__ == "CosmosPredict25":
+        raise ValueError("Cosmos-H-Surgical starts from a frame: connect SurgSora Cosmos Image to Video's positive and "
+                         "negative (and its latent).")
     check_frame_count(signal.shape[0], temporal, None if concat is None else concat.shape[-3])
     if concat is not None:  # WanImageToVideo: the video size it was set to
         height, width = concat.shape[-2] * spatial, concat.shape[-1] * spatial

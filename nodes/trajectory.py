@@ -13,8 +13,8 @@ import os
 import numpy as np
 import torch
 
-from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb
-from surgsora.motion.preview import motion_preview, motion_signal
+from surgsora.motion.flow_viz import draw_tracks, flow_to_rgb, max_magnitude
+from surgsora.motion.preview import chunk_frames, motion_preview_chunks, motion_signal_chunks
 from surgsora.motion.splat import resize_flow
 from surgsora.motion.tracks import TrackError, check_canvas, parse_track_data, prepare_tracks, rasterize
 from surgsora.sampling.settings import MAX_FRAMES, check_settings
@@ -22,7 +22,7 @@ from surgsora.video_io import threshold_mask
 
 from .models import download_widget, model_choices, model_widget, resolve_model, validate_choice
 from .runtime import (CATEGORY, Progress, bchw_to_image, comfy_module, image_to_bchw, image_to_depth,
-                      mask_to_regions, offload_device, on_device, torch_device, video_to_image)
+                      mask_to_regions, offload_device, on_device, torch_device)
 
 FLOW_TYPE = "SURGSORA_FLOW"
 # Tracks, masks, flows and depth made on a frame still fit a resized copy of it whose shape differs this much
@@ -126,9 +126,37 @@ def depth_for(depth, b: int, h: int, w: int) -> torch.Tensor:
 
 def flow_colours(flow: torch.Tensor) -> torch.Tensor:
     """flow [B, T-1, 2, H, W] -> IMAGE [B*T, H, W, 3]: frame 0 white (no motion), then the flow colours."""
-    colours = flow_to_rgb(flow.float())  # [B, T-1, 3, H, W]
-    first = torch.ones_like(colours[:, :1])
-    return video_to_image(torch.cat([first, colours], 1))
+    b, nf, _, h, w = flow.shape
+    f = flow.float()
+    out = torch.empty(b, nf + 1, h, w, 3)
+    out[:, 0] = 1
+    # One colour scale for the whole input, then a chunk of frames at a time into the output (no second copy).
+    max_flow = max_magnitude(f)
+    step = chunk_frames(h, w, b)
+    for a in range(0, nf, step):
+        out[:, 1 + a:1 + a + step] = flow_to_rgb(f[:, a:a + step], max_flow=max_flow).movedim(2, -1).clamp(0, 1)
+    return out.flatten(0, 1)
+
+
+def _fill(pieces, b: int, frames: int, h: int, w: int, draw=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Video pieces ``[B, t, 3, H, W]`` (or ``(video, mask)`` pairs) in frame order -> IMAGE ``[B*T, H, W, 3]`` (and
+    MASK ``[B*T, H, W]``), written into the outputs as they come so no whole float video is held twice.
+    ``draw(video_frame, b, t)`` may draw on each frame first."""
+    image = torch.empty(b, frames, h, w, 3)
+    mask = None
+    t = 0
+    for piece in pieces:
+        video, m = piece if isinstance(piece, tuple) else (piece, None)
+        n = video.shape[1]
+        if draw is not None:
+            video = torch.stack([torch.stack([draw(v[k], i, t + k) for k in range(n)]) for i, v in enumerate(video)])
+        image[:, t:t + n] = video.detach().movedim(2, -1).float().clamp(0, 1).cpu()
+        if m is not None:
+            if mask is None:
+                mask = torch.empty(b, frames, h, w)
+            mask[:, t:t + n] = m[:, :, 0].float().cpu()
+        t += n
+    return image.flatten(0, 1), None if mask is None else mask.flatten(0, 1)
 
 
 def _save_temp_frame(image: torch.Tensor, prefix: str) -> list[dict]:
@@ -435,24 +463,26 @@ class SurgSoraMotionPreview:
         if warp not in WARPS:
             raise ValueError(f"warp must be one of {', '.join(WARPS)}; got {warp!r}.")
         x, f = _image_and_flow(image, flow)
-        h, w = x.shape[-2:]
+        b, _, h, w = x.shape
+        frames = f.shape[1] + 1
         if warp == "average":
-            video = motion_preview(x, f)  # [B, T, 3, H, W]
+            pieces = motion_preview_chunks(x, f, chunk_frames(h, w, b))
         else:
-            video, _ = _motion_signal(x, f, depth, region_masks)
+            pieces = (v for v, _ in _motion_signal(x, f, depth, region_masks))
+        draw = None
         if tracks is not None:
-            t = tracks_at(tracks, (w, h), num_frames=video.shape[1])
-            video = torch.stack([torch.stack([draw_tracks(v[k], t[:, : k + 1]) for k in range(v.shape[0])])
-                                 for v in video])
-        return (video_to_image(video),)
+            t = tracks_at(tracks, (w, h), num_frames=frames)
+            draw = lambda frame, i, k: draw_tracks(frame, t[:, : k + 1])  # noqa: E731
+        return (_fill(pieces, b, frames, h, w, draw)[0],)
 
 
-def _motion_signal(x: torch.Tensor, f: torch.Tensor, depth, region_masks) -> tuple[torch.Tensor, torch.Tensor]:
+def _motion_signal(x: torch.Tensor, f: torch.Tensor, depth, region_masks):
     """The occlusion-aware motion signal of frames [B, 3, H, W] and their flow, with the nodes' optional depth and
-    region masks brought to the frames' size."""
+    region masks brought to the frames' size: ``(video, mask)`` pieces a chunk of frames at a time."""
     b, _, h, w = x.shape
     d = None if depth is None else depth_for(depth, b, h, w)
-    return motion_signal(x, f, depth=d, regions=_regions_for(region_masks, (h, w)))
+    return motion_signal_chunks(x, f, depth=d, regions=_regions_for(region_masks, (h, w)),
+                                chunk=chunk_frames(h, w, b))
 
 
 class SurgSoraMotionSignal:
@@ -480,8 +510,9 @@ class SurgSoraMotionSignal:
 
     @torch.no_grad()
     def build(self, image, flow, depth=None, region_masks=None):
-        video, mask = _motion_signal(*_image_and_flow(image, flow), depth, region_masks)
-        return (video_to_image(video), mask.flatten(0, 2).float())
+        x, f = _image_and_flow(image, flow)
+        b, _, h, w = x.shape
+        return _fill(_motion_signal(x, f, depth, region_masks), b, f.shape[1] + 1, h, w)
 
 
 def _check_flow(flow) -> torch.Tensor:

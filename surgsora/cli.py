@@ -57,10 +57,19 @@ CLI_NAMES = {"steps": "--steps", "frames": "--frames", "min_cfg": "--min-cfg", "
              "control_scale": "--control-scale", "seed": "--seed", "t_weak": "--t-weak", "t_strong": "--t-strong",
              "decode_chunk": "--decode-chunk"}
 MODEL_FLAGS = {"sam": "--sam", "depth": "--depth", "svd": "--svd", "adapter": "--adapter", "cmp": "--decoder"}
-# Host memory per pixel per frame of the preview / generate stages that hold whole videos (flow, warped
-# frames, softmax-splat scatter buffers, masks), measured with benchmarks/trajectory_memory.py --frames.
+# Host memory per pixel per frame of generate's host-side stages, which hold whole videos (flow, warped frames,
+# softmax-splat scatter buffers, masks), measured with benchmarks/trajectory_memory.py --frames-sweep.
 BYTES_PER_PIXEL_FRAME = 240
 BASE_BYTES = 700 << 20
+# The preview streams (a chunk of about CHUNK_PIXELS pixel-frames at a time, surgsora.motion.preview.chunk_frames),
+# so what grows with the video is one chunk's working set, buffers of one frame's size (image, plate, masks,
+# decoder grids, encoder), the mask video kept at one byte per pixel and frame until it is encoded and, with a
+# CMP checkpoint (which decodes every frame at once), the whole flow and its rasterised input. Measured with
+# benchmarks/trajectory_memory.py --sizes.
+PREVIEW_CHUNK_BYTES = 280  # per pixel of a chunk
+PREVIEW_FRAME_BYTES = 300  # per pixel of one frame
+PREVIEW_MASK_BYTES = 1  # per pixel and frame
+CMP_FLOW_BYTES = 40  # per pixel and frame, --decoder CHECKPOINT only
 
 
 # ================================================================================= inputs
@@ -82,19 +91,34 @@ def available_memory() -> int | None:
     return None
 
 
-def estimate_memory(size: tuple[int, int], frames: int, n_masks: int = 0) -> int:
-    """Bytes of host memory a preview (or generate's host-side stages) needs at ``size = (W, H)`` for ``frames``."""
+def _memory_terms(size: tuple[int, int], frames: int, n_masks: int, streamed: bool, cmp: bool) -> tuple[int, int]:
+    """(bytes that do not grow with the frame count, bytes per frame) of a preview (``streamed``) or generate run."""
     w, h = size
-    return BASE_BYTES + BYTES_PER_PIXEL_FRAME * w * h * frames + 16 * w * h * n_masks
+    fixed = BASE_BYTES + 16 * w * h * n_masks
+    if not streamed:
+        return fixed, BYTES_PER_PIXEL_FRAME * w * h
+    from .motion.preview import chunk_frames
+
+    chunk = min(max(1, frames - 1), chunk_frames(h, w))
+    fixed += PREVIEW_CHUNK_BYTES * chunk * w * h + PREVIEW_FRAME_BYTES * w * h
+    return fixed, (PREVIEW_MASK_BYTES + (CMP_FLOW_BYTES if cmp else 0)) * w * h
 
 
-def _check_memory(size: tuple[int, int], frames: int, n_masks: int) -> None:
-    need = estimate_memory(size, frames, n_masks)
+def estimate_memory(size: tuple[int, int], frames: int, n_masks: int = 0, streamed: bool = False,
+                    cmp: bool = False) -> int:
+    """Bytes of host memory generate's host-side stages (or, ``streamed``, a preview; ``cmp``: with a CMP
+    checkpoint) need at ``size = (W, H)`` for ``frames``."""
+    fixed, per_frame = _memory_terms(size, frames, n_masks, streamed, cmp)
+    return fixed + per_frame * frames
+
+
+def _check_memory(size: tuple[int, int], frames: int, n_masks: int, streamed: bool = False, cmp: bool = False) -> None:
+    need = estimate_memory(size, frames, n_masks, streamed, cmp)
     have = available_memory()
     if have is None or need <= have:
         return
-    per_frame = BYTES_PER_PIXEL_FRAME * size[0] * size[1]
-    fit = max(0, int((have - BASE_BYTES - 16 * size[0] * size[1] * n_masks) // per_frame))
+    fixed, per_frame = _memory_terms(size, frames, n_masks, streamed, cmp)
+    fit = max(0, int((have - fixed) // per_frame))
     raise UsageError(f"--frames {frames} at {size[0]}x{size[1]} needs about {need / 2**30:.1f} GB of memory, more than "
                      f"the {have / 2**30:.1f} GB available; use fewer --frames (about {fit} fit) or a smaller "
                      "--size.")
@@ -126,17 +150,26 @@ class Timer:
         print(f"  {'total':<22} {total:8.2f} s", file=stream)
 
 
-def _flow_frames(flow, chunk: int = 8):
-    """Flow-colour frames [t, H, W, 3] of flow [1, T-1, 2, H, W], a chunk at a time (frame 0 white: no motion yet)."""
+def _flow_pieces(flow, chunk: int):
+    """Flow [1, T-1, 2, H, W] ``chunk`` frames at a time, from a tensor or a lazy flow (``frames(a, b)``)."""
+    read = flow.frames if hasattr(flow, "frames") else (lambda a, b: flow[:, a:b])
+    for a in range(0, flow.shape[1], max(1, chunk)):
+        yield read(a, a + chunk)
+
+
+def _flow_frames(flow, chunk: int = 8, max_flow: float | None = None):
+    """Flow-colour frames [t, H, W, 3] of flow [1, T-1, 2, H, W] (a tensor, or a lazy flow with its ``max_flow``),
+    a chunk at a time (frame 0 white: no motion yet)."""
     import torch
 
     from .motion.flow_viz import flow_to_rgb
 
-    f = flow[0]
-    max_flow = float(f.norm(dim=1).max()) if f.numel() else 0.0  # one scale for every frame
-    yield torch.ones(1, f.shape[-2], f.shape[-1], 3).numpy()
-    for i in range(0, f.shape[0], chunk):
-        yield flow_to_rgb(f[i:i + chunk], max_flow=max_flow).permute(0, 2, 3, 1).numpy()
+    if max_flow is None:
+        f = flow[0]
+        max_flow = float(f.norm(dim=1).max()) if f.numel() else 0.0  # one scale for every frame
+    yield torch.ones(1, flow.shape[-2], flow.shape[-1], 3).numpy()
+    for piece in _flow_pieces(flow, chunk):
+        yield flow_to_rgb(piece[0], max_flow=max_flow).permute(0, 2, 3, 1).numpy()
 
 
 def _flow_video_path(out: Path, explicit: str | None) -> Path:
@@ -204,7 +237,9 @@ def _frame_and_tracks(args, multiple: int, area: int):
             raise UsageError(str(e)) from None
     elif size[0] % multiple or size[1] % multiple:
         raise UsageError(f"--size {size[0]}x{size[1]}: width and height must be multiples of {multiple}.")
-    _check_memory(size, args.frames, len(args.masks or ()))
+    preview = args.command == "preview"  # streamed: see estimate_memory
+    _check_memory(size, args.frames, len(args.masks or ()), streamed=preview,
+                  cmp=preview and args.decoder != "analytic")
     try:
         ts = parse_track_data(text)
         if ts.canvas is not None:
@@ -219,11 +254,15 @@ def _frame_and_tracks(args, multiple: int, area: int):
 # ================================================================================= preview
 
 def run_preview(args) -> dict:
+    """The preview, streamed: the flow is decoded, warped and encoded a chunk of frames at a time (each frame t
+    needs only frame 0 and the flow 0 -> t), so memory does not grow with frames x pixels; only the mask video
+    (one byte per pixel and frame) is kept whole until its encoder runs."""
     import numpy as np
     import torch
 
+    from .motion.analytic_flow import AnalyticDecoder
     from .motion.flow_viz import draw_tracks
-    from .motion.preview import motion_preview, motion_signal
+    from .motion.preview import chunk_frames, motion_preview_chunks, motion_signal_chunks
     from .sampling.generate import load_decoder
     from .video_io import encode_video
 
@@ -245,38 +284,71 @@ def run_preview(args) -> dict:
             depth = torch.from_numpy(d)[None, None]
     with timer("load decoder"):
         decoder = load_decoder(args.decoder, "cpu")
+    w, h = size
+    chunk = chunk_frames(h, w)
     with timer("tracks -> flow"):
         from .motion.tracks import tracks_to_flow
 
-        flow = tracks_to_flow(decoder, image_t, tracks, size, regions)
-    mask = None
-    with timer("motion preview"):
-        if args.warp == "average":
-            video = motion_preview(image_t, flow)[0]  # [T, 3, H, W]
-        else:
-            video, mask = (x[0] for x in motion_signal(image_t, flow, depth=depth, regions=regions, fill=args.fill))
+        if isinstance(decoder, AnalyticDecoder):  # solved once, evaluated a chunk of frames at a time
+            flow = decoder.lazy_tracks(image_t, tracks, size, regions, chunk=chunk)
+        else:  # the CMP network decodes every frame at once
+            flow = tracks_to_flow(decoder, image_t, tracks, size, regions)
+    nf = flow.shape[1]
+    mask = np.zeros((nf + 1, h, w), bool) if args.warp == "occlusion" else None
+    shown = [0]  # frames computed so far
 
-    def preview_frames():  # one frame at a time: drawing the tracks never holds a second copy of the video
-        for t in range(len(video)):
-            frame = draw_tracks(video[t], tracks[:, : t + 1]) if args.draw_tracks else video[t]
-            yield frame.permute(1, 2, 0).numpy()
+    def pieces():
+        if mask is None:
+            yield from motion_preview_chunks(image_t, flow, chunk)
+            return
+        for video, m in motion_signal_chunks(image_t, flow, depth=depth, regions=regions, chunk=chunk,
+                                             fill=args.fill):
+            mask[shown[0]:shown[0] + m.shape[1]] = m[0, :, 0].numpy() > 0.5  # 0 or 1
+            yield video
 
-    with timer("write videos"), _writing(outs) as tmp:
+    def preview_frames():  # one frame at a time: drawing the tracks never holds a second copy of a chunk
+        it = pieces()
+        while True:
+            with timer("motion preview"):
+                video = next(it, None)
+            if video is None:
+                return
+            for frame in video[0]:
+                t = shown[0]
+                shown[0] += 1
+                yield (draw_tracks(frame, tracks[:, : t + 1]) if args.draw_tracks else frame).permute(1, 2, 0).numpy()
+
+    with _writing(outs) as tmp:
+        with timer("tracks -> flow"):  # one pass for the colour scale (and the saved flow)
+            max_flow = 0.0
+            save = open(tmp["--save-flow"], "wb") if args.save_flow else contextlib.nullcontext()
+            with save as f:
+                if args.save_flow:  # np.save's format, written a chunk at a time
+                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                              "shape": (nf, 2, h, w)}
+                    np.lib.format.write_array_header_1_0(f, header)
+                for piece in _flow_pieces(flow, chunk):
+                    if piece.numel():
+                        max_flow = max(max_flow, float(piece.norm(dim=2).max()))
+                    if args.save_flow:
+                        f.write(np.ascontiguousarray(piece[0].numpy(), dtype=np.float32).tobytes())
+        t0 = time.perf_counter()
         encode_video(tmp["--out"], preview_frames(), fps=args.fps, container=_container(outs["--out"]))
-        encode_video(tmp["--flow-out"], _flow_frames(flow), fps=args.fps, container=_container(outs["--flow-out"]))
+        encode_video(tmp["--flow-out"], _flow_frames(flow, chunk, max_flow), fps=args.fps,
+                     container=_container(outs["--flow-out"]))
         if mask is not None:  # the dual-clock sampler's anchor region, white = anchored
-            encode_video(tmp["--mask-out"], (m.expand(3, -1, -1).permute(1, 2, 0).numpy() for m in mask),
-                         fps=args.fps, container=_container(outs["--mask-out"]))
-        if args.save_flow:
-            with open(tmp["--save-flow"], "wb") as f:
-                np.save(f, flow[0].numpy())
+            encode_video(tmp["--mask-out"], (np.repeat(m[..., None], 3, -1) for m in mask), fps=args.fps,
+                         container=_container(outs["--mask-out"]))
+        # Computing the frames happened inside the first encode: count it once, under "motion preview".
+        timer.stages["write videos"] = time.perf_counter() - t0 - timer.stages.get("motion preview", 0.0)
     out, flow_path, mask_path = outs["--out"], outs["--flow-out"], outs.get("--mask-out") if mask is not None else None
-    print(f"Wrote {out} ({len(video)} frames, {size[0]}x{size[1]}), {flow_path}"
+    frames = shown[0]
+    print(f"Wrote {out} ({frames} frames, {size[0]}x{size[1]}), {flow_path}"
           + (f" and {mask_path}." if mask_path else "."))
     timer.report()
     result = {"out": str(out), "flow_video": str(flow_path), "mask_video": str(mask_path) if mask_path else None,
-              "warp": args.warp, "frames": int(len(video)), "width": size[0],
-              "height": size[1], "max_flow_px": float(flow.norm(dim=2).max()),
+              "warp": args.warp, "frames": int(frames), "width": size[0],
+              "height": size[1], "max_flow_px": max_flow,
               "timing_s": {k: round(v, 4) for k, v in timer.stages.items()}}
     print(json.dumps(result))
     return result

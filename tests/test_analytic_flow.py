@@ -216,3 +216,52 @@ def test_benchmark_pipeline_on_a_synthetic_rigid_instrument():
     assert res["epe_mask"] < 1e-4 and res["epe_mask_zero"] == pytest.approx(np.hypot(1, 0.5) * 2)
     assert res["epe_all"] < 0.2 < res["epe_all_nomask"]
     assert res["num_tracks"] == 3
+
+
+# ------------------------------------------------------------------------------------ chunked == whole
+
+def _chunk_scene(frames=9, w=80, h=48):
+    rng = np.random.default_rng(3)
+    tracks = np.zeros((12, frames, 2), np.float32)
+    tracks[:, 0] = rng.uniform(2, [w - 2, h - 2], (12, 2))
+    tracks[:, 1:] = tracks[:, :1] + np.cumsum(rng.normal(0, 2, (12, frames - 1, 2)), 1)
+    tracks[:3, 1:] = tracks[:3, :1]  # static anchors
+    regions = torch.cat([_square(h, w, 5, 30, 5, 45), _square(h, w, 10, 20, 10, 25)], 1)
+    return tracks, regions, (w, h)
+
+
+@pytest.mark.parametrize("motion", ["smooth", "rigid"])
+@pytest.mark.parametrize("with_regions", [False, True])
+def test_the_decoder_solved_once_and_evaluated_per_chunk_gives_the_whole_flow(motion, with_regions):
+    from surgsora.motion.tracks import tracks_to_flow
+
+    tracks, regions, (w, h) = _chunk_scene()
+    regions = regions if with_regions else None
+    image = torch.rand(1, 3, h, w)
+    dec = AnalyticDecoder(region_motion=motion)
+    whole = tracks_to_flow(dec, image, tracks, (w, h), regions)
+    # Rasterised a few frames at a time, solved once: the whole flow bit for bit (today's output).
+    lazy = dec.lazy_tracks(image, tracks, (w, h), regions, chunk=3)
+    assert lazy.shape == tuple(whole.shape) and torch.equal(lazy.frames(0, 8), whole)
+    sparse, mask = rasterize(tracks, (h, w))
+    assert torch.equal(dec.lazy(image, sparse, mask, regions).frames(0, 8), whole)
+    # Evaluated per chunk: frame t uses only the tracks at t, so the chunks are the whole flow up to float32
+    # rounding of the matrix products (BLAS may sum a product of another width in another order).
+    scale = float(whole.abs().max())
+    assert (lazy.frames(2, 7) - whole[:, 2:7]).abs().max() <= 1e-6 * scale
+    for chunk in (1, 3):
+        pieces = list(lazy.chunks(chunk))
+        assert [p.shape[1] for p in pieces] == [chunk] * (8 // chunk) + ([8 % chunk] if 8 % chunk else [])
+        assert (torch.cat(pieces, 1) - whole).abs().max() <= 1e-6 * scale
+
+
+def test_a_control_point_missing_in_some_frames_is_chunked_per_frame_too():
+    tracks, regions, (w, h) = _chunk_scene(frames=5)
+    sparse, mask = rasterize(tracks, (h, w))
+    mask[0, 1, 0] = 0  # frame 2 without its control points: solved on its own
+    sparse[0, 1] = 0
+    dec = AnalyticDecoder()
+    whole = dec(None, sparse, mask, regions)
+    lazy = dec.lazy(None, sparse, mask, regions)
+    assert torch.equal(lazy.frames(0, 4), whole)
+    assert (torch.cat(list(lazy.chunks(3)), 1) - whole).abs().max() <= 1e-6 * float(whole.abs().max())

@@ -298,3 +298,93 @@ def test_benchmark_disoccluded_pixels_and_fills_on_a_synthetic_instrument():
     assert fig["telea_disocc_psnr"] > fig["preview_disocc_psnr"]
     assert fig["signal_psnr"] > fig["preview_psnr"] and fig["signal_ssim"] > fig["preview_ssim"]
     assert b.pooled_psnr(real, real + 0.1, disocc) == pytest.approx(20.0, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------ chunked == whole
+
+def _demo_case(endovis_frame, w=96, h=64, frames=9):
+    """The demo frame and demo tracks at a small size, with two regions and a depth map."""
+    import cv2
+
+    from surgsora.motion.tracks import parse_track_data, prepare_tracks
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    ts = parse_track_data((root / "demo" / "tracks_endovis.json").read_text())
+    tracks = prepare_tracks(ts, canvas_size=ts.canvas, size=(w, h), num_frames=frames)
+    small = cv2.resize(endovis_frame, (w, h), interpolation=cv2.INTER_AREA)
+    image = torch.from_numpy(small).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    regions = torch.stack([_box(h, w, 10, 50, 15, 70), _box(h, w, 20, 35, 25, 45)]).unsqueeze(0)
+    depth = torch.linspace(0, 1, w).expand(h, w).reshape(1, 1, h, w).contiguous()
+    return image, tracks, regions, depth
+
+
+def _cat(pieces):
+    pieces = list(pieces)
+    if isinstance(pieces[0], tuple):
+        return tuple(torch.cat(p, 1) for p in zip(*pieces))
+    return torch.cat(pieces, 1)
+
+
+@pytest.mark.parametrize("with_regions, with_depth, fill",
+                         [(False, False, "pushpull"), (True, False, "pushpull"), (True, True, "telea")])
+def test_the_chunked_motion_signal_is_the_whole_one_bit_for_bit(endovis_frame, with_regions, with_depth, fill):
+    from surgsora.motion.analytic_flow import AnalyticDecoder
+    from surgsora.motion.preview import motion_preview_chunks, motion_signal_chunks
+    from surgsora.motion.tracks import tracks_to_flow
+
+    image, tracks, regions, depth = _demo_case(endovis_frame)
+    regions = regions if with_regions else None
+    depth = depth if with_depth else None
+    flow = tracks_to_flow(AnalyticDecoder(), image, tracks, (96, 64), regions)
+    video, mask = motion_signal(image, flow, depth=depth, regions=regions, fill=fill)
+    assert video.shape == (1, 9, 3, 64, 96) and mask.shape == (1, 9, 1, 64, 96) and mask.amax() == 1
+    for chunk in (1, 3, 8):
+        pieces = list(motion_signal_chunks(image, flow, depth, regions, chunk=chunk, fill=fill))
+        assert [p[0].shape[1] for p in pieces][0] == 1 + min(chunk, 8)  # frame 0 rides with the first piece
+        v, m = _cat(pieces)
+        assert torch.equal(v, video) and torch.equal(m, mask)
+    assert torch.equal(_cat(motion_preview_chunks(image, flow, 3)), motion_preview(image, flow))
+    # From the decoder's lazy flow (solved once, evaluated per chunk): the same up to float32 rounding of the flow.
+    lazy = AnalyticDecoder().lazy_tracks(image, tracks, (96, 64), regions, chunk=2)
+    v, m = _cat(motion_signal_chunks(image, lazy, depth, regions, chunk=2, fill=fill))
+    assert (v - video).abs().max() < 1e-3 and (m != mask).float().mean() < 1e-3
+
+
+def test_chunked_signal_never_splats_more_than_a_chunk_of_frames(endovis_frame, monkeypatch):
+    """The memory bound, structurally: every splat and every flow read of the chunked signal covers at most
+    ``chunk`` frames (the working set is that of a chunk, whatever T)."""
+    import surgsora.motion.preview as pv
+    from surgsora.motion.analytic_flow import AnalyticDecoder, PointFlow
+
+    image, tracks, regions, _ = _demo_case(endovis_frame, frames=13)
+    seen = []
+    for name in ("softmax_splat", "sum_splat"):
+        real = getattr(pv, name)
+        monkeypatch.setattr(pv, name, lambda x, f, *a, _real=real, **k: seen.append(f.shape[0]) or _real(x, f, *a, **k))
+    real_frames = PointFlow.frames
+    monkeypatch.setattr(PointFlow, "frames", lambda self, a, b: seen.append(min(b, len(self)) - a)
+                        or real_frames(self, a, b))
+    lazy = AnalyticDecoder().lazy_tracks(image, tracks, (96, 64), regions, chunk=3)
+    list(pv.motion_signal_chunks(image, lazy, regions=regions, chunk=3))
+    assert seen and max(seen) <= 3 and len(seen) == 4 * 2 + 4 * 2  # 4 chunks: two flow reads, two splats each
+    assert pv.chunk_frames(720, 1280) == max(1, pv.CHUNK_PIXELS // (1280 * 720))
+
+
+def test_the_signal_and_preview_nodes_give_the_library_result_when_chunked(endovis_frame, monkeypatch):
+    import surgsora.motion.preview as pv
+    from nodes.trajectory import SurgSoraMotionPreview, SurgSoraMotionSignal, flow_colours
+    from surgsora.motion.analytic_flow import AnalyticDecoder
+    from surgsora.motion.flow_viz import flow_to_rgb
+    from surgsora.motion.tracks import tracks_to_flow
+
+    image, tracks, regions, _ = _demo_case(endovis_frame)
+    flow = tracks_to_flow(AnalyticDecoder(), image, tracks, (96, 64), regions)
+    video, mask = motion_signal(image, flow, regions=regions)
+    monkeypatch.setattr(pv, "CHUNK_PIXELS", 2 * 96 * 64)  # two frames per chunk
+    frame = image.permute(0, 2, 3, 1)
+    sig, msk = SurgSoraMotionSignal().build(frame, flow, region_masks=regions[0])
+    assert torch.equal(sig, video[0].permute(0, 2, 3, 1)) and torch.equal(msk, mask[0, :, 0])
+    (prev,) = SurgSoraMotionPreview().preview(frame, flow, warp="average")
+    assert torch.equal(prev, motion_preview(image, flow)[0].permute(0, 2, 3, 1))
+    colours = flow_colours(flow)
+    assert torch.equal(colours[1:], flow_to_rgb(flow[0]).permute(0, 2, 3, 1)) and bool((colours[0] == 1).all())

@@ -23,7 +23,7 @@ from integration.tiny_models import ADAPTER_NAME, CMP_NAME, DEPTH_NAME, MOFA_NAM
 
 REPO = Path(__file__).resolve().parents[1]
 STANDARD = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "TRACKS", "CONDITIONING", "CLIP_VISION", "VAE",
-            "MODEL", "GUIDER", "SIGMAS"}
+            "MODEL", "GUIDER", "SIGMAS", "CLIP"}
 W, H = 128, 64  # working size: multiples of 64
 
 
@@ -57,7 +57,7 @@ def run(nodes, name, **kw):
 # ------------------------------------------------------------------------------------ declarations
 
 def test_every_node_declares_consistent_inputs_and_outputs(nodes):
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 20
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 23
     assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
     for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
         spec = cls.INPUT_TYPES()

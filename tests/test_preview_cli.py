@@ -84,3 +84,44 @@ def test_preview_depth_image_decides_who_passes_in_front(tmp_path, capsys):
     last = read_video(tmp_path / "b.mp4").astype(np.float32)[2][window]
     assert np.abs(last - np.array([20, 200, 40])).mean() < 12
     capsys.readouterr()
+
+
+def test_the_streamed_preview_writes_what_the_whole_one_does(tmp_path, capsys, monkeypatch):
+    """The demo frame and tracks, one chunk (today's whole-video computation) against one frame per chunk."""
+    import surgsora.motion.preview as pv
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "demo"
+
+    def run(name: str, budget: int):
+        monkeypatch.setattr(pv, "CHUNK_PIXELS", budget)
+        out = tmp_path / f"{name}.mp4"
+        assert main(["preview", "--image", str(demo / "surgsora_endovis_frame6.png"), "--tracks",
+                     str(demo / "tracks_endovis.json"), "--frames", "9", "--size", "128x72", "--out", str(out),
+                     "--save-flow", str(tmp_path / f"{name}.npy")]) == 0
+        result = _last_json(capsys.readouterr().out)
+        videos = [read_video(out), read_video(tmp_path / f"{name}_mask.mp4"), read_video(tmp_path / f"{name}_flow.mp4")]
+        return result, videos, np.load(tmp_path / f"{name}.npy")
+
+    whole, (video, mask, colours), flow = run("whole", 1 << 30)
+    streamed, (video_s, mask_s, colours_s), flow_s = run("streamed", 128 * 72)
+    assert whole["frames"] == streamed["frames"] == 9 and flow.shape == (8, 2, 72, 128)
+    # The flow is evaluated per chunk (float32 rounding of the decoder's products), everything else per frame.
+    assert np.abs(flow_s - flow).max() <= 1e-6 * np.abs(flow).max()
+    assert abs(streamed["max_flow_px"] - whole["max_flow_px"]) <= 1e-6 * whole["max_flow_px"]
+    assert np.array_equal(mask_s, mask)
+    for a, b in ((video_s, video), (colours_s, colours)):
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.max() <= 2 and (diff > 0).mean() < 1e-3
+
+
+def test_the_memory_estimate_of_the_streamed_preview_does_not_grow_with_frames_x_pixels():
+    from surgsora.cli import BASE_BYTES, BYTES_PER_PIXEL_FRAME, estimate_memory
+
+    # Measured (benchmarks/trajectory_memory.py --sizes): ~1.4 GB at 25x512x288, ~1.8 GB at 81x1280x720 (16 GB
+    # before streaming).
+    small, wan720 = estimate_memory((512, 288), 25, streamed=True), estimate_memory((1280, 720), 81, streamed=True)
+    assert wan720 < 3 * 2**30 and wan720 < 1.5 * small
+    assert estimate_memory((1280, 720), 161, streamed=True) - wan720 == 80 * 1280 * 720  # the 1-byte mask frames
+    # generate still holds whole videos: its estimate is unchanged.
+    assert estimate_memory((1280, 720), 81) == BASE_BYTES + BYTES_PER_PIXEL_FRAME * 1280 * 720 * 81

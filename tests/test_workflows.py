@@ -40,7 +40,8 @@ CORE_KSAMPLER = "SurgSora on Core KSampler"  # needs a full-size SVD checkpoint:
 CORE_DUAL_CLOCK = "SurgSora Dual-Clock Core Sampler"  # the same checkpoint
 CORE_SVD = (CORE_KSAMPLER, CORE_DUAL_CLOCK)  # run on the real server only (tests/integration)
 WAN_14B, WAN_5B = "SurgSora Dual-Clock Wan 2.2 14B", "SurgSora Dual-Clock Wan 2.2 5B"
-CORE_ONLY = CORE_SVD + (WAN_14B, WAN_5B)  # core model nodes (Wan too): run on the real server only
+COSMOS = "SurgSora Dual-Clock Cosmos-H"
+CORE_ONLY = CORE_SVD + (WAN_14B, WAN_5B, COSMOS)  # core model nodes (Wan, Cosmos too): run on the real server only
 TITLE_BAR = 30  # LiteGraph.NODE_TITLE_HEIGHT: drawn above a node's pos
 EXPECTED_VIDEOS = {"SurgSora Trajectory to Video": {"motion_preview", "video"},
                    "SurgSora Motion Preview": {"motion_preview", "flow"},

@@ -86,7 +86,14 @@ WAN_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
 WAN_LOW = "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors"
 WAN_5B, WAN_TEXT = "wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 WAN21_VAE, WAN22_VAE = "wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"
+# Cosmos-H-Surgical v0.2.0 Predict (OpenMDW-1.1) from NVIDIA's Hub repository; it samples Wan 2.1 VAE latents
+COSMOS_FILE = "cosmos-h-surgical-predict_model_ema_bf16.pt"
+COSMOS_URL = "https://huggingface.co/nvidia/Cosmos-H-Surgical/resolve/main/openmdw-1.1/predict/" + COSMOS_FILE
+# Cosmos-Reason1-7B (nvidia/Cosmos-Reason1-7B, a Qwen2.5-VL-7B) as one file in ComfyUI's text_encoders: no single-file
+# release exists, so it has no download entry; the note says how to make it
+REASON1_FILE = "cosmos_reason1_7b.safetensors"
 MODEL_SOURCES.update({
+    COSMOS_FILE: (COSMOS_URL, "diffusion_models"),
     WAN_HIGH: (WAN22 + "diffusion_models/" + WAN_HIGH, "diffusion_models"),
     WAN_LOW: (WAN22 + "diffusion_models/" + WAN_LOW, "diffusion_models"),
     WAN_5B: (WAN22 + "diffusion_models/" + WAN_5B, "diffusion_models"),
@@ -195,6 +202,7 @@ NODE_SIZES = {"LoadImage": (NODE_WIDTH, 360), "LoadVideo": (NODE_WIDTH, 280), "S
               "PreviewImage": (NODE_WIDTH, 280), "SaveVideo": (NODE_WIDTH, 320),
               "ImageOnlyCheckpointLoader": (400, None),
               "CLIPTextEncode": (NODE_WIDTH, 120),  # the frontend draws a multiline text box at least 88 px tall
+              "SurgSoraCosmosTextEncode": (NODE_WIDTH, 120),
               "UNETLoader": (400, None), "CLIPLoader": (400, None)}
 
 
@@ -998,6 +1006,92 @@ def wan_5b_dual_clock(info: dict, t: Template) -> Graph:
     return g
 
 
+# Cosmos-H-Surgical as trained: 1280x704 (720p), 93 frames (4n + 1) at 16 fps, 35 UniPC steps with shift 5, guidance 7
+COSMOS_WIDTH, COSMOS_HEIGHT, COSMOS_FRAMES, COSMOS_FPS, COSMOS_STEPS, COSMOS_CFG = 1280, 704, 93, 16, 35, 7.0
+COSMOS_T_WEAK, COSMOS_T_STRONG = 0.06, 0.14  # the guider's "Cosmos-H-Surgical cut-and-drag (2 / 5 of 35)" preset
+COSMOS_PROMPT = ("laparoscopic surgery video: a grasper and a hook move over the tissue, steady endoscope, realistic "
+                 "lighting and anatomy")
+COSMOS_NEGATIVE = "static, blurry, distorted or deformed instruments, flicker, cartoon, text, watermark, low quality"
+NOTE_COSMOS = f"""1. Load your first frame (here: frame 6 of the EndoVis 2017 clip). It is resized to {COSMOS_WIDTH}x{COSMOS_HEIGHT} (720p, as Cosmos-H-Surgical was trained; crop disabled so the drawn tracks stay aligned).
+2. {STEPS_DRAW} SAM (masks at the track starts) and Depth Anything V2 decide what moves as one region and what is in front; the trajectories become a crude warped animation of {COSMOS_FRAMES} frames (4n + 1) and a mask of what moves.
+3. Models: models/sams/{SAM_FILE}, models/depthanything/{DEPTH_FILE}, models/diffusion_models/{COSMOS_FILE} (NVIDIA Cosmos-H-Surgical v0.2.0 Predict, OpenMDW-1.1, 4.1 GB), models/vae/{WAN21_VAE}, models/text_encoders/{REASON1_FILE}: Cosmos-Reason1-7B (nvidia/Cosmos-Reason1-7B) saved as one safetensors file (its shards merged), loaded as ComfyUI's Qwen2.5-VL-7B (type qwen_image).
+4. SurgSora Cosmos Image to Video puts the frame in as the model's conditioning frame. The guider samples {COSMOS_STEPS} UniPC steps (shift 5, as trained) with the Cosmos-H-Surgical cut-and-drag preset: sampling starts at step 2 from the motion signal, the masked region follows it until step 5 (camera motion: steps 1 and 4). Later t_strong = closer to the drawn motion, earlier = more freedom.
+5. Choose it over Wan for surgical appearance (tissue, instruments, endoscope light); Wan 2.2 A14B follows general motion better. About 4 GB of DiT weights plus the 7B text encoder (offloaded after encoding); 93 frames at 720p want a 24 GB+ GPU, fewer frames or a smaller size fit less."""
+
+
+def _perceived_signal_front(g: Graph, t: Template, note_text: str, width: int, height: int, frames: int,
+                            fps: int) -> tuple[Node, Node, float, float]:
+    """:func:`_signal_front` with SAM masks (prompted at the track starts) and Depth Anything V2 depth deciding what
+    moves as one region and what is in front, in a Perception group under the Trajectory Controller."""
+    note = add_note(g, t, note_text)
+    load, scale = _frame(g, width, height)
+    traj, tprev = _trajectories(g, scale, frames)
+    sam = g.add("SurgSoraLoadSAM", model_name=SAM_FILE)
+    masks = g.add("SurgSoraSAMMasks")
+    g.connect(sam, "sam", masks, "sam")
+    g.connect(scale, "IMAGE", masks, "image")
+    g.connect(traj, "tracks", masks, "tracks")
+    dm = g.add("SurgSoraLoadDepthAnything", model_name=DEPTH_FILE)
+    depth = g.add("SurgSoraDepth")
+    g.connect(dm, "depth_model", depth, "depth_model")
+    g.connect(scale, "IMAGE", depth, "image")
+    previews = [_preview(g, masks, "preview", "Preview: SAM masks"),
+                _preview(g, depth, "depth_colour", "Preview: depth")]
+    decoder, flow = _flow(g, scale, traj, "analytic", masks)
+    signal = g.add("SurgSoraMotionSignal")
+    g.connect(scale, "IMAGE", signal, "image")
+    g.connect(flow, "flow", signal, "flow")
+    g.connect(masks, "masks", signal, "region_masks")
+    g.connect(depth, "depth", signal, "depth")
+    svideo = _video(g, signal, "motion_signal", "SurgSora/motion_signal", fps)
+    y = note.bottom + GROUP_GAP
+    fr = lay_group(g, "Frame", FRAME_COLOUR, 0, y, [[load, scale]])
+    tr = lay_group(g, "Trajectory Controller -> motion signal", TRAJECTORY_COLOUR, fr.right + GROUP_GAP, y,
+                   [[traj], [tprev, decoder, flow], [signal] + svideo])
+    pe = lay_group(g, "Perception: SAM + Depth Anything V2", PERCEPTION_COLOUR, tr.x, tr.bottom + GROUP_GAP,
+                   [[sam, dm], [masks, depth], previews])
+    return scale, signal, y, max(tr.right, pe.right) + GROUP_GAP
+
+
+def cosmos_dual_clock(info: dict, t: Template) -> Graph:
+    g = Graph(info)
+    scale, signal, y, x = _perceived_signal_front(g, t, NOTE_COSMOS, COSMOS_WIDTH, COSMOS_HEIGHT, COSMOS_FRAMES,
+                                                  COSMOS_FPS)
+    model = g.add("SurgSoraLoadCosmosHSurgical", model_name=COSMOS_FILE, weight_dtype="default", models=(COSMOS_FILE,))
+    clip = g.add("CLIPLoader", title="Cosmos-Reason1-7B", clip_name=REASON1_FILE, type="qwen_image", device="default")
+    pos = g.add("SurgSoraCosmosTextEncode", title="Positive prompt", text=COSMOS_PROMPT)
+    neg = g.add("SurgSoraCosmosTextEncode", title="Negative prompt", text=COSMOS_NEGATIVE)
+    g.connect(clip, "CLIP", pos, "clip")
+    g.connect(clip, "CLIP", neg, "clip")
+    vae = g.add("VAELoader", vae_name=WAN21_VAE, models=(WAN21_VAE,))
+    i2v = g.add("SurgSoraCosmosImageToVideo", width=COSMOS_WIDTH, height=COSMOS_HEIGHT, length=COSMOS_FRAMES)
+    g.connect(pos, "conditioning", i2v, "positive")
+    g.connect(neg, "conditioning", i2v, "negative")
+    g.connect(vae, "VAE", i2v, "vae")
+    g.connect(scale, "IMAGE", i2v, "start_image")
+    guider = g.add("SurgSoraDualClockGuider", cfg=COSMOS_CFG, t_weak=COSMOS_T_WEAK, t_strong=COSMOS_T_STRONG,
+                   preset="Cosmos-H-Surgical cut-and-drag (2 / 5 of 35)")
+    g.connect(model, "model", guider, "model")
+    g.connect(i2v, "positive", guider, "positive")
+    g.connect(i2v, "negative", guider, "negative")
+    g.connect(vae, "VAE", guider, "vae")
+    g.connect(signal, "motion_signal", guider, "motion_signal")
+    g.connect(signal, "motion_mask", guider, "motion_mask")
+    sigmas = g.add("BasicScheduler", scheduler="simple", steps=COSMOS_STEPS, denoise=1.0)
+    g.connect(model, "model", sigmas, "model")
+    noise = g.add("RandomNoise", noise_seed=42)
+    sampler_ = g.add("KSamplerSelect", sampler_name="uni_pc")
+    sample = _custom_sample(g, noise, guider, "guider", sampler_, (sigmas, "SIGMAS"), (i2v, "latent"))
+    dec = g.add("VAEDecode")
+    g.connect(sample, "output", dec, "samples")
+    g.connect(vae, "VAE", dec, "vae")
+    video = _video(g, dec, "IMAGE", "SurgSora/cosmos_dual_clock", COSMOS_FPS)
+    lay_group(g, "NVIDIA Cosmos-H-Surgical: SamplerCustomAdvanced with the SurgSora Dual-Clock Guider",
+              GENERATION_COLOUR, x, y, [[model, vae, clip], [pos, neg, i2v], [guider, sigmas, noise, sampler_],
+                                        [sample, dec] + video])
+    return g
+
+
 def _example_tracks() -> str:
     data = json.loads(EXAMPLE_TRACKS.read_text())
     return json.dumps({"width": data["width"], "height": data["height"], "tracks": data["tracks"]})
@@ -1046,6 +1140,10 @@ TEMPLATES = [
     Template("SurgSora Dual-Clock Wan 2.2 5B",
              "Trajectory-controlled video on ComfyUI's own Wan 2.2 TI2V 5B, no training: the SurgSora Dual-Clock "
              "Guider in core SamplerCustomAdvanced.", wan_5b_dual_clock, "Wan 2.2 5B"),
+    Template("SurgSora Dual-Clock Cosmos-H",  # Cosmos-H-Surgical; the full name would wrap on the template card
+             "Trajectory-controlled video on NVIDIA's surgical video model Cosmos-H-Surgical, no training: the "
+             "SurgSora Dual-Clock Guider drives it in core SamplerCustomAdvanced.", cosmos_dual_clock,
+             "Cosmos-H-Surgical"),
 ]
 NAMES = [t.title for t in TEMPLATES]
 

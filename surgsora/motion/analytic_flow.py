@@ -44,7 +44,10 @@ well under 100 ms for T = 21 at 256x256 on a CPU (see ``benchmarks/trajectory_en
 Memory is bounded whatever the number of tracks: every pixels x tracks product is computed in blocks of
 at most :data:`BLOCK_ELEMENTS` entries, and a region with more than :data:`DENSE_RBF_MAX` tracks solves its
 residual interpolation as a sparse system (Gaussian entries below 1e-12 dropped), so peak memory is the
-output flow plus a few tens of MB (``benchmarks/trajectory_memory.py``).
+output flow plus a few tens of MB (``benchmarks/trajectory_memory.py``). The fits are per frame and axis, so
+:class:`PointFlow` (and :meth:`AnalyticDecoder.lazy` / :meth:`AnalyticDecoder.lazy_tracks`) solves them once and
+evaluates any range of frames on demand: a caller that streams (the CLI preview) holds one chunk of the flow,
+not all of it; the whole flow is the one-chunk case.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["AnalyticDecoder", "DecodedFlow", "PointFlow", "decode_points", "region_weights", "check_decoder_inputs", "refuse_meta"]
+__all__ = ["AnalyticDecoder", "DecodedFlow", "PointFlow", "decode_points", "region_weights", "check_decoder_inputs",
+           "refuse_meta"]
 
 # Largest pixels x tracks block evaluated at once (float32/64 entries): ~8-16 MB, whatever the track count.
 BLOCK_ELEMENTS = 1 << 20
@@ -476,8 +480,8 @@ class AnalyticDecoder(torch.nn.Module):
             else:
                 # A control point missing in some frames: solve those frames separately.
                 groups = [(t, t + 1, present[i, t]) for t in range(f)]
-            videos.append([(t0, PointFlow(*_control_points(sparse_flow[i, t0:t1], where), (h, w), rm, **self._options()))
-                           for t0, t1, where in groups])
+            videos.append([(t0, PointFlow(*_control_points(sparse_flow[i, t0:t1], where), (h, w), rm,
+                                          **self._options())) for t0, t1, where in groups])
         return DecodedFlow(videos, (b, f, 2, h, w), sparse_flow.dtype, sparse_flow.device)
 
     @torch.no_grad()

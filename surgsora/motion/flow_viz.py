@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-__all__ = ["colour_wheel", "flow_to_rgb", "draw_tracks", "TRACK_COLOURS"]
+__all__ = ["colour_wheel", "flow_to_rgb", "max_magnitude", "draw_tracks", "TRACK_COLOURS"]
 
 _RAMPS = (15, 6, 4, 11, 13, 6)  # RY, YG, GC, CB, BM, MR
 
@@ -51,14 +51,38 @@ def colour_wheel() -> torch.Tensor:
     return (torch.cat(cols) / 255.0).float()
 
 
-def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tensor:
-    """Flow ``[..., 2, H, W]`` (pixels) -> RGB ``[..., 3, H, W]`` in [0, 1] (see module docstring)."""
+def _checked(flow) -> torch.Tensor:
     if not isinstance(flow, torch.Tensor):
         flow = torch.as_tensor(np.asarray(flow))
     if flow.ndim < 3 or flow.shape[-3] != 2:
         raise ValueError(f"flow must be [..., 2, H, W]; got {tuple(flow.shape)}")
-    f = flow.detach().float()
-    if not bool(torch.isfinite(f).all()):
+    return flow
+
+
+def _pieces(flow: torch.Tensor):
+    """The flow's images ``[n, 2, H, W]`` a few at a time (~1M pixels): the colour maths holds ~80 bytes per pixel."""
+    flat = flow.reshape(-1, *flow.shape[-3:])
+    step = max(1, (1 << 20) // max(1, flow.shape[-1] * flow.shape[-2]))
+    for a in range(0, flat.shape[0], step):
+        yield a, flat[a:a + step]
+
+
+def max_magnitude(flow: torch.Tensor) -> float:
+    """The largest displacement ``sqrt(u^2 + v^2)`` of a flow ``[..., 2, H, W]`` (0 for an empty one): the colour
+    scale :func:`flow_to_rgb` uses by default, computed a few frames at a time."""
+    flow = _checked(flow)
+    best = 0.0
+    for _, piece in _pieces(flow):
+        f = piece.detach().float()
+        if f.numel():
+            best = max(best, float(torch.sqrt(f[:, 0] * f[:, 0] + f[:, 1] * f[:, 1]).max()))
+    return best
+
+
+def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tensor:
+    """Flow ``[..., 2, H, W]`` (pixels) -> RGB ``[..., 3, H, W]`` in [0, 1] (see module docstring)."""
+    flow = _checked(flow)
+    if not bool(torch.isfinite(flow.detach().float()).all()):
         # NaN would come out as arbitrary colours (and inf as all-white): refuse instead.
         raise ValueError("flow_to_rgb: the flow contains NaN or infinite values (or values beyond float32); every "
                          "displacement must be finite.")
@@ -66,23 +90,27 @@ def flow_to_rgb(flow: torch.Tensor, max_flow: float | None = None) -> torch.Tens
         if isinstance(max_flow, bool) or not math.isfinite(float(max_flow)) or float(max_flow) < 0:
             raise ValueError(f"max_flow must be a finite number >= 0 (or None for the largest magnitude); got "
                              f"{max_flow!r}")
-    u, v = f[..., 0, :, :], f[..., 1, :, :]
-    mag = torch.sqrt(u * u + v * v)
     if max_flow is None:
-        max_flow = float(mag.max()) if mag.numel() else 0.0
+        max_flow = max_magnitude(flow)
     scale = max(float(max_flow), 1e-8)
-    rad = mag / scale
-    wheel = colour_wheel().to(f.device)
-    n = wheel.shape[0]
-    angle = torch.atan2(-v, -u) / torch.pi  # in [-1, 1]
-    fk = (angle + 1) / 2 * (n - 1)
-    k0 = fk.floor().long().clamp(0, n - 1)
-    k1 = torch.where(k0 + 1 == n, torch.zeros_like(k0), k0 + 1)
-    w = (fk - k0.float()).unsqueeze(-1)
-    col = (1 - w) * wheel[k0] + w * wheel[k1]  # [..., H, W, 3]
-    r = rad.unsqueeze(-1)
-    col = torch.where(r <= 1, 1 - r * (1 - col), col * 0.75)
-    return col.movedim(-1, -3).clamp(0, 1)
+    wheel = colour_wheel().to(flow.device)
+    out = torch.empty(*flow.shape[:-3], 3, *flow.shape[-2:], device=flow.device)
+    flat = out.view(-1, 3, *flow.shape[-2:])
+    for a, piece in _pieces(flow):  # per pixel: a chunk of frames at a time gives the same colours
+        f = piece.detach().float()
+        u, v = f[:, 0], f[:, 1]
+        rad = torch.sqrt(u * u + v * v) / scale
+        n = wheel.shape[0]
+        angle = torch.atan2(-v, -u) / torch.pi  # in [-1, 1]
+        fk = (angle + 1) / 2 * (n - 1)
+        k0 = fk.floor().long().clamp(0, n - 1)
+        k1 = torch.where(k0 + 1 == n, torch.zeros_like(k0), k0 + 1)
+        w = (fk - k0.float()).unsqueeze(-1)
+        col = (1 - w) * wheel[k0] + w * wheel[k1]  # [n, H, W, 3]
+        r = rad.unsqueeze(-1)
+        col = torch.where(r <= 1, 1 - r * (1 - col), col * 0.75)
+        flat[a:a + len(f)] = col.movedim(-1, -3).clamp(0, 1)
+    return out
 
 
 def _to_uint8_hwc(image) -> tuple[np.ndarray, str]:

@@ -2,12 +2,12 @@
 schedule indices), light enough for the ComfyUI nodes to import at start-up.
 
 The sampling itself is :class:`surgsora.sampling.pipeline.SurgSoraPipeline` with ``motion_signal``
-(see its module docstring), or, on ComfyUI's own video models (SVD, Wan 2.1, Wan 2.2), the
+(see its module docstring), or, on ComfyUI's own video models (SVD, Wan 2.1, Wan 2.2) and Cosmos-H-Surgical, the
 ``SurgSora Dual-Clock Guider`` node; the motion signal is :func:`surgsora.motion.preview.motion_signal`.
 
-Geometry is a VAE's (temporal, spatial) compression: SVD (1, 8): one latent per frame; Wan 2.1 (4, 8) and
-Wan 2.2 (4, 16): a causal video VAE whose latent frame 0 is pixel frame 0 and latent frame j >= 1 covers pixel
-frames 4j-3 .. 4j, so T pixel frames need T = 4 (T' - 1) + 1.
+Geometry is a VAE's (temporal, spatial) compression: SVD (1, 8): one latent per frame; Wan 2.1 (4, 8; also
+Cosmos-H-Surgical's) and Wan 2.2 (4, 16): a causal video VAE whose latent frame 0 is pixel frame 0 and latent
+frame j >= 1 covers pixel frames 4j-3 .. 4j, so T pixel frames need T = 4 (T' - 1) + 1.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 
 from .settings import TTM_MOTION_BUCKET, TTM_STEPS, TTM_T_STRONG, TTM_T_WEAK, check_settings
 
-__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "TTM_PRESETS", "dual_clock_indices",
-           "stage_indices", "latent_mask", "latent_frames", "check_frame_count", "check_unit_range", "resize_frames"]
+__all__ = ["TTM_T_WEAK", "TTM_T_STRONG", "TTM_STEPS", "TTM_MOTION_BUCKET", "TTM_PRESETS", "COSMOS_PRESETS",
+           "COSMOS_STEPS", "PRESETS", "dual_clock_indices", "stage_indices", "latent_mask", "latent_frames",
+           "check_frame_count", "check_unit_range", "resize_frames"]
 
 # Time-to-Move's published step pairs (of 50 steps), as fractions of the whole schedule.
 TTM_PRESETS = {
@@ -25,6 +26,16 @@ TTM_PRESETS = {
     "Wan cut-and-drag (TTM: 3 / 7 of 50)": (0.06, 0.14),
     "Wan camera (TTM: 2 / 5 of 50)": (0.04, 0.10),
 }
+
+# Cosmos-H-Surgical samples 35 steps (UniPC, shift 5). TTM's Wan fractions land on steps 2 / 5 and 1 / 4 of 35, at
+# about TTM's noise levels (shift 5, simple schedule: sigma 0.988 / 0.968 vs TTM's 3 / 7 of 50: 0.987 / 0.968; 0.994 /
+# 0.975 vs 2 / 5 of 50: 0.992 / 0.978); two-decimal values, as the widgets show them.
+COSMOS_PRESETS = {
+    "Cosmos-H-Surgical cut-and-drag (2 / 5 of 35)": (0.06, 0.14),
+    "Cosmos-H-Surgical camera (1 / 4 of 35)": (0.04, 0.10),
+}
+COSMOS_STEPS = 35
+PRESETS = {**TTM_PRESETS, **COSMOS_PRESETS}  # what the guider's preset widget offers
 
 
 def dual_clock_indices(t_weak: float, t_strong: float, steps: int) -> tuple[int, int]:

@@ -78,6 +78,16 @@ def encode_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     encode_video(path, frames, fps=fps, container="mp4")
 
 
+def _to_uint8(video: torch.Tensor, chunk: int = 8) -> np.ndarray:
+    """Frames [T, 3, H, W] in [0, 1] -> uint8 [T, H, W, 3], a few frames at a time: the float temporaries of the
+    rounding stay a chunk's (a whole 81-frame 720p clip would need three float copies of the video)."""
+    t, _, h, w = video.shape
+    out = np.empty((t, h, w, 3), np.uint8)
+    for a in range(0, t, chunk):
+        out[a:a + chunk] = (np.clip(video[a:a + chunk].permute(0, 2, 3, 1).numpy(), 0.0, 1.0) * 255.0 + 0.5)
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -122,7 +132,7 @@ def write_labelled_clip(clip: Clip, env: ClipEnv, mode: str, made, tracks: np.nd
     dev = made.flow.device
     ids = carry_regions(ids0.to(dev), made.flow.float(), order_metric(regions, made.depth, row.size).to(dev),
                         count).cpu()
-    video = (np.clip(made.video.permute(0, 2, 3, 1).numpy(), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    video = _to_uint8(made.video)
     follow = follow_score(video, flow[0].numpy(), ids0.numpy())
     speed = flow[0].norm(dim=1).amax(0)  # [H, W] largest motion of each frame-0 pixel
     moved = [bool((speed[ids0 == k + 1] > 0.5).any()) for k in range(count)]

@@ -67,17 +67,26 @@ def carry_regions(ids0: torch.Tensor, flow: torch.Tensor, metric: torch.Tensor, 
     """Instance ids [T, H, W] uint8: frame 0 is ``ids0``; frame t every region's pixels softmax-splatted by flow t
     (``flow`` [1, T-1, 2, H, W], ``metric`` [1, 1, H, W]), each pixel labelled with the id that weighs most there,
     0 where nothing (or less than :data:`COVERAGE`) lands. Runs on ``flow``'s device."""
+    from ..motion.preview import chunk_frames
     from ..motion.splat import softmax_splat
 
     n = flow.shape[1]
     h, w = ids0.shape
     dev = flow.device
     onehot = torch.nn.functional.one_hot(ids0.to(dev), count + 1).permute(2, 0, 1).float()  # [M+1, H, W], 0 = bg
-    feats = onehot.unsqueeze(0).expand(n, -1, -1, -1)
-    splat, coverage = softmax_splat(feats, flow[0].float(), metric.to(dev).expand(n, -1, -1, -1).float(),
-                                    return_coverage=True)
-    ids = torch.where(coverage[:, 0] > COVERAGE, splat.argmax(1), torch.zeros(n, h, w, dtype=torch.int64, device=dev))
-    return torch.cat([ids0.to(dev).unsqueeze(0), ids]).to(torch.uint8)
+    out = torch.empty(n + 1, h, w, dtype=torch.uint8, device=dev)
+    out[0] = ids0.to(dev)
+    # Frame t needs only frame 0 and flow t: a chunk of frames at a time keeps the one-hot splat (~(M + 3) x 4
+    # bytes per pixel and frame, plus the scatter's buffers) to a chunk, whatever the clip's length.
+    step = chunk_frames(h, w, max(1, (count + 4) // 4))
+    for a in range(0, n, step):
+        f = flow[0, a:a + step].float()
+        k = f.shape[0]
+        splat, coverage = softmax_splat(onehot.unsqueeze(0).expand(k, -1, -1, -1), f,
+                                        metric.to(dev).expand(k, -1, -1, -1).float(), return_coverage=True)
+        out[1 + a:1 + a + k] = torch.where(coverage[:, 0] > COVERAGE, splat.argmax(1),
+                                           torch.zeros(k, h, w, dtype=torch.int64, device=dev))
+    return out
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:

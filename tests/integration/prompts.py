@@ -117,3 +117,31 @@ def wan_smallest(prompt: dict, steps: int = 4, split: int = 2, frames: int = 5, 
             assert set(guider) <= set(i), guider
             i.update(guider)
     return p
+
+
+def cosmos_smallest(prompt: dict, steps: int = 4, frames: int = 5, **guider) -> dict:
+    """The Cosmos-H-Surgical template on the tiny Cosmos file (:func:`.cosmos_models.write_tiny_cosmos`, under the
+    published name) and the tiny Wan 2.1 VAE at 128x64, ``frames`` frames, ``steps`` steps. Cosmos-Reason1-7B has a
+    fixed size, so the prompts come from a test-only node (``SurgSoraTestCosmosText``) and the CLIPLoader goes.
+    ``guider`` sets the Dual-Clock Guider's widgets."""
+    p = copy.deepcopy(prompt)
+    for key, node in list(p.items()):
+        i, t = node["inputs"], node["class_type"]
+        if t == "ImageScale":
+            i.update(width=128, height=64)
+        elif t == "SurgSoraTrajectories":
+            i["frames"] = frames
+        elif t == "SurgSoraCosmosImageToVideo":
+            i.update(width=128, height=64, length=frames)
+        elif t == "SurgSoraDepth":
+            i["input_size"] = 70
+        elif t == "BasicScheduler":
+            i["steps"] = steps
+        elif t == "SurgSoraCosmosTextEncode":
+            p[key] = {"inputs": {"seed": int(key)}, "class_type": "SurgSoraTestCosmosText", "_meta": node["_meta"]}
+        elif t == "CLIPLoader":
+            del p[key]
+        elif t == "SurgSoraDualClockGuider":
+            assert set(guider) <= set(i), guider
+            i.update(guider)
+    return p

@@ -46,7 +46,7 @@ if not COMFYUI:
                 "the real-server tests", allow_module_level=True)
 
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
-from .prompts import core_smallest, shrink, wan_smallest  # noqa: E402
+from .prompts import core_smallest, cosmos_smallest, shrink, wan_smallest  # noqa: E402
 from .tiny_models import (CORE_ADAPTER_NAME, CORE_SVD_NAME, MOFA_NAME, MOFA_SVD_FOLDER, SVD_FOLDER,  # noqa: E402
                           write_tiny_models)
 
@@ -80,8 +80,10 @@ CORE = "SurgSora on Core KSampler"
 CORE_DUAL = "SurgSora Dual-Clock Core Sampler"
 # The Wan templates run on tiny Wan files under their real names (test_wan_dual_clock_workflow_runs)
 WAN = {"SurgSora Dual-Clock Wan 2.2 14B": "wan_14b_dual_clock", "SurgSora Dual-Clock Wan 2.2 5B": "wan_5b_dual_clock"}
+# The Cosmos-H-Surgical template runs on a tiny Cosmos file under the published name (test_cosmos_workflow_runs)
+COSMOS = "SurgSora Dual-Clock Cosmos-H"
 RUNNABLE = [n for n in NAMES if n in EXPECTED_OUTPUTS]
-assert sorted(RUNNABLE + [CORE, CORE_DUAL] + list(WAN)) == sorted(NAMES)  # every shipped workflow runs on the server
+assert sorted(RUNNABLE + [CORE, CORE_DUAL, COSMOS] + list(WAN)) == sorted(NAMES)  # every shipped workflow runs
 
 
 def _free_port() -> int:
@@ -105,6 +107,9 @@ class Server:
         # test-only nodes for the Wan templates (Wan CONDITIONING without umt5, a Wan 2.2 VAE stand-in)
         shutil.copy(Path(__file__).with_name("wan_models.py"),
                     self.base / "custom_nodes" / "surgsora_wan_test_nodes.py")
+        # and for the Cosmos template (its CONDITIONING without Cosmos-Reason1-7B)
+        shutil.copy(Path(__file__).with_name("cosmos_models.py"),
+                    self.base / "custom_nodes" / "surgsora_cosmos_test_nodes.py")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")
@@ -353,6 +358,34 @@ def test_wan_dual_clock_workflow_runs(server, wan_files, name):
     assert WAN[name] in shapes and set(shapes) <= {WAN[name], "motion_signal"}, shapes
     assert all(v == (5, 128, 64) for v in shapes.values()), shapes
     print(f"{name}: {time.time() - t0:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def cosmos_file(server, wan_files):
+    """The tiny Cosmos-H-Surgical DiT under the published name (:func:`.cosmos_models.write_tiny_cosmos`); the Wan 2.1
+    VAE comes with ``wan_files``."""
+    code = "import sys; from integration.cosmos_models import write_tiny_cosmos; write_tiny_cosmos(sys.argv[1])"
+    path = os.pathsep.join([COMFYUI, str(REPO / "tests")])
+    run = subprocess.run([os.environ.get("COMFYUI_PYTHON", sys.executable), "-c", code, str(server.models)], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return server.models
+
+
+def test_cosmos_workflow_runs(server, cosmos_file):
+    """The Cosmos-H-Surgical template on the real server at 128x64, 5 frames, 4 UniPC steps: SurgSora Load
+    Cosmos-H-Surgical loads the tiny file under the published name, SurgSora Cosmos Image to Video conditions it on
+    the frame, the guider (its Cosmos preset) drives SamplerCustomAdvanced, VAEDecode makes the video."""
+    from surgsora.video_io import video_info
+
+    t0 = time.time()
+    entry = server.wait(server.queue(cosmos_smallest(json.loads((API / f"{COSMOS}.json").read_text()))))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000] + server.log_tail()
+    saved = _saved(server, entry)
+    shapes = {k: (v["frames"], v["width"], v["height"]) for k, v in ((k, video_info(p)) for k, p in saved.items())}
+    assert set(shapes) == {"cosmos_dual_clock", "motion_signal"}, shapes
+    assert all(v == (5, 128, 64) for v in shapes.values()), shapes
+    print(f"{COSMOS}: {time.time() - t0:.1f} s")
 
 
 @pytest.mark.parametrize("change, message", [
