@@ -23,20 +23,13 @@ SVD from the keys). Both UNets then denoise the same input:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-COMFYUI = os.environ["COMFYUI_PATH"]
-sys.path[:0] = [COMFYUI, str(REPO / "tests")]
-sys.path.append(str(REPO))  # after ComfyUI, whose own `nodes` module must win (as when it loads the pack)
-sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, str(Path(__file__).parent))
+from in_comfyui import load_pack, start  # noqa: E402
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
-import comfy.cli_args  # noqa: E402,F401
+start(threads=None)
 import torch  # noqa: E402
 from diffusers import UNetSpatioTemporalConditionModel  # noqa: E402
 
@@ -76,13 +69,7 @@ def sgm_unet_state(unet) -> dict:
 def main() -> None:
     import comfy.model_management as mm
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)  # as ComfyUI's load_custom_node does
+    load_pack()
     control_class = sys.modules["ComfyUI_SurgSora.nodes.core_svd"].control_class
     Conditions = sys.modules["ComfyUI_SurgSora.nodes.generation"].Conditions
 

@@ -19,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 DIM, HEADS, BLOCKS = 64, 2, 2  # head_dim 32, as the 2B's 128 a multiple the 3D RoPE splits
@@ -172,23 +171,10 @@ def main() -> None:
         comfy.options.enable_args_parsing()
         Path(out).write_text(json.dumps(manifest(), indent=1) + "\n")
         return
-    sys.path[:0] = [os.environ["COMFYUI_PATH"]]
-    sys.path.append(str(REPO))  # after ComfyUI, whose own `nodes` module must win (as when it loads the pack)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
+    from in_comfyui import load_pack, start
 
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
-    import torch
-
-    torch.set_num_threads(2)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)  # as ComfyUI's load_custom_node does
+    start()
+    pack = load_pack()
     with tempfile.TemporaryDirectory() as tmp:
         print(json.dumps(measure(pack, Path(tmp))))
 

@@ -5,13 +5,12 @@ issue's known answers: Euler, the same seed and noise throughout).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .in_comfyui import measure
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 if not COMFYUI:
@@ -25,11 +24,7 @@ USE = "cosmos-h-surgical-predict_model_ema_bf16.pt"
 
 @pytest.fixture(scope="module")
 def measured():
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    run = subprocess.run([python, str(SCRIPT)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "COMFYUI_PATH": COMFYUI})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return measure(SCRIPT)
 
 
 def test_the_file_loads_as_comfyuis_cosmos_with_predict_2_5s_additions(measured):

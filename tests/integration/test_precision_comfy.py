@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,13 +35,11 @@ if __name__ != "__main__":  # the pytest side
                     allow_module_level=True)
     pytestmark = pytest.mark.integration
 
+    from .in_comfyui import measure
+
     @pytest.fixture(scope="module")
     def measured():
-        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-        run = subprocess.run([python, str(Path(__file__))], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "COMFYUI_PATH": COMFYUI})
-        assert run.returncode == 0, run.stderr[-3000:]
-        return json.loads(run.stdout.strip().splitlines()[-1])
+        return measure(__file__)
 
     @pytest.mark.parametrize("precision", ["fp16", "fp8"])
     def test_surgsora_apply_and_dual_clock_guider_in_half_match_fp32(measured, precision):
@@ -70,13 +67,7 @@ def main() -> None:
 
     from surgsora import SurgSoraAdapter
 
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", cp.REPO / "__init__.py",
-                                                  submodule_search_locations=[str(cp.REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)
+    cp.load_pack()
     core_svd = sys.modules["ComfyUI_SurgSora.nodes.core_svd"]
     Conditions = sys.modules["ComfyUI_SurgSora.nodes.generation"].Conditions
 

@@ -6,13 +6,12 @@ measured values; here they are held to the issue's known answers (Euler, same se
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .in_comfyui import measure
 
 COMFYUI = os.environ.get("COMFYUI_PATH")
 if not COMFYUI:
@@ -25,11 +24,7 @@ SCRIPT = Path(__file__).with_name("wan_models.py")
 
 @pytest.fixture(scope="module")
 def measured():
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    run = subprocess.run([python, str(SCRIPT)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "COMFYUI_PATH": COMFYUI})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return measure(SCRIPT)
 
 
 def test_comfyui_detects_the_tiny_wan_models_and_vae_geometry(measured):

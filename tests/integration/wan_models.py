@@ -20,11 +20,9 @@ Known answers, all with Euler and the same seed and noise (see the test for the 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 
 TEXT_DIM, DIM = 4096, 128
 FRAMES, H, W = 9, 64, 64  # 3 latent frames of 8x8 (Wan 2.1 VAE) or 4x4 (Wan 2.2 VAE)
@@ -150,23 +148,10 @@ NODE_CLASS_MAPPINGS = {"SurgSoraTestWanText": SurgSoraTestWanText, "SurgSoraTest
 
 
 def main() -> None:
-    sys.path[:0] = [os.environ["COMFYUI_PATH"]]
-    sys.path.append(str(REPO))  # after ComfyUI, whose own `nodes` module must win (as when it loads the pack)
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
+    from in_comfyui import load_pack, start
 
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
-    import torch
-
-    torch.set_num_threads(2)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)  # as ComfyUI's load_custom_node does
+    start()
+    load_pack()
     core_svd = sys.modules["ComfyUI_SurgSora.nodes.core_svd"]
     import comfy.sd
 
