@@ -2,7 +2,7 @@
 
 1. Clips per minute with 1 and 2 processes on this machine (tiny random models, ``--clips`` clips of the real
    EndoVis frame with its demo tracks and instrument masks): one process runs ``python -m surgsora.synth``, N > 1
-   run ``accelerate launch --cpu --num_processes N -m surgsora.synth``. Rates are clips over the run's own time
+   run ``torchrun --nproc_per_node N -m surgsora.synth`` (without GPUs ``accelerate launch`` starts one process). Rates are clips over the run's own time
    (from its summary line: validation, model loading and merging included) and over the wall clock of the command
    (interpreter start-up too), with ``--threads`` torch threads in every process. Target: 2 processes >= 1.6x one.
 2. Everything after the sampler for one 25-frame 1024x576 clip (labels carried along the flow, follow score, H.264
@@ -23,6 +23,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import socket
 import resource
 import shutil
 import subprocess
@@ -65,9 +66,13 @@ def run_synth(jobs: Path, out: Path, processes: int, size: int, frames: int, ste
     if processes == 1:
         cmd = [sys.executable, "-m", "surgsora.synth", *flags]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "surgsora.synth",
-               *flags]
+        # torchrun's environment, which accelerate's PartialState reads: `accelerate launch --cpu --num_processes N`
+        # starts a single process on a machine without GPUs
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(port), "-m", "surgsora.synth", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # per process, the same for every N
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)

@@ -552,7 +552,7 @@ def test_every_flag_in_the_docs_exists():
     for tokens in (["python", "-m", "surgsora.eval", "table"], ["python", "-m", "train", "preprocess"],
                    ["python", "-m", "train", "fit"], ["python", "-m", "train", "sample"]):
         known |= _options(_parser_of(tokens))
-    others = {"--index-url": "pip", "--durations": "pytest", "--num_processes": "accelerate",
+    others = {"--index-url": "pip", "--durations": "pytest", "--num_processes": "accelerate", "--nproc_per_node": "torchrun",
               **{f: "accelerate" for f in ("--num_machines", "--machine_rank", "--main_process_ip", "--main_process_port")}, "--cpu": "ComfyUI",
               "--extra-model-paths-config": "ComfyUI", "--check": "workflows_src/make_workflows.py",
               "--tiny": "benchmarks/gpu_suite.py"}
