@@ -348,3 +348,37 @@ def test_docs_smoke_command_runs_as_written(tmp_path, monkeypatch, capsys):
     index = [json.loads(line) for line in (tmp_path / "smoke" / "index.jsonl").read_text().splitlines()]
     assert [(e["id"], e["mode"], e["frames"], e["width"], e["regions"]) for e in index] == \
         [("endovis6-v0", "surgsora", 4, 64, 2)]
+
+
+def test_a_clip_that_fails_while_generating_is_recorded_with_on_error_skip_and_made_by_a_rerun(tmp_path,
+                                                                                              monkeypatch):
+    """A clip whose generation fails (here: a non-finite video) is recorded in failures.jsonl with its line and
+    left out of the index, its folder removed; without --on-error skip the run stops in one sentence (exit 1); the
+    same command, once the cause is gone, makes it and forgets the failure."""
+    import surgsora.synth.clip as clip_module
+    from surgsora.sampling.generate import NonFiniteVideo
+
+    jobs = _csv(tmp_path / "jobs.csv", [f"a,{FRAME6},{DEMO_TRACKS},ttm,{T},{SIZE}x{SIZE},1,0,",
+                                        f"b,{FRAME6},{DEMO_TRACKS},ttm,{T},{SIZE}x{SIZE},2,0,"])
+    out = tmp_path / "ds"
+    make_clip = clip_module.make_clip
+
+    def failing(clip, env):
+        if clip.id.startswith("b"):
+            raise NonFiniteVideo("the generated video contains NaN values")
+        return make_clip(clip, env)
+
+    monkeypatch.setattr(clip_module, "make_clip", failing)
+    argv = ["--jobs", str(jobs), "--out", str(out), *FAST]
+    assert main(argv) == 1  # stops at the failing clip, naming --on-error skip
+    assert main([*argv, "--on-error", "skip"]) == 0
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(f["line"], f["id"][:1]) for f in failures] == [(3, "b")] and "NaN" in failures[0]["error"]
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [e["id"][:1] for e in index] == ["a"]
+    assert not any(p.name.startswith("b") for p in (out / "clips").iterdir())
+
+    monkeypatch.setattr(clip_module, "make_clip", make_clip)
+    assert main([*argv, "--on-error", "skip"]) == 0
+    assert not (out / "failures.jsonl").exists()
+    assert [json.loads(line)["id"][:1] for line in (out / "index.jsonl").read_text().splitlines()] == ["a", "b"]
