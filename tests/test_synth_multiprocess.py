@@ -5,10 +5,7 @@ holds no partial file."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -16,30 +13,11 @@ import pytest
 import torch.multiprocessing as mp
 
 from data_paths import DEMO_TRACKS, FRAME6, MASKS_F06
+from processes import free_port, rank_main
 
 MASKS = ";".join(str(m) for m in MASKS_F06)
 # ttm rows with their masks: no SAM per clip, the fastest mode; two rows, the first with a variant: 3 clips.
 ROWS = [f"a,{FRAME6},{DEMO_TRACKS},ttm,4,64x64,7,1,{MASKS}", f"b,{FRAME6},{DEMO_TRACKS},ttm,4,64x64,8,0,{MASKS}"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, env: dict, argv: list[str], log: str) -> None:
-    """One process of `accelerate launch -m surgsora.synth` with the environment accelerate sets."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
-    import torch
-
-    torch.set_num_threads(1)
-    from surgsora.cli import main
-
-    sys.exit(main(["synth", *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +41,13 @@ def _launch(ctx, jobs: Path, out: Path, n: int, logs: Path, extra_env=None) -> l
     # One thread per process whatever N (accelerate would give the lone process both cores): CPU kernels may sum in
     # another order with another thread count, and the comparison is about sharding, not threads.
     env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()),
+           "MASTER_PORT": str(free_port()),
            "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), **(extra_env or {})}
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in range(n):
-        p = ctx.Process(target=_rank_main, args=(rank, env, argv, str(logs / f"rank{rank}.log")))
+        p = ctx.Process(target=rank_main, args=(rank, env, "surgsora.cli", ["synth", *argv],
+                                                 str(logs / f"rank{rank}.log")))
         p.start()
         p.log = logs / f"rank{rank}.log"
         procs.append(p)

@@ -1,9 +1,6 @@
 """Exact resume across processes: two CPU processes (gloo) killed mid-run and resumed, and the GradScaler
 state in checkpoints."""
 
-import os
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from processes import free_port, rank_main
 from train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,24 +30,6 @@ def cache(tmp_path_factory, endovis_clip):
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, env: dict, argv: list[str], log: str) -> None:
-    """One rank of `python -m train fit` with the environment torchrun would set."""
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from train.__main__ import main
-
-    sys.exit(main(argv))
-
-
 @pytest.fixture(scope="module")
 def mp_context():
     """A fork server that imports the training stack once (~10 s), so each rank starts in a fraction of that."""
@@ -64,12 +44,13 @@ def _launch(ctx, data, out, resume=False, extra_env=None) -> list:
     argv = ["fit", "--data", str(data), "--out", str(out), "--config", "tiny", "--max-steps", str(STEPS),
             "--checkpoint-every", "2", "--lr", "1e-3", "--seed", "5", "--sigma-scheme", "cosine"]
     argv += ["--resume", "latest"] if resume else []
-    env = {"ACCELERATE_USE_CPU": "true", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {"ACCELERATE_USE_CPU": "true", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", **(extra_env or {})}
     Path(out).mkdir(parents=True, exist_ok=True)
     procs = []
     for rank in range(2):
-        p = ctx.Process(target=_rank_main, args=(rank, env, argv, str(Path(out) / f"rank{rank}.log")))
+        p = ctx.Process(target=rank_main, args=(rank, env, "train.__main__", argv,
+                                                 str(Path(out) / f"rank{rank}.log")))
         p.start()
         p.log = Path(out) / f"rank{rank}.log"
         procs.append(p)

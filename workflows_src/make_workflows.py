@@ -858,23 +858,13 @@ def core_dual_clock(info: dict, t: Template) -> Graph:
     ckpt, cond = _core_svd(g, scale, motion_bucket_id=TTM_MOTION_BUCKET)
     guidance = g.add("VideoLinearCFGGuidance", min_cfg=1.0)
     g.connect(ckpt, "MODEL", guidance, "model")
-    guider = g.add("SurgSoraDualClockGuider", cfg=3.0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG)
-    g.connect(guidance, "MODEL", guider, "model")
-    g.connect(cond, "positive", guider, "positive")
-    g.connect(cond, "negative", guider, "negative")
-    g.connect(ckpt, "VAE", guider, "vae")
-    g.connect(signal, "motion_signal", guider, "motion_signal")
-    g.connect(signal, "motion_mask", guider, "motion_mask")
+    guider = _dual_clock_guider(g, (guidance, "MODEL"), (cond, "positive"), (cond, "negative"), (ckpt, "VAE"), signal,
+                                cfg=3.0, t_weak=TTM_T_WEAK, t_strong=TTM_T_STRONG)
     noise = g.add("RandomNoise", noise_seed=42)
     sampler_ = g.add("KSamplerSelect", sampler_name="euler")
     sigmas = g.add("BasicScheduler", scheduler="karras", steps=CORE_DUAL_STEPS, denoise=1.0)
     g.connect(guidance, "MODEL", sigmas, "model")
-    sample = g.add("SamplerCustomAdvanced")
-    g.connect(noise, "NOISE", sample, "noise")
-    g.connect(guider, "guider", sample, "guider")
-    g.connect(sampler_, "SAMPLER", sample, "sampler")
-    g.connect(sigmas, "SIGMAS", sample, "sigmas")
-    g.connect(cond, "latent", sample, "latent_image")
+    sample = _custom_sample(g, noise, guider, "guider", sampler_, (sigmas, "SIGMAS"), (cond, "latent"))
     dec, video = _core_decode(g, ckpt, sample, "output", "SurgSora/core_dual_clock")
     lay_group(g, "Core Stable Video Diffusion: SamplerCustomAdvanced with the SurgSora Dual-Clock Guider",
               GENERATION_COLOUR, x, y, [[ckpt, cond, guidance], [guider, noise, sampler_, sigmas],
@@ -918,16 +908,21 @@ def _wan_model(g: Graph, name: str, title: str) -> tuple[Node, Node]:
     return unet, shift
 
 
-def _wan_guider(g: Graph, model: Node, pos: tuple[Node, str], neg: tuple[Node, str], vae: Node, signal: Node,
-                cfg: float) -> Node:
-    guider = g.add("SurgSoraDualClockGuider", cfg=cfg, t_weak=WAN_T_WEAK, t_strong=WAN_T_STRONG, preset="custom")
-    g.connect(model, "MODEL", guider, "model")
-    g.connect(pos[0], pos[1], guider, "positive")
-    g.connect(neg[0], neg[1], guider, "negative")
-    g.connect(vae, "VAE", guider, "vae")
+def _dual_clock_guider(g: Graph, model: tuple[Node, str], pos: tuple[Node, str], neg: tuple[Node, str],
+                       vae: tuple[Node, str], signal: Node, **widgets) -> Node:
+    """SurgSora Dual-Clock Guider wired to a model, its conditioning, the VAE and the motion signal."""
+    guider = g.add("SurgSoraDualClockGuider", **widgets)
+    for (node, output), name in ((model, "model"), (pos, "positive"), (neg, "negative"), (vae, "vae")):
+        g.connect(node, output, guider, name)
     g.connect(signal, "motion_signal", guider, "motion_signal")
     g.connect(signal, "motion_mask", guider, "motion_mask")
     return guider
+
+
+def _wan_guider(g: Graph, model: Node, pos: tuple[Node, str], neg: tuple[Node, str], vae: Node, signal: Node,
+                cfg: float) -> Node:
+    return _dual_clock_guider(g, (model, "MODEL"), pos, neg, (vae, "VAE"), signal, cfg=cfg, t_weak=WAN_T_WEAK,
+                              t_strong=WAN_T_STRONG, preset="custom")
 
 
 def _custom_sample(g: Graph, noise: Node, guider: Node, guider_output: str, sampler_: Node, sigmas: tuple[Node, str],
@@ -1069,14 +1064,9 @@ def cosmos_dual_clock(info: dict, t: Template) -> Graph:
     g.connect(neg, "conditioning", i2v, "negative")
     g.connect(vae, "VAE", i2v, "vae")
     g.connect(scale, "IMAGE", i2v, "start_image")
-    guider = g.add("SurgSoraDualClockGuider", cfg=COSMOS_CFG, t_weak=COSMOS_T_WEAK, t_strong=COSMOS_T_STRONG,
-                   preset="Cosmos-H-Surgical cut-and-drag (2 / 5 of 35)")
-    g.connect(model, "model", guider, "model")
-    g.connect(i2v, "positive", guider, "positive")
-    g.connect(i2v, "negative", guider, "negative")
-    g.connect(vae, "VAE", guider, "vae")
-    g.connect(signal, "motion_signal", guider, "motion_signal")
-    g.connect(signal, "motion_mask", guider, "motion_mask")
+    guider = _dual_clock_guider(g, (model, "model"), (i2v, "positive"), (i2v, "negative"), (vae, "VAE"), signal,
+                                cfg=COSMOS_CFG, t_weak=COSMOS_T_WEAK, t_strong=COSMOS_T_STRONG,
+                                preset="Cosmos-H-Surgical cut-and-drag (2 / 5 of 35)")
     sigmas = g.add("BasicScheduler", scheduler="simple", steps=COSMOS_STEPS, denoise=1.0)
     g.connect(model, "model", sigmas, "model")
     noise = g.add("RandomNoise", noise_seed=42)

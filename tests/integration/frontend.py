@@ -20,6 +20,8 @@ import time
 import urllib.request
 from urllib.parse import urlparse
 
+from processes import free_port
+
 
 def find_chromium() -> str | None:
     for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome", "chrome"):
@@ -113,7 +115,7 @@ class Browser:
 
     def __init__(self, chromium: str, port: int = 0):
         self.profile = tempfile.mkdtemp(prefix="surgsora-chromium-")
-        port = port or _free_port()
+        port = port or free_port()
         self.proc = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}", "--window-size=1600,1000",
@@ -232,8 +234,3 @@ class Browser:
             self.proc.kill()
         shutil.rmtree(self.profile, ignore_errors=True)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,8 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 if not COMFYUI:
     pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its Python) to run "
                 "the real-server tests", allow_module_level=True)
+
+from processes import free_port  # noqa: E402
 
 from .frontend import Browser, WebSocket, find_chromium  # noqa: E402
 from .prompts import core_smallest, cosmos_smallest, shrink, wan_smallest  # noqa: E402
@@ -86,12 +87,6 @@ RUNNABLE = [n for n in NAMES if n in EXPECTED_OUTPUTS]
 assert sorted(RUNNABLE + [CORE, CORE_DUAL, COSMOS] + list(WAN)) == sorted(NAMES)  # every shipped workflow runs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, root: Path):
         self.root = root
@@ -110,7 +105,7 @@ class Server:
         # and for the Cosmos template (its CONDITIONING without Cosmos-Reason1-7B)
         shutil.copy(Path(__file__).with_name("cosmos_models.py"),
                     self.base / "custom_nodes" / "surgsora_cosmos_test_nodes.py")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
