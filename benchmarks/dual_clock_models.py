@@ -106,24 +106,15 @@ class PeakRSS:
 
 
 def import_comfyui():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
+    """ComfyUI in-process on the CPU and the pack loaded as ComfyUI loads it (the integration scripts' start-up);
+    returns the pack's core_svd module."""
+    if not os.environ.get("COMFYUI_PATH"):
         raise SystemExit("set COMFYUI_PATH to a ComfyUI checkout and run with its Python")
-    sys.path[:0] = [path, str(REPO / "tests")]
-    sys.path.append(str(REPO))  # after ComfyUI, whose own `nodes` module must win
-    sys.argv = [sys.argv[0], "--cpu"]
-    import comfy.options
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from in_comfyui import pack_module, start
 
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ComfyUI_SurgSora", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    spec.loader.exec_module(pack)
-    return sys.modules["ComfyUI_SurgSora.nodes.core_svd"]
+    start(threads=None)
+    return pack_module("nodes.core_svd")
 
 
 def family_case(name: str, args, g):
